@@ -1,0 +1,74 @@
+"""Chooses the backend that implements the formats: native (Rust) or pure Python.
+
+``COMPOSEFS_BACKEND=native`` requires the extension module and fails loudly without it;
+``COMPOSEFS_BACKEND=python`` forces the pure-Python backend; unset or ``auto`` prefers native.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from collections.abc import Iterator
+from types import ModuleType
+
+__all__ = ["Backend", "backend", "name", "use"]
+
+_CHOICES = ("auto", "native", "python")
+
+
+class Backend:
+    """The modules of one backend, as attributes named after the formats."""
+
+    def __init__(self, name: str, package: ModuleType) -> None:
+        self.name = name
+        self.package = package
+        self.fsverity = importlib.import_module(package.__name__ + ".fsverity")
+        self.splitstream = importlib.import_module(package.__name__ + ".splitstream")
+
+    def __repr__(self) -> str:
+        return f"<composefs backend {self.name!r}>"
+
+
+def load(choice: str) -> Backend:
+    """Loads the backend named by ``choice`` (``auto``, ``native`` or ``python``)."""
+    choice = choice.strip().lower() or "auto"
+    if choice not in _CHOICES:
+        raise ValueError(f"COMPOSEFS_BACKEND must be one of {', '.join(_CHOICES)}, not {choice!r}")
+    if choice in ("auto", "native"):
+        try:
+            native = importlib.import_module("composefs._native")
+        except ImportError as e:
+            if choice == "native":
+                raise ImportError(
+                    "COMPOSEFS_BACKEND=native, but the extension module composefs._native "
+                    f"cannot be imported ({e}); rebuild the package with `pip install .`"
+                ) from e
+        else:
+            return Backend("native", native)
+    return Backend("python", importlib.import_module("composefs._pure"))
+
+
+_active: Backend = load(os.environ.get("COMPOSEFS_BACKEND", "auto"))
+
+
+def backend() -> Backend:
+    """The active backend."""
+    return _active
+
+
+def name() -> str:
+    """``"native"`` or ``"python"``."""
+    return _active.name
+
+
+@contextlib.contextmanager
+def use(choice: str) -> Iterator[Backend]:
+    """Temporarily switches the active backend (for tests and benchmarks)."""
+    global _active
+    previous = _active
+    _active = load(choice)
+    try:
+        yield _active
+    finally:
+        _active = previous

@@ -1,0 +1,5 @@
+import sys
+
+from composefs.cli import main
+
+sys.exit(main())

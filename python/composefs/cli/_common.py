@@ -1,0 +1,88 @@
+"""Options and helpers shared by the command modules."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from composefs.errors import (
+    ComposefsError,
+    RepositoryError,
+    RepositoryMetadataMissing,
+)
+from composefs.fsverity import Algorithm
+from composefs.repository import Repository
+
+SYSTEM_PATH = "/sysroot/composefs"
+
+
+def add_global_options(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--repo", metavar="PATH", help="the repository to use")
+    where.add_argument("--user", action="store_true", help="use $HOME/.var/lib/composefs")
+    where.add_argument("--system", action="store_true", help=f"use {SYSTEM_PATH}")
+    parser.add_argument(
+        "--hash",
+        choices=["sha256", "sha512"],
+        help="the repository's hash (an error if meta.json says otherwise)",
+    )
+    parser.add_argument(
+        "--insecure",
+        dest="insecure_global",
+        action="store_true",
+        help="do not require fs-verity, even if the repository does",
+    )
+    parser.add_argument(
+        "--require-verity",
+        action="store_true",
+        help="fail if the repository was not initialized with fs-verity",
+    )
+
+
+def repo_path(args: argparse.Namespace) -> str:
+    """The repository path from the global options, with cfsctl's defaults."""
+    if args.repo:
+        return str(args.repo)
+    if args.system:
+        return SYSTEM_PATH
+    if args.user or os.getuid() != 0:
+        home = os.environ.get("HOME")
+        if not home:
+            raise ComposefsError("$HOME must be set when in user mode")
+        return os.path.join(home, ".var/lib/composefs")
+    return SYSTEM_PATH
+
+
+def open_repo(args: argparse.Namespace) -> Repository:
+    """Opens the repository named by the global options (cfsctl's checks and messages)."""
+    path = repo_path(args)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise RepositoryError(f"opening repository {path}") from e
+    os.close(fd)
+    try:
+        repo = Repository.open(path, insecure=args.insecure_global, require_verity=args.require_verity)
+    except RepositoryMetadataMissing:
+        raise RepositoryError(
+            f"meta.json not found in {path}; this repository must be initialized with "
+            "`composefs init`"
+        ) from None
+    if args.hash is not None and Algorithm(args.hash) is not repo.algorithm:
+        repo.close()
+        raise RepositoryError(
+            f"repository is configured for {repo.algorithm} (from meta.json) but "
+            f"--hash {args.hash} was specified"
+        )
+    return repo
+
+
+def add_command(
+    sub: Any, name: str, help: str, func: Any, aliases: tuple[str, ...] = ()
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help, description=help, aliases=list(aliases)
+    )
+    parser.set_defaults(func=func)
+    return parser

@@ -1,0 +1,138 @@
+"""The exception hierarchy of composefs, and helpers to chain context onto errors.
+
+Every error raised by the package derives from :class:`ComposefsError`. Each layer of the
+code adds what it was doing by raising a new error ``from`` the cause, so that the chain reads
+like cfsctl's (anyhow) output::
+
+    Error: Importing layer sha256:... from oci:/path:tag
+
+    Caused by:
+        0: decompressing gzip
+        1: unexpected end of stream
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+__all__ = [
+    "ComposefsError",
+    "FsVerityError",
+    "ObjectDigestMismatch",
+    "OldFormatRepository",
+    "RepositoryError",
+    "RepositoryMetadataInvalid",
+    "RepositoryMetadataMissing",
+    "RepositoryNotWritable",
+    "SplitStreamError",
+    "VerityAlreadyEnabled",
+    "VerityFileOpenedForWrite",
+    "VerityInvalidDigest",
+    "VerityMissing",
+    "VerityNotSupported",
+    "context",
+    "error_chain",
+    "format_error",
+]
+
+
+class ComposefsError(Exception):
+    """Base class of every error raised by composefs."""
+
+
+class FsVerityError(ComposefsError):
+    """An fs-verity operation failed."""
+
+
+class VerityNotSupported(FsVerityError):
+    """The filesystem does not support fs-verity (ENOTTY/EOPNOTSUPP)."""
+
+
+class VerityMissing(FsVerityError):
+    """fs-verity is not enabled on the file (ENODATA)."""
+
+
+class VerityAlreadyEnabled(FsVerityError):
+    """fs-verity is already enabled on the file (EEXIST)."""
+
+
+class VerityFileOpenedForWrite(FsVerityError):
+    """The file still has a writable descriptor open (ETXTBSY)."""
+
+
+class VerityInvalidDigest(FsVerityError):
+    """The kernel measured a digest of another algorithm or size."""
+
+
+class ObjectDigestMismatch(FsVerityError):
+    """An object's content does not match its expected digest."""
+
+
+class SplitStreamError(ComposefsError):
+    """A splitstream file is malformed or not of the expected kind."""
+
+
+class RepositoryError(ComposefsError):
+    """A repository operation failed."""
+
+
+class RepositoryNotWritable(RepositoryError):
+    """The repository is on a read-only filesystem or lacks write permission."""
+
+
+class RepositoryMetadataMissing(RepositoryError):
+    """``meta.json`` is missing: the repository was never initialized."""
+
+
+class OldFormatRepository(RepositoryError):
+    """``meta.json`` is missing but ``objects/`` exists (a pre-0.7 repository)."""
+
+
+class RepositoryMetadataInvalid(RepositoryError):
+    """``meta.json`` cannot be parsed or is not compatible with this tool."""
+
+
+@contextlib.contextmanager
+def context(message: str, error: type[ComposefsError] = ComposefsError) -> Iterator[None]:
+    """Re-raises any exception from the block as ``error(message)`` chained to it.
+
+    ``KeyboardInterrupt`` and other non-``Exception`` exceptions pass through untouched.
+    """
+    try:
+        yield
+    except Exception as e:
+        raise error(message) from e
+
+
+def error_chain(exc: BaseException) -> list[str]:
+    """The messages of ``exc`` and of its causes, outermost first."""
+    messages: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        messages.append(_message(current))
+        current = current.__cause__
+    return messages
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+        if exc.filename is not None:
+            text += f": {exc.filename}"
+        return f"{text} (os error {exc.errno})" if exc.errno else text
+    text = str(exc)
+    return text if text else type(exc).__name__
+
+
+def format_error(exc: BaseException) -> str:
+    """Formats ``exc`` with its causes the way cfsctl (anyhow) prints an error."""
+    first, *causes = error_chain(exc)
+    out = f"Error: {first}"
+    if len(causes) == 1:
+        out += f"\n\nCaused by:\n    {causes[0]}"
+    elif causes:
+        out += "\n\nCaused by:\n" + "\n".join(f"{i:5}: {c}" for i, c in enumerate(causes))
+    return out

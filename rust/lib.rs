@@ -1,0 +1,41 @@
+//! Native backend of the `composefs` Python package (`composefs._native`).
+//!
+//! Each module holds one format and has a pure-Python twin of the same name in
+//! `python/composefs/_pure/`. The core of every module is plain Rust (tested by
+//! `cargo test`); the PyO3 bindings live in a `py` submodule compiled only with the
+//! `python` feature, which maturin enables.
+
+pub mod fsverity;
+pub mod splitstream;
+
+#[cfg(feature = "python")]
+mod python {
+    use pyo3::prelude::*;
+
+    /// Adds `sub` as attribute `name` of `parent` and registers it in `sys.modules`
+    /// so that `import composefs._native.<name>` works too (as pyca/cryptography does).
+    pub(crate) fn add_submodule(
+        parent: &Bound<'_, PyModule>,
+        name: &str,
+        build: impl FnOnce(&Bound<'_, PyModule>) -> PyResult<()>,
+    ) -> PyResult<()> {
+        let py = parent.py();
+        let sub = PyModule::new(py, name)?;
+        build(&sub)?;
+        parent.add_submodule(&sub)?;
+        let full = format!("composefs._native.{name}");
+        py.import("sys")?
+            .getattr("modules")?
+            .set_item(full, &sub)?;
+        Ok(())
+    }
+
+    #[pymodule]
+    #[pyo3(name = "_native")]
+    fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        add_submodule(m, "fsverity", crate::fsverity::py::register)?;
+        add_submodule(m, "splitstream", crate::splitstream::py::register)?;
+        Ok(())
+    }
+}
