@@ -23,8 +23,10 @@ class Backend:
     def __init__(self, name: str, package: ModuleType) -> None:
         self.name = name
         self.package = package
-        self.fsverity = importlib.import_module(package.__name__ + ".fsverity")
-        self.splitstream = importlib.import_module(package.__name__ + ".splitstream")
+        # both packages expose their format modules as attributes (the native one registers
+        # them as submodules of the extension module)
+        self.fsverity: ModuleType = getattr(package, "fsverity")  # noqa: B009
+        self.splitstream: ModuleType = getattr(package, "splitstream")  # noqa: B009
 
     def __repr__(self) -> str:
         return f"<composefs backend {self.name!r}>"
@@ -38,6 +40,9 @@ def load(choice: str) -> Backend:
     if choice in ("auto", "native"):
         try:
             native = importlib.import_module("composefs._native")
+            if not hasattr(native, "fsverity"):
+                # only the directory of .pyi stubs was found: a namespace package
+                raise ImportError("the extension module is not built")
         except ImportError as e:
             if choice == "native":
                 raise ImportError(

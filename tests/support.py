@@ -1,0 +1,52 @@
+"""Helpers shared by the test suites: external tools, CI strictness, tar building."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skips the test when ``condition`` is false, except in CI, where it fails instead."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
+def tool(name: str) -> str:
+    """Path of an external tool (``cfsctl`` is also looked up in ~/.cargo/bin)."""
+    found = shutil.which(name)
+    if found is None and name == "cfsctl":
+        candidate = Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo")) / "bin" / name
+        if candidate.exists():
+            found = str(candidate)
+    need(found is not None, f"{name} is not installed (run tools/setup-test-env)")
+    assert found is not None
+    return found
+
+
+def need_root() -> None:
+    need(os.geteuid() == 0, "needs root")
+
+
+def run(*args: str | os.PathLike[str], input: bytes | None = None, check: bool = True,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Runs a command, capturing output; on failure the assertion shows stderr."""
+    proc = subprocess.run(
+        [os.fspath(a) for a in args], input=input, capture_output=True, env=env, check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, args))} exited {proc.returncode}\n"
+            f"stdout: {proc.stdout.decode(errors='replace')}\n"
+            f"stderr: {proc.stderr.decode(errors='replace')}"
+        )
+    return proc
