@@ -37,8 +37,12 @@ def need_root() -> None:
     need(os.geteuid() == 0, "needs root")
 
 
-def run(*args: str | os.PathLike[str], input: bytes | None = None, check: bool = True,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+def run(
+    *args: str | os.PathLike[str],
+    input: bytes | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
     """Runs a command, capturing output; on failure the assertion shows stderr."""
     proc = subprocess.run(
         [os.fspath(a) for a in args], input=input, capture_output=True, env=env, check=False

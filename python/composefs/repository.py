@@ -520,6 +520,7 @@ class Repository:
         return fd
 
     def _check_verity(self, fd: int, expected: bytes) -> None:
+        measured: bytes | None
         if self._secure:
             measured = fsverity.measure_verity(fd, self.algorithm)
         else:
@@ -954,12 +955,12 @@ class Repository:
             if root in first:
                 names.append((f"{category}/{root}", root))
         for ref, base in names:
-            target = self._readlink(f"{category}/{base}")
-            if target is None:
+            link = self._readlink(f"{category}/{base}")
+            if link is None:
                 result.warnings.append(f"dangling ref {ref} (no {category}/{base})")
                 continue
             try:
-                yield parse_object_pathname(target, self.algorithm)
+                yield parse_object_pathname(link, self.algorithm)
             except RepositoryError as e:
                 result.warnings.append(f"bad link {category}/{base}: {e}")
 

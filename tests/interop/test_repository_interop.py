@@ -20,11 +20,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from support import run, tool
 
 from composefs import _backend, splitstream
 from composefs.fsverity import Algorithm
 from composefs.repository import Repository, object_pathname
+from support import run, tool
 
 pytestmark = pytest.mark.interop
 
@@ -36,8 +36,9 @@ def cfsctl() -> str:
     return tool("cfsctl")
 
 
-def composefs_cli(*args: str | os.PathLike[str], check: bool = True,
-                  backend: str | None = None) -> subprocess.CompletedProcess[bytes]:
+def composefs_cli(
+    *args: str | os.PathLike[str], check: bool = True, backend: str | None = None
+) -> subprocess.CompletedProcess[bytes]:
     env = dict(os.environ)
     if backend is not None:
         env["COMPOSEFS_BACKEND"] = backend
@@ -51,6 +52,7 @@ def make_tar(kind: str) -> bytes:
         kind
     ]
     with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+
         def add(name: str, data: bytes | None = None, **kw: object) -> None:
             info = tarfile.TarInfo(name)
             for k, v in kw.items():
@@ -156,9 +158,7 @@ def test_cfsctl_layer_splitstream_round_trips(
     with _backend.use(backend), Repository.open(repo_path) as repo:
         stream_id = repo.has_stream(f"oci-layer-{diff_id}")
         assert stream_id is not None
-        assert printed.stdout.decode().strip() == (
-            f"{repo.algorithm.hash_name}:{stream_id.hex()}"
-        )
+        assert printed.stdout.decode().strip() == (f"{repo.algorithm.hash_name}:{stream_id.hex()}")
         stream = repo.open_stream(f"oci-layer-{diff_id}", splitstream.LAYER_CONTENT_TYPE)
         assert stream.algorithm is Algorithm.parse(algorithm)
         assert stream.stream_size == len(tar)
@@ -184,8 +184,16 @@ def test_cli_output_matches_cfsctl(cfsctl: str, tmp_path: Path) -> None:
     diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
     for repo in (ours, theirs):
         run(cfsctl, "--repo", repo, "oci", "import-layer", diff_id, "mylayer", input=tar)
-    for args in (["fsck"], ["fsck", "--json"], ["images"], ["images", "--json"],
-                 ["cat", "refs/mylayer"], ["gc", "--dry-run"], ["gc"], ["fsck"]):
+    for args in (
+        ["fsck"],
+        ["fsck", "--json"],
+        ["images"],
+        ["images", "--json"],
+        ["cat", "refs/mylayer"],
+        ["gc", "--dry-run"],
+        ["gc"],
+        ["fsck"],
+    ):
         mine = composefs_cli("--repo", ours, *args)
         ref = run(cfsctl, "--repo", theirs, *args)
         assert mine.stdout == ref.stdout, args

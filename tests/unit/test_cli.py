@@ -8,19 +8,23 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import run, tool
 
 import composefs
 from composefs.errors import ComposefsError, format_error
+from support import run, tool
 
 
-def cli(*args: str | os.PathLike[str], env: dict[str, str] | None = None,
-        input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def cli(
+    *args: str | os.PathLike[str], env: dict[str, str] | None = None, input: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "composefs.cli", *map(os.fspath, args)],
-        capture_output=True, env=full_env, input=input, check=False,
+        capture_output=True,
+        env=full_env,
+        input=input,
+        check=False,
     )
 
 
@@ -56,7 +60,9 @@ def test_error_chain_format() -> None:
         (["fsverity", "digest", "/nonexistent"], "Error: No such file or directory"),
     ],
 )
-def test_user_errors_print_a_chain_and_exit_1(tmp_path: Path, args: list[str], message: str) -> None:
+def test_user_errors_print_a_chain_and_exit_1(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
     full = args if "--repo" in args else ["--repo", str(repo), *args]
@@ -139,11 +145,19 @@ def _native_available() -> bool:
 def test_backend_selection() -> None:
     assert composefs.backend in ("native", "python")
     code = "import composefs; print(composefs.backend)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True,
-                         env={**os.environ, "COMPOSEFS_BACKEND": "python"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        check=True,
+        env={**os.environ, "COMPOSEFS_BACKEND": "python"},
+    )
     assert out.stdout == b"python\n"
-    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False,
-                         env={**os.environ, "COMPOSEFS_BACKEND": "fortran"})
+    bad = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        check=False,
+        env={**os.environ, "COMPOSEFS_BACKEND": "fortran"},
+    )
     assert bad.returncode != 0 and b"COMPOSEFS_BACKEND must be one of" in bad.stderr
 
 
@@ -158,11 +172,18 @@ def test_native_backend_fails_loudly_when_missing() -> None:
         "sys.meta_path.insert(0, Block())\n"
         "import composefs\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False,
-                          env={**os.environ, "COMPOSEFS_BACKEND": "native"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        check=False,
+        env={**os.environ, "COMPOSEFS_BACKEND": "native"},
+    )
     assert proc.returncode != 0
     assert b"COMPOSEFS_BACKEND=native, but the extension module" in proc.stderr
-    auto = subprocess.run([sys.executable, "-c", code + "print(composefs.backend)"],
-                          capture_output=True, check=True,
-                          env={**os.environ, "COMPOSEFS_BACKEND": "auto"})
+    auto = subprocess.run(
+        [sys.executable, "-c", code + "print(composefs.backend)"],
+        capture_output=True,
+        check=True,
+        env={**os.environ, "COMPOSEFS_BACKEND": "auto"},
+    )
     assert auto.stdout == b"python\n"

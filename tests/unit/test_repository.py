@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from support import need_root, run
 
 from composefs import fsverity, splitstream
 from composefs.errors import (
@@ -24,6 +23,7 @@ from composefs.errors import (
 )
 from composefs.fsverity import Algorithm
 from composefs.repository import RepoMetadata, Repository, object_pathname, to_id
+from support import need_root, run
 
 
 @pytest.fixture(params=[Algorithm.SHA256, Algorithm.SHA512], ids=["sha256", "sha512"])
@@ -58,9 +58,11 @@ def test_init_is_idempotent_and_refuses_other_config(tmp_path: Path) -> None:
     repo, created = Repository.init(tmp_path / "r", Algorithm.SHA256, insecure=True)
     repo.close()
     assert not created
-    with pytest.raises(RepositoryError, match="different configuration.*algorithm: fsverity-sha256"):
+    with pytest.raises(
+        RepositoryError, match=r"different configuration.*algorithm: fsverity-sha256"
+    ):
         Repository.init(tmp_path / "r", Algorithm.SHA512, insecure=True)
-    with pytest.raises(RepositoryError, match="erofs_version: V1.*erofs_version: V2"):
+    with pytest.raises(RepositoryError, match=r"erofs_version: V1.*erofs_version: V2"):
         Repository.init(tmp_path / "r", Algorithm.SHA256, insecure=True, erofs_version=2)
 
 
@@ -85,29 +87,29 @@ def test_secure_init_fails_without_fsverity(tmp_path: Path) -> None:
 
 def test_open_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RepositoryMetadataMissing, match="meta.json not found"):
+    with pytest.raises(RepositoryMetadataMissing, match=r"meta.json not found"):
         Repository.open(tmp_path / "empty")
     (tmp_path / "old/objects").mkdir(parents=True)
-    with pytest.raises(OldFormatRepository, match="old-format"):
+    with pytest.raises(OldFormatRepository, match=r"old-format"):
         Repository.open(tmp_path / "old")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad/meta.json").write_text("{")
-    with pytest.raises(RepositoryMetadataInvalid, match="failed to parse meta.json"):
+    with pytest.raises(RepositoryMetadataInvalid, match=r"failed to parse meta.json"):
         Repository.open(tmp_path / "bad")
     meta = RepoMetadata.new(Algorithm.SHA256)
     (tmp_path / "future").mkdir()
     doc = json.loads(meta.to_json())
     doc["version"] = 2
     (tmp_path / "future/meta.json").write_text(json.dumps(doc))
-    with pytest.raises(RepositoryMetadataInvalid, match="unsupported repository format version 2"):
+    with pytest.raises(RepositoryMetadataInvalid, match=r"unsupported repository format version 2"):
         Repository.open(tmp_path / "future")
     doc["version"] = 1
     doc["features"]["incompatible"] = ["warp-drive"]
     (tmp_path / "future/meta.json").write_text(json.dumps(doc))
-    with pytest.raises(RepositoryMetadataInvalid, match="unknown incompatible features"):
+    with pytest.raises(RepositoryMetadataInvalid, match=r"unknown incompatible features"):
         Repository.open(tmp_path / "future")
     Repository.init(tmp_path / "r", Algorithm.SHA256, insecure=True)[0].close()
-    with pytest.raises(RepositoryMetadataInvalid, match="does not match expected"):
+    with pytest.raises(RepositoryMetadataInvalid, match=r"does not match expected"):
         Repository.open(tmp_path / "r", Algorithm.SHA512)
 
 
@@ -118,7 +120,7 @@ def test_unknown_ro_compat_feature_makes_repository_read_only(tmp_path: Path) ->
     (tmp_path / "r/meta.json").write_text(json.dumps(doc))
     with Repository.open(tmp_path / "r") as repo:
         assert repo.fsck().ok
-        with pytest.raises(RepositoryNotWritable, match="future-thing"):
+        with pytest.raises(RepositoryNotWritable, match=r"future-thing"):
             repo.ensure_object(b"x")
 
 
@@ -145,7 +147,7 @@ def test_streaming_objects(repo: Repository, tmp_path: Path) -> None:
     assert object_id == fsverity.digest(data, repo.algorithm)
     assert repo.read_object(object_id) == data
     assert repo.ensure_object_from_file(src) == object_id
-    with open(src, "rb") as f, pytest.raises(RepositoryError, match="Expected 5 bytes"):
+    with open(src, "rb") as f, pytest.raises(RepositoryError, match=r"Expected 5 bytes"):
         repo.ensure_object_from_stream(f, size=5)
 
 
@@ -189,7 +191,7 @@ def test_stream_symlinks_and_refs(repo: Repository) -> None:
     repo.write_stream(writer, "other", ref="top")
     assert os.readlink(root / "streams/refs/top") == "../other"
     assert not [p for p in root.iterdir() if p.name.startswith(".symlink-")]
-    with pytest.raises(RepositoryError, match="invalid ref name"):
+    with pytest.raises(RepositoryError, match=r"invalid ref name"):
         repo.name_stream("my-stream", "../escape")
     stream = repo.open_stream("refs/x/y", splitstream.BLOB_CONTENT_TYPE)
     assert stream.chunks == (b"abc",)
@@ -207,7 +209,7 @@ def test_images(repo: Repository) -> None:
     assert not verity_required  # insecure repository without fs-verity
     fd, _ = repo.open_image("refs/some/name")
     os.close(fd)
-    with pytest.raises(RepositoryError, match="image not found: missing"):
+    with pytest.raises(RepositoryError, match=r"image not found: missing"):
         repo.open_image("missing")
 
 
@@ -294,21 +296,33 @@ def test_fsck_reports_every_kind_of_damage(repo: Repository) -> None:
     assert str(result).splitlines()[0] == "meta.json: ok"
     assert f"status: {len(result.errors)} error(s)" in str(result)
     assert list(result.to_dict()) == [
-        "ok", "has_metadata", "objects_checked", "objects_corrupted", "streams_checked",
-        "streams_corrupted", "images_checked", "images_corrupted", "broken_links",
-        "missing_objects", "errors",
+        "ok",
+        "has_metadata",
+        "objects_checked",
+        "objects_corrupted",
+        "streams_checked",
+        "streams_corrupted",
+        "images_checked",
+        "images_corrupted",
+        "broken_links",
+        "missing_objects",
+        "errors",
     ]
 
 
 def test_gc_waits_for_other_users_of_the_repository(repo: Repository) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, os, sys, time\n"
-         f"fd = os.open({repo.path!r}, os.O_RDONLY)\n"
-         "fcntl.flock(fd, fcntl.LOCK_SH)\n"
-         "print('locked', flush=True)\n"
-         "sys.stdin.read()\n"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({repo.path!r}, os.O_RDONLY)\n"
+            "fcntl.flock(fd, fcntl.LOCK_SH)\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
     assert holder.stdout is not None and holder.stdin is not None
     assert holder.stdout.readline() == b"locked\n"
@@ -347,7 +361,7 @@ def test_read_only_filesystem(tmp_path: Path) -> None:
     try:
         run("mount", "-o", "remount,bind,ro", mnt)
         with Repository.open(mnt) as repo:
-            with pytest.raises(RepositoryNotWritable, match="read-only file system"):
+            with pytest.raises(RepositoryNotWritable, match=r"read-only file system"):
                 repo.ensure_object(b"x")
             with pytest.raises(RepositoryNotWritable):
                 repo.gc()

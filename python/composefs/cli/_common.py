@@ -63,7 +63,9 @@ def open_repo(args: argparse.Namespace) -> Repository:
         raise RepositoryError(f"opening repository {path}") from e
     os.close(fd)
     try:
-        repo = Repository.open(path, insecure=args.insecure_global, require_verity=args.require_verity)
+        repo = Repository.open(
+            path, insecure=args.insecure_global, require_verity=args.require_verity
+        )
     except RepositoryMetadataMissing:
         raise RepositoryError(
             f"meta.json not found in {path}; this repository must be initialized with "

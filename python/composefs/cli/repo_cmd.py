@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from composefs.cli._common import add_command, open_repo, repo_path
@@ -23,9 +24,7 @@ def register(sub: Any) -> None:
         metavar="ALG",
         help="fsverity-sha256-12 or fsverity-sha512-12 (default)",
     )
-    p.add_argument(
-        "--insecure", action="store_true", help="do not enable fs-verity on meta.json"
-    )
+    p.add_argument("--insecure", action="store_true", help="do not enable fs-verity on meta.json")
     p.add_argument(
         "--erofs-version",
         type=int,
@@ -65,9 +64,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     except OSError as e:
         raise ComposefsError(f"creating parent directories for {path}") from e
     erofs_version = args.erofs_version if args.erofs_version is not None else 1
-    repo, created = Repository.init(
-        path, algorithm, insecure=insecure, erofs_version=erofs_version
-    )
+    repo, created = Repository.init(path, algorithm, insecure=insecure, erofs_version=erofs_version)
     repo.close()
     if created:
         print(f"Initialized composefs repository at {path}")
@@ -120,9 +117,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     elif not images:
         print("No images found")
     else:
-        rows = [
-            (i["name"], i["digest"] if args.no_trunc else i["digest"][:12]) for i in images
-        ]
+        rows = [(i["name"], i["digest"] if args.no_trunc else i["digest"][:12]) for i in images]
         print(render_table(["NAME", "DIGEST"], rows))
     return 0
 
@@ -134,14 +129,14 @@ def cmd_image_objects(args: argparse.Namespace) -> int:
     return 0
 
 
-def render_table(header: list[str], rows: list[tuple[str, ...]]) -> str:
+def render_table(header: list[str], rows: Sequence[Sequence[str]]) -> str:
     """A table in comfy-table's UTF8_FULL style, as cfsctl prints them."""
-    widths = [max(len(str(r[i])) for r in [tuple(header), *rows]) for i in range(len(header))]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
     def line(left: str, fill: str, mid: str, right: str) -> str:
         return left + mid.join(fill * (w + 2) for w in widths) + right
 
-    def row(cells: tuple[str, ...] | list[str]) -> str:
+    def row(cells: Sequence[str]) -> str:
         return "│" + "┆".join(f" {c:<{w}} " for c, w in zip(cells, widths, strict=True)) + "│"
 
     out = [line("┌", "─", "┬", "┐"), row(header), line("╞", "═", "╪", "╡")]
