@@ -6,7 +6,12 @@
 //! `python` feature, which maturin enables.
 
 pub mod fsverity;
+pub mod sha256x;
+pub mod sha_mb;
 pub mod splitstream;
+
+#[cfg(feature = "python")]
+mod pybuf;
 
 #[cfg(feature = "python")]
 mod python {
@@ -23,10 +28,10 @@ mod python {
         let sub = PyModule::new(py, name)?;
         build(&sub)?;
         parent.add_submodule(&sub)?;
+        // The attribute is `name`; the module itself gets its dotted name, as if imported.
         let full = format!("composefs._native.{name}");
-        py.import("sys")?
-            .getattr("modules")?
-            .set_item(full, &sub)?;
+        sub.setattr("__name__", &full)?;
+        py.import("sys")?.getattr("modules")?.set_item(full, &sub)?;
         Ok(())
     }
 
