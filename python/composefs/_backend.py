@@ -11,6 +11,7 @@ import importlib
 import os
 from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
 __all__ = ["Backend", "backend", "name", "use"]
 
@@ -27,6 +28,7 @@ class Backend:
         # them as submodules of the extension module)
         self.fsverity: ModuleType = getattr(package, "fsverity")  # noqa: B009
         self.splitstream: ModuleType = getattr(package, "splitstream")  # noqa: B009
+        self.tar_split: Any = getattr(package, "tar_split", None)  # TODO: strict once both have it
 
     def __repr__(self) -> str:
         return f"<composefs backend {self.name!r}>"

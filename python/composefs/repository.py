@@ -496,6 +496,10 @@ class Repository:
             )
         return self._objects_fd
 
+    def objects_fd(self) -> int:
+        """The ``objects/`` directory's file descriptor (created on first use)."""
+        return self._objects()
+
     def object_path(self, object_id: bytes) -> str:
         """Absolute path of an object's file."""
         return os.path.join(self.path, "objects", object_pathname(object_id))
