@@ -41,14 +41,15 @@ CONFIG_CONTENT_TYPE = _ascii_type(b"ociconfg")
 MANIFEST_CONTENT_TYPE = _ascii_type(b"ocimanif")
 #: A non-tar blob (``oci_blob``).
 BLOB_CONTENT_TYPE = _ascii_type(b"oci_blob")
-#: An OCI image index (``ociindex``): our extension, composefs-rs 0.9 stores no indexes.
-INDEX_CONTENT_TYPE = _ascii_type(b"ociindex")
+#: An OCI image index (``ociindx\0``, as planned upstream): our extension, composefs-rs 0.9
+#: stores no indexes.
+INDEX_CONTENT_TYPE = _ascii_type(b"ociindx\0")
 
 
 def content_type_name(content_type: int) -> str:
     """The 8 ASCII characters of a content type, or its hex value if it is not printable."""
-    raw = content_type.to_bytes(8, "little")
-    if all(0x20 < b < 0x7F for b in raw):
+    raw = content_type.to_bytes(8, "little").rstrip(b"\0")
+    if raw and all(0x20 < b < 0x7F for b in raw):
         return raw.decode("ascii")
     return f"0x{content_type:016x}"
 
