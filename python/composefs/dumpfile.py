@@ -1,8 +1,9 @@
 """The composefs dumpfile format: one line per filesystem entry (as ``composefs-info dump``).
 
-A line is ``PATH SIZE MODE NLINK UID GID RDEV MTIME PAYLOAD CONTENT DIGEST [XATTR...]`` with
-every variable field escaped as composefs does: ``\\\\``, ``\\n``, ``\\r``, ``\\t`` and ``\\xNN`` for
-bytes outside ``!``..``~``; ``-`` stands for an empty field and a literal ``-`` is ``\\x2d``.
+A line is ``PATH SIZE MODE NLINK UID GID RDEV MTIME PAYLOAD CONTENT DIGEST [XATTR...]``
+with every variable field escaped as composefs does: ``\\\\``, ``\\n``, ``\\r``, ``\\t``
+and ``\\xNN`` for bytes outside ``!``..``~``; ``-`` stands for an empty field and a literal
+``-`` is ``\\x2d``.
 Hardlinks are ``PATH 0 @120000 - - - - 0.0 TARGET - -``.
 """
 

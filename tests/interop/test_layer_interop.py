@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from support import need, run, tool
 
 from composefs import _backend, layer
 from composefs.repository import Repository
+from support import need, run, tool
 
 pytestmark = pytest.mark.interop
 
@@ -30,8 +30,9 @@ def _load(backend: str) -> None:
         need(False, f"{backend} backend unavailable: {e}")
 
 
-def cli(*args: str | os.PathLike[str], backend: str, input: bytes | None = None,
-        check: bool = True) -> subprocess.CompletedProcess[bytes]:
+def cli(
+    *args: str | os.PathLike[str], backend: str, input: bytes | None = None, check: bool = True
+) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "COMPOSEFS_BACKEND": backend}
     return run(sys.executable, "-m", "composefs.cli", *args, input=input, env=env, check=check)
 
@@ -39,6 +40,7 @@ def cli(*args: str | os.PathLike[str], backend: str, input: bytes | None = None,
 def sample_tar() -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+
         def add(name: str, data: bytes | None = None, **kw: object) -> None:
             info = tarfile.TarInfo(name)
             for k, v in kw.items():
@@ -82,8 +84,7 @@ def test_import_layer_cli_matches_cfsctl(
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     for r in (ours, theirs):
         run(cfsctl, "--repo", r, "init", "--insecure", "--algorithm", algorithm, r)
-    mine = cli("--repo", ours, "oci", "import-layer", diff_id, "named", input=tar,
-               backend=backend)
+    mine = cli("--repo", ours, "oci", "import-layer", diff_id, "named", input=tar, backend=backend)
     ref = run(cfsctl, "--repo", theirs, "oci", "import-layer", diff_id, "named", input=tar)
     assert mine.stdout == ref.stdout
     assert _tree(ours) == _tree(theirs)
@@ -92,8 +93,11 @@ def test_import_layer_cli_matches_cfsctl(
     assert again.stdout == ref.stdout
     # the reverse path: raw tar, dumpfile, json, read back by both tools from both repos
     for repo in (ours, theirs):
-        for args in (["oci", "layer", diff_id], ["oci", "layer", diff_id, "--dumpfile"],
-                     ["oci", "layer", diff_id, "--json"]):
+        for args in (
+            ["oci", "layer", diff_id],
+            ["oci", "layer", diff_id, "--dumpfile"],
+            ["oci", "layer", diff_id, "--json"],
+        ):
             a = cli("--repo", repo, *args, backend=backend).stdout
             b = run(cfsctl, "--repo", repo, *args).stdout
             assert a == b, args
@@ -140,8 +144,9 @@ def test_compressed_layers_verified(
     with _backend.use(backend):
         repo, _ = Repository.init(repo_path, insecure=True)
         with repo:
-            result = layer.import_layer(repo, io.BytesIO(blob), diff_id, media_type=media_type,
-                                        digest=digest)
+            result = layer.import_layer(
+                repo, io.BytesIO(blob), diff_id, media_type=media_type, digest=digest
+            )
             assert not result.skipped
             assert result.tar_size == len(tar) and result.blob_size == len(blob)
             assert repo.fsck().ok
@@ -158,12 +163,21 @@ def test_digest_mismatches_leave_nothing_referenced(tmp_path: Path, backend: str
     with _backend.use(backend):
         repo, _ = Repository.init(tmp_path / "r", insecure=True)
         with repo:
-            with pytest.raises(layer.LayerDigestMismatch,
-                               match=rf"expected {wrong}, got sha256:{hashlib.sha256(blob).hexdigest()}"):
-                layer.import_layer(repo, io.BytesIO(blob), diff_id,
-                                   media_type=layer.OCI_LAYER + "+gzip", digest=wrong)
-            with pytest.raises(layer.LayerDigestMismatch,
-                               match=rf"does not match diff_id: expected {wrong}, got {diff_id}"):
+            with pytest.raises(
+                layer.LayerDigestMismatch,
+                match=rf"expected {wrong}, got sha256:{hashlib.sha256(blob).hexdigest()}",
+            ):
+                layer.import_layer(
+                    repo,
+                    io.BytesIO(blob),
+                    diff_id,
+                    media_type=layer.OCI_LAYER + "+gzip",
+                    digest=wrong,
+                )
+            with pytest.raises(
+                layer.LayerDigestMismatch,
+                match=rf"does not match diff_id: expected {wrong}, got {diff_id}",
+            ):
                 layer.import_layer(repo, io.BytesIO(tar), wrong)
             assert repo.has_stream(f"oci-layer-{diff_id}") is None
             assert repo.has_stream(f"oci-layer-{wrong}") is None
@@ -178,16 +192,17 @@ def test_truncated_blobs_fail_cleanly(tmp_path: Path, backend: str, compression:
     _load(backend)
     tar = sample_tar()
     diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
-    if compression == "gzip":
-        blob = gzip.compress(tar)
-    else:
-        blob = zstandard.ZstdCompressor().compress(tar)
+    blob = gzip.compress(tar) if compression == "gzip" else zstandard.ZstdCompressor().compress(tar)
     with _backend.use(backend):
         repo, _ = Repository.init(tmp_path / "r", insecure=True)
         with repo:
             with pytest.raises(layer.LayerError, match=f"decompressing {compression}"):
-                layer.import_layer(repo, io.BytesIO(blob[: len(blob) // 2]), diff_id,
-                                   media_type=f"{layer.OCI_LAYER}+{compression}")
+                layer.import_layer(
+                    repo,
+                    io.BytesIO(blob[: len(blob) // 2]),
+                    diff_id,
+                    media_type=f"{layer.OCI_LAYER}+{compression}",
+                )
             assert repo.has_stream(f"oci-layer-{diff_id}") is None
             assert repo.fsck().ok
 
@@ -197,9 +212,19 @@ def test_cli_errors_are_chained(tmp_path: Path) -> None:
     run(sys.executable, "-m", "composefs.cli", "--repo", repo, "init", "--insecure")
     tar = sample_tar()
     proc = subprocess.run(
-        [sys.executable, "-m", "composefs.cli", "--repo", repo, "oci", "import-layer",
-         "sha256:" + "1" * 64],
-        input=tar, capture_output=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "composefs.cli",
+            "--repo",
+            repo,
+            "oci",
+            "import-layer",
+            "sha256:" + "1" * 64,
+        ],
+        input=tar,
+        capture_output=True,
+        check=False,
     )
     assert proc.returncode == 1
     err = proc.stderr.decode()
@@ -207,16 +232,38 @@ def test_cli_errors_are_chained(tmp_path: Path) -> None:
     assert "Caused by:" in err and "does not match diff_id" in err
     assert "Traceback" not in err
     proc = subprocess.run(
-        [sys.executable, "-m", "composefs.cli", "--repo", repo, "oci", "import-layer",
-         "sha256:" + "1" * 64, "--media-type", "application/x-nonsense"],
-        input=tar, capture_output=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "composefs.cli",
+            "--repo",
+            repo,
+            "oci",
+            "import-layer",
+            "sha256:" + "1" * 64,
+            "--media-type",
+            "application/x-nonsense",
+        ],
+        input=tar,
+        capture_output=True,
+        check=False,
     )
     assert proc.returncode == 1
     assert "unsupported layer media type 'application/x-nonsense'" in proc.stderr.decode()
     proc = subprocess.run(
-        [sys.executable, "-m", "composefs.cli", "--repo", repo, "oci", "layer",
-         "sha256:" + "2" * 64, "--json"],
-        capture_output=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "composefs.cli",
+            "--repo",
+            repo,
+            "oci",
+            "layer",
+            "sha256:" + "2" * 64,
+            "--json",
+        ],
+        capture_output=True,
+        check=False,
     )
     assert proc.returncode == 1
     assert proc.stderr.decode().startswith(f"Error: Layer sha256:{'2' * 64} not found")
