@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
-from typing import Any
+import threading
+import time
+from typing import Any, TextIO
 
 from composefs import layer
 from composefs.cli._common import add_command, open_repo
@@ -34,6 +38,45 @@ def register(sub: Any) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--dumpfile", action="store_true", help="composefs dumpfile lines")
     fmt.add_argument("--json", action="store_true", help="layer metadata as JSON")
+
+    p = add_command(inner, "pull", "pull an image into the repository", cmd_pull)
+    p.add_argument(
+        "image",
+        metavar="IMAGE",
+        help="oci:PATH[:TAG], oci:PATH@sha256:..., docker://..., oci-archive:..., ...",
+    )
+    p.add_argument("name", nargs="?", metavar="NAME", help="the tag to give it (default: IMAGE)")
+    p.add_argument(
+        "--platform", metavar="OS/ARCH[/VARIANT]", help="pick this platform from an image index"
+    )
+
+    p = add_command(inner, "images", "list the tagged images", cmd_images)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add_command(inner, "inspect", "show an image's manifest and config", cmd_inspect)
+    p.add_argument("image", metavar="IMAGE", help="a tag, or @sha256:... (a manifest or index)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--manifest", action="store_true", help="the raw manifest JSON")
+    what.add_argument("--config", action="store_true", help="the raw config JSON")
+    what.add_argument(
+        "--index", action="store_true", help="the raw image index the image was pulled through"
+    )
+    p.add_argument(
+        "--platform",
+        metavar="OS/ARCH[/VARIANT]",
+        help="re-resolve the image's stored index for this platform",
+    )
+
+    p = add_command(inner, "tag", "tag a manifest (or stored index) by digest", cmd_tag)
+    p.add_argument("digest", metavar="DIGEST", type=_digest_arg, help="sha256:...")
+    p.add_argument("name", metavar="NAME")
+
+    p = add_command(inner, "untag", "remove a tag", cmd_untag)
+    p.add_argument("name", metavar="NAME")
+
+    p = add_command(inner, "fsck", "check the repository and its OCI images", cmd_fsck)
+    p.add_argument("image", nargs="?", metavar="IMAGE", help="check only this tag")
+    p.add_argument("--json", action="store_true", help="machine-readable output (exit 0)")
 
 
 def _usage(args: argparse.Namespace) -> int:
@@ -75,3 +118,219 @@ def cmd_layer(args: argparse.Namespace) -> int:
             layer.layer_tar(repo, args.layer, out_b)
             out_b.flush()
     return 0
+
+
+# -- images ----------------------------------------------------------------------------------
+
+
+def _digest_arg(text: str) -> str:
+    from composefs.oci.reference import ReferenceError, parse_digest
+
+    try:
+        return parse_digest(text)
+    except ReferenceError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from composefs import oci
+
+    name = args.name if args.name is not None else args.image
+    renderer = _ProgressRenderer(sys.stderr) if sys.stderr.isatty() else None
+    with open_repo(args) as repo:
+        try:
+            result = oci.pull(
+                repo,
+                args.image,
+                name,
+                platform=args.platform,
+                progress=renderer.event if renderer else None,
+            )
+        finally:
+            if renderer is not None:
+                renderer.close()
+    print(f"manifest {result.manifest_digest}")
+    print(f"config   {result.config_digest}")
+    print(f"verity   {result.manifest_verity.hex()}")
+    print(f"tagged   {name}")
+    print(f"objects  {result.stats}")
+    return 0
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    from composefs.cli.repo_cmd import render_table
+    from composefs.oci import image
+
+    def warn(message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+
+    with open_repo(args) as repo:
+        images = image.list_images(repo, warn=warn)
+    if args.json:
+        doc = {"images": [i.to_dict() for i in images]}
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+    elif not images:
+        print("No images found")
+    else:
+        rows = [
+            (
+                i.name,
+                i.manifest_digest.removeprefix("sha256:")[:12],
+                i.architecture or "artifact",
+                str(i.layer_count),
+                str(i.referrer_count),
+            )
+            for i in images
+        ]
+        print(render_table(["NAME", "DIGEST", "ARCH", "LAYERS", "REFS"], rows))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from composefs.oci import image
+    from composefs.oci.platform import parse_platform
+    from composefs.oci.reference import parse_repo_reference
+
+    ref = parse_repo_reference(args.image)
+    platform = parse_platform(args.platform) if args.platform else None
+    with open_repo(args) as repo:
+        index: tuple[str, bytes] | None = None
+        if ref.digest is not None:
+            if image.find_stream_digest(repo, ref.digest) == "index":
+                index = (ref.digest, image.open_index(repo, ref.digest).verity)
+        else:
+            assert ref.name is not None
+            index = image.resolve_index_ref(repo, ref.name)
+        if args.index:
+            if index is None:
+                raise ComposefsError(f"{ref} was not pulled through an image index")
+            _write_raw(image.open_index(repo, index[0], index[1]).raw)
+            return 0
+        if index is not None and (ref.digest is not None or platform is not None):
+            digest, verity = image.resolve_index(repo, index[0], platform)
+            img = image.OciImage.open(repo, digest, verity)
+        else:
+            img = image.OciImage.resolve(repo, ref)
+            if platform is not None and not _platform_matches(img, platform):
+                raise ComposefsError(f"{ref} is {img.os}/{img.architecture}, not {platform}")
+        if args.manifest:
+            _write_raw(img.manifest_raw)
+        elif args.config:
+            _write_raw(img.config_raw)
+        else:
+            reply = image.inspect_reply(repo, img)
+            print(json.dumps(reply, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _platform_matches(img: Any, platform: Any) -> bool:
+    from composefs.oci.platform import Platform, match_rank
+
+    if img.config is None:
+        return False
+    return match_rank(Platform.from_json(img.config), platform) is not None
+
+
+def _write_raw(data: bytes) -> None:
+    out = sys.stdout.buffer
+    out.write(data)
+    out.write(b"\n")
+    out.flush()
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from composefs.oci import image
+
+    with open_repo(args) as repo:
+        image.tag_image(repo, args.digest, args.name)
+    print(f"Tagged {args.digest} as {args.name}")
+    return 0
+
+
+def cmd_untag(args: argparse.Namespace) -> int:
+    from composefs.oci import image
+
+    with open_repo(args) as repo:
+        image.untag_image(repo, args.name)
+    print(f"Removed tag {args.name}")
+    return 0
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    from composefs.oci import image
+
+    with open_repo(args) as repo:
+        result = image.oci_fsck(repo, args.image)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    sys.stdout.write(str(result))
+    if not result.ok:
+        raise ComposefsError("OCI integrity check failed")
+    return 0
+
+
+class _ProgressRenderer:
+    """One progress bar per layer on a terminal, redrawn at most ten times a second."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.lock = threading.Lock()
+        self.order: list[str] = []
+        self.state: dict[str, tuple[int, int | None, str]] = {}
+        self.drawn = 0
+        self.last = 0.0
+
+    def event(self, ev: Any) -> None:
+        with self.lock:
+            if ev.kind == "message":
+                self._clear()
+                self.out.write(ev.message + "\n")
+                self._draw()
+                return
+            if ev.id not in self.state:
+                self.order.append(ev.id)
+            done, total, status = self.state.get(ev.id, (0, ev.total, "waiting"))
+            if ev.kind == "skipped":
+                status = "already present"
+            elif ev.kind == "done":
+                done, status = ev.total or done, "done"
+            else:
+                done, total, status = ev.transferred, ev.total, "importing"
+            self.state[ev.id] = (done, total, status)
+            now = time.monotonic()
+            if ev.kind in ("progress",) and now - self.last < 0.1:
+                return
+            self.last = now
+            self._clear()
+            self._draw()
+
+    def _clear(self) -> None:
+        if self.drawn:
+            self.out.write(f"\x1b[{self.drawn}F\x1b[J")
+            self.drawn = 0
+
+    def _draw(self) -> None:
+        from composefs.oci.pull import human_bytes
+
+        width = shutil.get_terminal_size((80, 24)).columns
+        for key in self.order:
+            done, total, status = self.state[key]
+            label = key.removeprefix("sha256:")[:12]
+            if status == "importing" and total:
+                bar_width = max(10, min(40, width - 50))
+                filled = min(bar_width, bar_width * done // max(total, 1))
+                bar = "#" * filled + "-" * (bar_width - filled)
+                line = f"{label} [{bar}] {human_bytes(done)}/{human_bytes(total)}"
+            elif status == "done" and total is not None:
+                line = f"{label} done {human_bytes(total)}"
+            else:
+                line = f"{label} {status}"
+            self.out.write(line[: width - 1] + "\n")
+        self.drawn = len(self.order)
+        self.out.flush()
+
+    def close(self) -> None:
+        with self.lock:
+            self._clear()
+            self._draw()

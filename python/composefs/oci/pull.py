@@ -1,0 +1,562 @@
+"""``pull``: import an OCI image into a repository, leaving it as ``cfsctl oci pull`` would.
+
+The pipeline (see ``docs/oci.md``)::
+
+    writability check -> reference -> source (oci: layout, or skopeo's image proxy)
+      -> manifest for the platform (indexes resolved) -> config (verified)
+      -> layers in parallel, largest first (digest and diff_id verified, present ones skipped)
+      -> oci-config-<digest> (refs in diff_id order) -> oci-manifest-<digest>
+      -> oci-index-<digest> for every index walked (our extension) -> tag
+
+EROFS generation (cfsctl's last step) is not done yet: the tag points at the manifest stream
+written here, and the manifest and config streams are the ones cfsctl writes *before* its
+EROFS rewrite, byte for byte.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from composefs import splitstream
+from composefs.errors import ComposefsError
+from composefs.layer import LAYER_MEDIA_TYPES, LayerImportResult, import_layer, layer_identifier
+from composefs.oci import image as _image
+from composefs.oci.image import CONFIG_MEDIA_TYPE, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE
+from composefs.oci.layout import LayoutSource
+from composefs.oci.platform import Platform, parse_platform
+from composefs.oci.reference import (
+    ImageReference,
+    ReferenceError,
+    parse_digest,
+    parse_layout_name,
+    parse_reference,
+)
+from composefs.oci.source import Descriptor, ImageSource, ResolvedManifest
+from composefs.repository import Repository
+
+__all__ = [
+    "ImportStats",
+    "PullError",
+    "PullEvent",
+    "PullResult",
+    "human_bytes",
+    "open_source",
+    "pull",
+]
+
+DOCKER_MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
+
+
+class PullError(ComposefsError):
+    """A pull failed; the cause chain says where and why."""
+
+
+# -- results and events ----------------------------------------------------------------------
+
+
+def human_bytes(n: int) -> str:
+    """indicatif's ``HumanBytes``: binary prefixes, two decimals (``1.46 KiB``, ``15 B``)."""
+    value = float(n)
+    prefixes = ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi")
+    index = 0
+    while value >= 1024.0 and index < len(prefixes):
+        value /= 1024.0
+        index += 1
+    if index == 0:
+        return f"{value:.0f} B"
+    return f"{value:.2f} {prefixes[index - 1]}B"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportStats:
+    """What a pull stored (cfsctl's ``ImportStats``)."""
+
+    layers: int = 0
+    layers_already_present: int = 0
+    objects_copied: int = 0
+    objects_reflinked: int = 0
+    objects_hardlinked: int = 0
+    objects_already_present: int = 0
+    bytes_copied: int = 0
+    bytes_reflinked: int = 0
+    bytes_hardlinked: int = 0
+    bytes_inlined: int = 0
+
+    @property
+    def new_objects(self) -> int:
+        return self.objects_copied + self.objects_reflinked + self.objects_hardlinked
+
+    def __add__(self, other: ImportStats) -> ImportStats:
+        return ImportStats(
+            *(
+                getattr(self, f.name) + getattr(other, f.name)
+                for f in dataclasses.fields(ImportStats)
+            )
+        )
+
+    @classmethod
+    def from_layer(cls, result: LayerImportResult) -> ImportStats:
+        if result.skipped:
+            return cls(layers=1, layers_already_present=1)
+        written_bytes = getattr(result, "bytes_written", None)
+        if not isinstance(written_bytes, int):
+            # exact unless some of the layer's objects were already in the repository
+            written_bytes = result.external_bytes if result.objects_present == 0 else 0
+            if result.objects_present and result.objects_written:
+                total = result.objects_written + result.objects_present
+                written_bytes = result.external_bytes * result.objects_written // total
+        return cls(
+            layers=1,
+            objects_copied=result.objects_written,
+            objects_already_present=result.objects_present,
+            bytes_copied=written_bytes,
+            bytes_inlined=result.inline_bytes,
+        )
+
+    def __str__(self) -> str:
+        if self.objects_reflinked or self.objects_hardlinked:
+            parts = []
+            if self.objects_reflinked:
+                parts.append(f"{self.objects_reflinked} reflinked")
+            if self.objects_hardlinked:
+                parts.append(f"{self.objects_hardlinked} hardlinked")
+            parts += [
+                f"{self.objects_copied} copied",
+                f"{self.objects_already_present} already present",
+            ]
+            sizes = []
+            if self.objects_reflinked:
+                sizes.append(f"{human_bytes(self.bytes_reflinked)} reflinked")
+            if self.objects_hardlinked:
+                sizes.append(f"{human_bytes(self.bytes_hardlinked)} hardlinked")
+            sizes += [
+                f"{human_bytes(self.bytes_copied)} copied",
+                f"{human_bytes(self.bytes_inlined)} inlined",
+            ]
+            return f"{' + '.join(parts)} objects; {', '.join(sizes)}"
+        return (
+            f"{self.objects_copied} new + {self.objects_already_present} already present objects; "
+            f"{human_bytes(self.bytes_copied)} stored, {human_bytes(self.bytes_inlined)} inlined"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PullEvent:
+    """A progress event. Layer events carry the diff_id in ``id`` and sizes in blob bytes.
+
+    ``kind`` is ``message`` (``message`` set), ``started`` (``total`` = blob size),
+    ``progress`` (``transferred`` so far), ``done`` or ``skipped`` (layer already present).
+    """
+
+    kind: Literal["message", "started", "progress", "done", "skipped"]
+    id: str = ""
+    total: int | None = None
+    transferred: int = 0
+    message: str = ""
+
+
+#: called from worker threads, possibly concurrently: it must be thread-safe
+ProgressCallback = Callable[[PullEvent], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class PullResult:
+    """What :func:`pull` imported.
+
+    ``manifest_verity`` is what ``cfsctl oci pull`` prints as ``verity``. ``index_digest`` is
+    the outermost image index the manifest was resolved through (``None`` when the reference
+    named a manifest); its stream is ``oci-index-<index_digest>`` (see ``docs/oci.md``).
+    """
+
+    manifest_digest: str
+    manifest_verity: bytes
+    config_digest: str
+    config_verity: bytes
+    stats: ImportStats
+    #: the tag written (``streams/refs/oci/<encoded>``), if any
+    tag: str | None = None
+    index_digest: str | None = None
+    index_verity: bytes | None = None
+    #: the image's platform from its config (``None`` for artifacts)
+    platform: Platform | None = None
+    #: ``(diff_id, layer stream verity)`` in config order
+    layers: tuple[tuple[str, bytes], ...] = ()
+
+
+# -- sources ---------------------------------------------------------------------------------
+
+
+def open_source(ref: ImageReference, platform: str | None = None) -> ImageSource:
+    """A :class:`LayoutSource` for ``oci:``, skopeo's image proxy for everything else."""
+    if ref.transport == "oci":
+        return LayoutSource(parse_layout_name(ref.name))
+    try:
+        from composefs.oci import proxy
+    except ImportError as e:
+        raise PullError(
+            f"the {ref.transport}: transport needs the skopeo image proxy client"
+        ) from e
+    source: ImageSource = proxy.ProxyImageSource(ref.for_skopeo(), platform=platform)
+    return source
+
+
+def _source_context(ref: ImageReference) -> str:
+    if ref.transport == "oci":
+        return f"Importing OCI layout from {parse_layout_name(ref.name).path}"
+    return f"Unable to pull container image {ref.text}"
+
+
+# -- pull ------------------------------------------------------------------------------------
+
+
+def pull(
+    repo: Repository,
+    ref: str,
+    name: str | None = None,
+    platform: str | None = None,
+    progress: ProgressCallback | None = None,
+    *,
+    threads: int = 0,
+) -> PullResult:
+    """Pulls ``ref`` (``oci:PATH[:TAG]``, ``oci:PATH@sha256:...``, ``docker://...``, ...).
+
+    ``name`` tags the manifest as ``streams/refs/oci/<encoded name>`` (no tag when ``None``;
+    the CLI defaults it to ``ref``). ``platform`` is ``os/arch[/variant]`` (default: this
+    host). ``progress`` receives :class:`PullEvent`\\ s from worker threads. ``threads`` bounds
+    the parallel layer imports (``0``: one per core). Safe to call from several threads.
+    """
+    repo.ensure_writable()
+    if name is not None and name.startswith("@"):
+        raise PullError(
+            f"Invalid ref name {json.dumps(name)}: leading '@' is reserved for digest references"
+        )
+    try:
+        image_ref = parse_reference(ref)
+    except ReferenceError as e:
+        raise PullError("Parsing image reference transport") from e
+    if platform is not None:
+        parse_platform(platform)  # fail before touching the source
+    emit = progress or _no_progress
+    with contextlib.ExitStack() as stack:
+        try:
+            source = open_source(image_ref, platform)
+            stack.callback(source.close)
+            resolved = source.resolve(platform)
+            result = _import(repo, source, resolved, image_ref, emit, threads)
+        except ComposefsError as e:
+            raise PullError(_source_context(image_ref)) from e
+        except OSError as e:
+            raise PullError(_source_context(image_ref)) from e
+    index_verity = _image.write_index(
+        repo, resolved.indexes, result.manifest_digest, result.manifest_verity, name
+    )
+    if name is not None:
+        _image.tag_image(repo, result.manifest_digest, name)
+    return dataclasses.replace(
+        result,
+        tag=name,
+        index_digest=resolved.indexes[0][0] if resolved.indexes else None,
+        index_verity=index_verity,
+    )
+
+
+def _no_progress(event: PullEvent) -> None:
+    pass
+
+
+def _parse_json(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PullError(f"{what} is not valid JSON") from e
+    if not isinstance(doc, dict):
+        raise PullError(f"{what} is not a JSON object")
+    return doc
+
+
+def _descriptor(doc: Any, what: str) -> Descriptor:
+    if not isinstance(doc, dict):
+        raise PullError(f"invalid {what} descriptor: not a JSON object")
+    try:
+        desc = Descriptor.from_json(doc)
+        parse_digest(desc.digest)
+    except (KeyError, TypeError, ValueError, ReferenceError) as e:
+        raise PullError(f"invalid {what} descriptor") from e
+    return desc
+
+
+def _check_manifest(resolved: ResolvedManifest) -> tuple[Descriptor, list[Descriptor]]:
+    manifest = _parse_json(resolved.raw, f"manifest {resolved.digest}")
+    media_type = manifest.get("mediaType", MANIFEST_MEDIA_TYPE)
+    if media_type == INDEX_MEDIA_TYPE or "manifests" in manifest:
+        raise PullError(f"{resolved.digest} is an image index, not a manifest")
+    if media_type not in (MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE):
+        raise PullError(f"Unexpected media type {media_type}")
+    if manifest.get("schemaVersion") != 2:
+        raise PullError(
+            f"manifest {resolved.digest}: unsupported schemaVersion "
+            f"{manifest.get('schemaVersion')!r}"
+        )
+    config = _descriptor(manifest.get("config"), "config")
+    layers_doc = manifest.get("layers")
+    if layers_doc is None:
+        layers_doc = []
+    if not isinstance(layers_doc, list):
+        raise PullError(f"manifest {resolved.digest}: 'layers' is not a list")
+    return config, [_descriptor(d, "layer") for d in layers_doc]
+
+
+def _diff_ids(config: Descriptor, raw: bytes, layers: Sequence[Descriptor]) -> list[str]:
+    """``rootfs.diff_ids`` for image configs; the layer digests for anything else."""
+    if config.media_type not in (CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE):
+        return [d.digest for d in layers]
+    doc = _parse_json(raw, f"config {config.digest}")
+    rootfs = doc.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list):
+        raise PullError("config has no rootfs.diff_ids")
+    out = []
+    for d in diff_ids:
+        try:
+            out.append(parse_digest(str(d)))
+        except ReferenceError as e:
+            raise PullError("parsing diff_id from image config") from e
+    return out
+
+
+def _missing(diff_id: str, available: Sequence[str]) -> PullError:
+    keys = ", ".join(json.dumps(k) for k in available)
+    return PullError(
+        f"missing layer verity for diff_id {diff_id}. Available keys in refs: [{keys}]"
+    )
+
+
+def _import(
+    repo: Repository,
+    source: ImageSource,
+    resolved: ResolvedManifest,
+    ref: ImageReference,
+    emit: ProgressCallback,
+    threads: int,
+) -> PullResult:
+    config_desc, layers = _check_manifest(resolved)
+    if ref.transport == "oci":
+        emit(PullEvent("message", message=f"Importing {len(layers)} layers from OCI layout"))
+    try:
+        config_digest, config_verity, config_raw, layer_refs, stats = _import_config_and_layers(
+            repo, source, config_desc, layers, emit, threads
+        )
+    except ComposefsError as e:
+        raise PullError(f"Failed to import image content for manifest {resolved.digest}") from e
+    emit(PullEvent("message", message="Storing manifest"))
+    identifier = _image.manifest_identifier(resolved.digest)
+    manifest_verity = repo.has_stream(identifier)
+    if manifest_verity is None:
+        manifest_verity = _image.write_manifest(
+            repo, resolved.digest, resolved.raw, config_digest, config_verity, layer_refs
+        )
+    platform = None
+    if config_desc.media_type == CONFIG_MEDIA_TYPE:
+        with contextlib.suppress(PullError):
+            platform = Platform.from_json(_parse_json(config_raw, "config"))
+    return PullResult(
+        manifest_digest=resolved.digest,
+        manifest_verity=manifest_verity,
+        config_digest=config_digest,
+        config_verity=config_verity,
+        stats=stats,
+        platform=platform,
+        layers=tuple(layer_refs),
+    )
+
+
+def _import_config_and_layers(
+    repo: Repository,
+    source: ImageSource,
+    config_desc: Descriptor,
+    layers: Sequence[Descriptor],
+    emit: ProgressCallback,
+    threads: int,
+) -> tuple[str, bytes, bytes, list[tuple[str, bytes]], ImportStats]:
+    config_digest = config_desc.digest
+    identifier = _image.config_identifier(config_digest)
+    existing = repo.has_stream(identifier)
+    if existing is not None:
+        # cfsctl: a config stream already present means its layers are too
+        try:
+            raw, refs = _image.read_external_stream(
+                repo, identifier, existing, splitstream.CONFIG_CONTENT_TYPE
+            )
+        except ComposefsError as e:
+            raise PullError(f"Failed to read cached config {config_digest}") from e
+        try:
+            diff_ids = _diff_ids(config_desc, raw, layers)
+        except PullError as e:
+            raise PullError(f"Failed to parse config {config_digest}") from e
+        layer_refs = []
+        for diff_id in diff_ids:
+            if diff_id not in refs:
+                raise _missing(diff_id, sorted(refs))
+            layer_refs.append((diff_id, refs[diff_id]))
+        if len(layer_refs) != len(layers):
+            raise PullError(f"expected {len(layers)} layer refs but got {len(layer_refs)}")
+        for diff_id, _ in layer_refs:
+            emit(PullEvent("skipped", id=diff_id))
+        return config_digest, existing, raw, layer_refs, ImportStats()
+
+    try:
+        raw = source.read_blob(config_desc)
+    except ComposefsError as e:
+        raise PullError(f"Failed to read config {config_digest}") from e
+    try:
+        diff_ids = _diff_ids(config_desc, raw, layers)
+    except PullError as e:
+        raise PullError(f"Failed to parse config {config_digest}") from e
+    if len(diff_ids) > len(layers):
+        raise _missing(diff_ids[len(layers)], diff_ids[: len(layers)])
+    if len(diff_ids) < len(layers):
+        raise PullError(f"expected {len(layers)} layer refs but got {len(diff_ids)}")
+    artifact = config_desc.media_type not in (CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE)
+    if not artifact:
+        for desc in layers:
+            if desc.media_type not in LAYER_MEDIA_TYPES:
+                raise PullError(f"Failed to import layer {desc.digest}") from PullError(
+                    f"unsupported layer media type {desc.media_type!r}"
+                )
+
+    results = _import_layers(
+        repo, source, list(zip(layers, diff_ids, strict=True)), artifact, emit, threads
+    )
+    layer_refs = [(d, results[d][0]) for d in diff_ids]
+    stats = ImportStats()
+    for diff_id in dict.fromkeys(diff_ids):
+        stats = stats + results[diff_id][1]
+    config_verity = _image.write_config(repo, config_digest, raw, layer_refs)
+    return config_digest, config_verity, raw, layer_refs, stats
+
+
+def _import_layers(
+    repo: Repository,
+    source: ImageSource,
+    pairs: list[tuple[Descriptor, str]],
+    artifact: bool,
+    emit: ProgressCallback,
+    threads: int,
+) -> dict[str, tuple[bytes, ImportStats]]:
+    """Imports every layer (largest first, in parallel); diff_id -> (verity, stats)."""
+    unique: dict[str, Descriptor] = {}
+    for desc, diff_id in pairs:
+        unique.setdefault(diff_id, desc)
+    order = sorted(unique.items(), key=lambda kv: -kv[1].size)
+    workers = threads if threads > 0 else (os.cpu_count() or 1)
+    workers = max(1, min(workers, len(order)))
+    results: dict[str, tuple[bytes, ImportStats]] = {}
+    if not order:
+        return results
+    cancelled = threading.Event()
+
+    def job(diff_id: str, desc: Descriptor) -> tuple[bytes, ImportStats]:
+        if cancelled.is_set():
+            raise PullError("cancelled")
+        try:
+            return _import_one(repo, source, desc, diff_id, artifact, emit, threads, cancelled)
+        except ComposefsError as e:
+            raise PullError(f"Failed to import layer {desc.digest}") from e
+        except OSError as e:
+            raise PullError(f"Failed to import layer {desc.digest}") from e
+
+    with concurrent.futures.ThreadPoolExecutor(
+        max_workers=workers, thread_name_prefix="composefs-pull"
+    ) as pool:
+        futures = {pool.submit(job, d, desc): d for d, desc in order}
+        error: BaseException | None = None
+        for future in concurrent.futures.as_completed(futures):
+            try:
+                results[futures[future]] = future.result()
+            except BaseException as e:
+                if error is None:
+                    error = e
+                    cancelled.set()
+                    for f in futures:
+                        f.cancel()
+    if error is not None:
+        raise error
+    return results
+
+
+def _import_one(
+    repo: Repository,
+    source: ImageSource,
+    desc: Descriptor,
+    diff_id: str,
+    artifact: bool,
+    emit: ProgressCallback,
+    threads: int,
+    cancelled: threading.Event,
+) -> tuple[bytes, ImportStats]:
+    existing = repo.has_stream(layer_identifier(diff_id))
+    if existing is not None:
+        emit(PullEvent("skipped", id=diff_id))
+        return existing, ImportStats(layers=1, layers_already_present=1)
+    emit(PullEvent("started", id=diff_id, total=desc.size))
+
+    def on_progress(done: int) -> None:
+        emit(PullEvent("progress", id=diff_id, total=desc.size, transferred=done))
+
+    if artifact and desc.media_type not in LAYER_MEDIA_TYPES:
+        with source.open_blob(desc) as fd:
+            verity, stats = _store_blob(repo, fd, desc, diff_id)
+    else:
+        with source.open_blob(desc) as fd:
+            result = import_layer(
+                repo,
+                fd,
+                diff_id,
+                media_type=desc.media_type,
+                digest=desc.digest,
+                threads=threads,
+                progress=on_progress,
+            )
+        verity, stats = result.verity, ImportStats.from_layer(result)
+    emit(PullEvent("done", id=diff_id, total=desc.size, transferred=desc.size))
+    return verity, stats
+
+
+def _store_blob(repo: Repository, fd: int, desc: Descriptor, key: str) -> tuple[bytes, ImportStats]:
+    """A non-tar artifact layer: the raw blob as one object in an ``oci_blob`` stream."""
+    raw = _HashingReader(fd)
+    object_id = repo.ensure_object_from_stream(io.BufferedReader(raw, 1 << 20), desc.size)
+    found = "sha256:" + raw.hasher.hexdigest()
+    if found != desc.digest:
+        raise PullError(f"blob digest mismatch: expected {desc.digest}, got {found}")
+    writer = splitstream.Writer(repo.algorithm, splitstream.BLOB_CONTENT_TYPE)
+    writer.write_external(object_id, desc.size)
+    verity = repo.write_stream(writer, layer_identifier(key))
+    return verity, ImportStats(layers=1, objects_copied=1, bytes_copied=desc.size)
+
+
+class _HashingReader(io.RawIOBase):
+    """Reads a file descriptor (not closing it) and hashes what passes through."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.hasher = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = os.readv(self.fd, [view])
+        self.hasher.update(view[:n])
+        return n

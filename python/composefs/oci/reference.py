@@ -1,0 +1,157 @@
+"""Image references: where a pull reads from, and how images are named inside a repository.
+
+A *source reference* is ``TRANSPORT:NAME`` (containers-image-proxy-rs rules: split at the
+first colon, ``docker:`` needs ``//``). ``oci:`` references are read directly from the layout
+directory; their name is ``PATH[:TAG]``, split at the **last** colon unless a ``/`` follows it
+(composefs-rs ``parse_oci_layout_ref``), plus our extension ``PATH@sha256:<hex>`` naming a
+manifest or index blob of the layout by digest. Every other transport goes to skopeo.
+
+A *repository reference* (``oci inspect`` and friends) is a tag name, or ``@sha256:<hex>``
+for a manifest digest (cfsctl's ``OciReference``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from composefs.errors import ComposefsError
+
+__all__ = [
+    "PROXY_TRANSPORTS",
+    "TRANSPORTS",
+    "ImageReference",
+    "LayoutReference",
+    "ReferenceError",
+    "RepoReference",
+    "parse_digest",
+    "parse_layout_name",
+    "parse_reference",
+    "parse_repo_reference",
+]
+
+
+class ReferenceError(ComposefsError):
+    """An image reference cannot be parsed."""
+
+
+#: transport prefix -> canonical transport name (``docker`` and ``registry`` are one transport)
+TRANSPORTS: dict[str, str] = {
+    "docker": "docker",
+    "registry": "docker",
+    "oci": "oci",
+    "oci-archive": "oci-archive",
+    "docker-archive": "docker-archive",
+    "containers-storage": "containers-storage",
+    "dir": "dir",
+    "docker-daemon": "docker-daemon",
+}
+
+#: the transports handled by skopeo's image proxy
+PROXY_TRANSPORTS = frozenset(t for t in TRANSPORTS.values() if t != "oci")
+
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+_DIGEST_SUFFIX = re.compile(r"^(?P<path>.*)@(?P<digest>(?:sha256|sha384|sha512):[0-9A-Za-z]+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageReference:
+    """A parsed ``TRANSPORT:NAME`` source reference."""
+
+    #: canonical transport: ``oci``, ``docker``, ``oci-archive``, ``docker-archive``,
+    #: ``containers-storage``, ``dir`` or ``docker-daemon``
+    transport: str
+    #: the part after the transport (without ``//`` for ``docker://``)
+    name: str
+    #: the reference as given
+    text: str
+
+    @property
+    def uses_proxy(self) -> bool:
+        return self.transport in PROXY_TRANSPORTS
+
+    def for_skopeo(self) -> str:
+        """The reference as skopeo expects it (``registry:`` becomes ``docker://``)."""
+        if self.transport == "docker":
+            return f"docker://{self.name}"
+        return f"{self.transport}:{self.name}"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_reference(text: str) -> ImageReference:
+    """Parses ``TRANSPORT:NAME`` (the messages are containers-image-proxy-rs 0.11's)."""
+    prefix, colon, name = text.partition(":")
+    if not colon:
+        raise ReferenceError(f"Missing ':' in {text}")
+    transport = TRANSPORTS.get(prefix)
+    if transport is None:
+        known = ", ".join(sorted(set(TRANSPORTS) - {"registry"}))
+        raise ReferenceError(f"Invalid transport: {prefix} (known transports: {known})")
+    if prefix == "docker":
+        if not name.startswith("//"):
+            raise ReferenceError(f"Missing // in docker:// in {text}")
+        name = name[2:]
+    if not name:
+        raise ReferenceError(f"Invalid empty name in {text}")
+    return ImageReference(transport, name, text)
+
+
+def parse_digest(text: str) -> str:
+    """Checks an OCI digest string; only ``sha256:<64 lower-case hex>`` is supported."""
+    if _SHA256.fullmatch(text):
+        return text
+    algorithm, colon, value = text.partition(":")
+    if not colon or not algorithm or not value:
+        raise ReferenceError(f"invalid digest {text!r} (expected sha256:<hex>)")
+    if algorithm != "sha256":
+        raise ReferenceError(f"Expected digest algorithm sha256 but found {text}")
+    raise ReferenceError(f"invalid sha256 digest {text!r} (expected 64 lower-case hex digits)")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutReference:
+    """The name part of an ``oci:`` reference."""
+
+    path: str
+    #: ``org.opencontainers.image.ref.name`` to look for; ``None``: every ``index.json`` entry
+    tag: str | None = None
+    #: ``sha256:<hex>`` of a manifest or index blob (our extension); excludes ``tag``
+    digest: str | None = None
+
+
+def parse_layout_name(name: str) -> LayoutReference:
+    """Splits ``PATH[:TAG]`` or ``PATH@sha256:<hex>``.
+
+    ``PATH[:TAG]`` follows composefs-rs: the last colon separates the tag unless the text after
+    it contains a ``/`` (then there is no tag); ``/x:`` has the empty tag, which matches nothing.
+    """
+    m = _DIGEST_SUFFIX.match(name)
+    if m is not None:
+        return LayoutReference(m["path"], digest=parse_digest(m["digest"]))
+    before, colon, tag = name.rpartition(":")
+    if not colon or "/" in tag:
+        return LayoutReference(name)
+    return LayoutReference(before, tag=tag)
+
+
+@dataclasses.dataclass(frozen=True)
+class RepoReference:
+    """An image inside a repository: a tag name, or ``@sha256:<hex>`` (a digest)."""
+
+    name: str | None = None
+    digest: str | None = None
+
+    def __str__(self) -> str:
+        return f"@{self.digest}" if self.digest is not None else str(self.name)
+
+
+def parse_repo_reference(text: str) -> RepoReference:
+    """``@sha256:<hex>`` is a digest, anything else a tag name (cfsctl's ``OciReference``)."""
+    if text.startswith("@"):
+        try:
+            return RepoReference(digest=parse_digest(text[1:]))
+        except ReferenceError as e:
+            raise ReferenceError("Invalid OCI digest after '@'") from e
+    return RepoReference(name=text)
