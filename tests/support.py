@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -54,3 +56,24 @@ def run(
             f"stderr: {proc.stderr.decode(errors='replace')}"
         )
     return proc
+
+
+def load_backend(name: str) -> ModuleType:
+    """The package of backend ``name`` (``composefs._pure`` or ``composefs._native``).
+
+    The native extension is required in CI (``CI=true``: a missing module fails the test);
+    elsewhere its tests are skipped with the reason.
+    """
+    if name == "python":
+        return importlib.import_module("composefs._pure")
+    try:
+        native = importlib.import_module("composefs._native")
+        # An unbuilt tree can leave an empty ``_native/`` directory, which imports as a
+        # namespace package: insist on the real extension's submodules.
+        for sub in ("fsverity", "splitstream"):
+            if not hasattr(native, sub):
+                raise ImportError(f"composefs._native has no submodule {sub!r}")
+    except ImportError as e:
+        need(False, f"native backend unavailable ({e}); build it with `pip install -e .`")
+        raise  # not reached: need() skips or fails
+    return native
