@@ -7,7 +7,8 @@ repository (``init`` included, for both tools; removing the repositories is not 
 
 cfsctl also builds the EROFS image at the end of its pull, which our pull does not do yet; the
 ``cfsctl oci compute-id`` row times that step alone (an EROFS build in memory from the pulled
-image) so the two can be told apart. The proxy engineer adds the ``skopeo`` proxy variant.
+image) so the two can be told apart. The proxy rows pull the same image packed as an
+``oci-archive:`` through ``skopeo experimental-image-proxy`` (ours and cfsctl's).
 
 Goal: our ``oci:`` pull faster than cfsctl's.
 """
@@ -150,4 +151,25 @@ def test_ours_api(measure: Any, image: str, fresh: Callable[[], Path], backend: 
 
     rounds = 7 if backend == "native" else 2
     result = measure(GROUP, f"composefs.oci.pull (API, {backend})", pull, rounds=rounds)
+    assert result.stats.layers == LAYERS
+
+
+@pytest.fixture(scope="module")
+def archive(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The same image as an ``oci-archive:`` (read through skopeo's image proxy)."""
+    skopeo = tool("skopeo")
+    path = tmp_path_factory.mktemp("archive") / "image.tar"
+    subprocess.run([skopeo, "copy", "--quiet", image, f"oci-archive:{path}:t"], check=True)
+    yield f"oci-archive:{path}:t"
+    path.unlink()
+
+
+def test_ours_proxy(measure: Any, archive: str, fresh: Callable[[], Path]) -> None:
+    def pull() -> oci.PullResult:
+        with _backend.use("native"):
+            repo, _ = Repository.init(fresh(), insecure=True)
+            with repo:
+                return oci.pull(repo, archive, "t")
+
+    result = measure(GROUP, "composefs.oci.pull via skopeo proxy (oci-archive:)", pull, rounds=5)
     assert result.stats.layers == LAYERS

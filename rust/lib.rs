@@ -5,10 +5,13 @@
 //! `cargo test`); the PyO3 bindings live in a `py` submodule compiled only with the
 //! `python` feature, which maturin enables.
 
+pub mod decompress;
 pub mod fsverity;
+pub mod objects;
 pub mod sha256x;
 pub mod sha_mb;
 pub mod splitstream;
+pub mod tar_split;
 
 #[cfg(feature = "python")]
 mod pybuf;
@@ -41,6 +44,7 @@ mod python {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         add_submodule(m, "fsverity", crate::fsverity::py::register)?;
         add_submodule(m, "splitstream", crate::splitstream::py::register)?;
+        add_submodule(m, "tar_split", crate::tar_split::py::register)?;
         Ok(())
     }
 }

@@ -175,6 +175,44 @@ impl Writer {
         }
     }
 
+    /// Appends `len` inline bytes read from `data` and ends the current inline run: they are
+    /// compressed now, as one chunk together with any inline bytes buffered before them,
+    /// without holding them in memory (for runs too long to buffer, such as the data after
+    /// a tar's end-of-archive blocks). The output is the same as `write_inline` of the same
+    /// bytes *provided that* the next call is [`Writer::write_external`] or a finish; a
+    /// `write_inline` right after this would start a new chunk.
+    pub fn write_inline_from(&mut self, len: u64, data: &mut impl Read) -> io::Result<()> {
+        if len == 0 {
+            self.flush_inline();
+            return Ok(());
+        }
+        let total = self.inline.len() as u64 + len;
+        let total = i64::try_from(total).map_err(|_| io::Error::other("inline chunk too large"))?;
+        self.encoder.write_all(&(-total).to_le_bytes())?;
+        self.encoder.write_all(&self.inline)?;
+        self.inline.clear();
+        let mut buf = vec![0u8; (256 << 10).min(len as usize)];
+        let mut left = len;
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = match data.read(&mut buf[..want]) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "inline data shorter than announced",
+                    ))
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.encoder.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        self.stream_size = self.stream_size.wrapping_add(len);
+        Ok(())
+    }
+
     /// Appends a reference to the stored object `object_id` (raw digest) whose content is
     /// `size` bytes long. Objects are numbered in order of first reference.
     pub fn write_external(&mut self, object_id: &[u8], size: u64) -> Result<(), Error> {
@@ -1094,6 +1132,37 @@ mod tests {
         );
         assert!(w.add_named_ref("x", &[0; 63]).is_err());
         assert_eq!(w.stream_size(), 0);
+    }
+
+    #[test]
+    fn write_inline_from_matches_write_inline() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let mut big = vec![0u8; 700_000];
+        rng.fill_bytes(&mut big[..300_000]);
+        let build = |streamed: bool| {
+            let mut w = Writer::new(Algorithm::Sha256, 5);
+            w.write_inline(b"head");
+            if streamed {
+                w.write_inline_from(big.len() as u64, &mut &big[..])
+                    .unwrap();
+            } else {
+                w.write_inline(&big);
+            }
+            w.write_external(&[1u8; 32], 99).unwrap();
+            w.write_inline(b"tail");
+            if streamed {
+                w.write_inline_from(3, &mut &b"xyz"[..]).unwrap();
+                w.write_inline_from(0, &mut &b""[..]).unwrap();
+            } else {
+                w.write_inline(b"xyz");
+            }
+            assert_eq!(w.stream_size(), 4 + 700_000 + 99 + 4 + 3);
+            w.finish()
+        };
+        assert_eq!(build(true), build(false));
+        let mut w = Writer::new(Algorithm::Sha256, 5);
+        let err = w.write_inline_from(10, &mut &b"short"[..]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

@@ -1,0 +1,65 @@
+"""OCI layer import (native backend): decompression, verification, tar → splitstream as
+composefs-rs 0.9 ``tar::split_async`` does, and the reverse path (``tar::get_entry``).
+
+See ``docs/internals.md`` (section ``tar_split``) for the contract shared with
+``composefs._pure.tar_split``. Malformed input raises :class:`ValueError` with composefs-rs's
+or tar-core's message, failed system calls :class:`OSError` with the errno.
+"""
+
+from collections.abc import Callable
+from typing import TypeAlias
+
+_Buffer: TypeAlias = bytes | bytearray | memoryview
+
+#: ``(stream_file, blob_sha256, tar_sha256, blob_size, tar_size, objects_written,
+#: objects_present, external_bytes, inline_bytes)``
+_SplitResult: TypeAlias = tuple[bytes, bytes, bytes, int, int, int, int, int, int]
+
+#: ``(path, kind, mode, uid, gid, mtime, mtime_nsec, size, link_target, rdev, xattrs, inline,
+#: object_id)``
+_Entry: TypeAlias = tuple[
+    bytes,
+    str,
+    int,
+    int,
+    int,
+    int,
+    int,
+    int,
+    bytes | None,
+    int,
+    list[tuple[bytes, bytes]],
+    bytes | None,
+    bytes | None,
+]
+
+__all__ = ["INLINE_CONTENT_MAX", "read_entries", "split_layer"]
+
+#: Regular file bodies up to this size are stored inline (composefs-rs INLINE_CONTENT_MAX_V0).
+INLINE_CONTENT_MAX: int
+
+def split_layer(
+    source_fd: int,
+    compression: str,
+    objects_fd: int,
+    algorithm: str,
+    content_type: int,
+    secure: bool,
+    threads: int = 0,
+    progress: Callable[[int], object] | None = None,
+) -> _SplitResult:
+    """Reads a layer blob from ``source_fd`` to EOF, decompresses it (``"none"``, ``"gzip"``:
+    every member, ``"zstd"``: every frame), hashes blob and tar (sha256), writes the bodies of
+    regular files larger than 64 bytes as objects into ``objects_fd`` (in parallel: ``threads``
+    workers, 0 = one per core) and returns the splitstream file, not stored.
+
+    ``external_bytes`` is the total size of the external chunks (every occurrence) and
+    ``inline_bytes`` that of the inline chunks: together ``tar_size``. ``progress`` is called
+    with the blob bytes read so far, at most every ~4 MiB and once at the end. The GIL is
+    released throughout, except for those calls.
+    """
+
+def read_entries(stream_file: _Buffer) -> list[_Entry]:
+    """The tar entries of a layer splitstream file, as composefs-rs's ``tar::get_entry``
+    reads them back (paths made absolute, PAX mtime nanoseconds, xattrs sorted by name,
+    ``makedev`` device numbers)."""
