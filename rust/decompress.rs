@@ -80,11 +80,63 @@ pub fn reader<'a, R: BufRead + 'a>(
 ) -> io::Result<Box<dyn Read + 'a>> {
     Ok(match compression {
         Compression::None => Box::new(src),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(src)),
+        Compression::Gzip => Box::new(GzipMembers {
+            member: None,
+            src: Some(src),
+            started: false,
+        }),
         // `with_buffer` reads through `src` without another buffer; every frame is decoded
         // (single_frame is off by default).
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(src)?),
     })
+}
+
+/// Every member of a gzip file, one flate2 `GzDecoder` per member (what `MultiGzDecoder`
+/// does), except that a member must start with the gzip magic and deflate method
+/// (`1f 8b 08`) as soon as those bytes are there: bytes after the last member that do not
+/// start another one are "invalid gzip header" even when fewer than a header's 10 bytes
+/// (async-compression, hence cfsctl, checks the same way). An empty input is an error.
+struct GzipMembers<R: BufRead> {
+    member: Option<flate2::bufread::GzDecoder<R>>,
+    /// The input between members.
+    src: Option<R>,
+    started: bool,
+}
+
+impl<R: BufRead> Read for GzipMembers<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        const MAGIC: [u8; 3] = [0x1f, 0x8b, 0x08];
+        loop {
+            if let Some(member) = &mut self.member {
+                let n = member.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+                // The member ended (trailer checked): on to the next one, if any.
+                let member = self.member.take().expect("a member");
+                self.src = Some(member.into_inner());
+                continue;
+            }
+            let src = self.src.as_mut().expect("the input");
+            let avail = src.fill_buf()?;
+            if avail.is_empty() {
+                if !self.started {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                return Ok(0);
+            }
+            let k = avail.len().min(MAGIC.len());
+            if avail[..k] != MAGIC[..k] {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "invalid gzip header",
+                ));
+            }
+            self.started = true;
+            let src = self.src.take().expect("the input");
+            self.member = Some(flate2::bufread::GzDecoder::new(src));
+        }
+    }
 }
 
 /// The message for a decompression error: `"decompressing gzip: <reason>"`. A truncated
@@ -201,11 +253,20 @@ mod tests {
         let err = decode_all(Compression::Gzip, b"this is not gzip data").unwrap_err();
         assert!(err.starts_with("decompressing gzip: "), "{err}");
         // garbage after a member is an error (it would be a broken next member)
+        for junk in [&b"junk after the last member"[..], b"junk", b"\0"] {
+            let mut trailing = g.clone();
+            trailing.extend_from_slice(junk);
+            assert_eq!(
+                decode_all(Compression::Gzip, &trailing).unwrap_err(),
+                "decompressing gzip: Invalid gzip header"
+            );
+        }
+        // the start of another member, cut short
         let mut trailing = g.clone();
-        trailing.extend_from_slice(b"junk after the last member");
+        trailing.push(0x1f);
         assert_eq!(
             decode_all(Compression::Gzip, &trailing).unwrap_err(),
-            "decompressing gzip: Invalid gzip header"
+            "decompressing gzip: unexpected end of file"
         );
         let mut trailing = z.clone();
         trailing.extend_from_slice(b"junk");

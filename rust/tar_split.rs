@@ -38,6 +38,12 @@ use crate::fsverity::{self, Algorithm};
 use crate::objects::{self, ObjectStore, Stored};
 use crate::splitstream::{self, Writer};
 
+/// `size.next_multiple_of(512)` as composefs-rs's release build computes it: wrapping (a PAX
+/// size near 2^64 rounds to 0, so a directory with such a size has no body).
+fn round_up(size: u64) -> u64 {
+    size.wrapping_add(511) & !511
+}
+
 /// Bodies of regular files up to this size are stored inline (`INLINE_CONTENT_MAX_V0`).
 pub const INLINE_CONTENT_MAX: u64 = 64;
 
@@ -1123,7 +1129,7 @@ fn split(
             } => {
                 input.inline(consumed as u64, asm, "unexpected EOF in tar stream")?;
                 need = HEADER_SIZE;
-                let storage = size.next_multiple_of(HEADER_SIZE as u64);
+                let storage = round_up(size);
                 if large {
                     let sent = input.body(seq, size, jobs)?;
                     asm.push_object(seq, size)?;
@@ -1133,7 +1139,8 @@ fn split(
                         asm.settle(true)?;
                         return Err(Error::Io(io::Error::other("object workers exited")));
                     }
-                    input.inline(storage - size, asm, "unexpected EOF reading tar padding")?;
+                    let padding = storage.wrapping_sub(size);
+                    input.inline(padding, asm, "unexpected EOF reading tar padding")?;
                 } else {
                     input.inline(storage, asm, "unexpected EOF reading tar entry")?;
                 }
@@ -1551,9 +1558,7 @@ fn entry_from(
     entry: &tar_core::parse::ParsedEntry<'_>,
 ) -> Result<Entry, Error> {
     let size = entry.size;
-    let stored = size
-        .checked_next_multiple_of(HEADER_SIZE as u64)
-        .ok_or_else(|| invalid("entry size overflows"))?;
+    let stored = round_up(size);
     let ty = entry.entry_type;
     let is_file = matches!(ty, EntryType::Regular | EntryType::Continuous);
     // Inline file content is read (and checked after); any other type's is skipped.
