@@ -680,6 +680,7 @@ enum Pending {
 #[derive(Debug, Default, Clone, Copy)]
 struct Stats {
     written: u64,
+    written_bytes: u64,
     present: u64,
     external_bytes: u64,
     inline_bytes: u64,
@@ -769,7 +770,10 @@ impl Assembler<'_> {
                         .write_external(&id, size)
                         .map_err(|e| Error::Invalid(e.message().to_owned()))?;
                     match stored {
-                        Stored::Written => self.stats.written += 1,
+                        Stored::Written => {
+                            self.stats.written += 1;
+                            self.stats.written_bytes += size;
+                        }
                         Stored::Present => self.stats.present += 1,
                     }
                     self.stats.external_bytes += size;
@@ -1170,6 +1174,8 @@ pub struct Split {
     /// External chunks whose object was already there (in the repository or earlier in
     /// this layer).
     pub objects_present: u64,
+    /// Total size of the newly written objects.
+    pub written_bytes: u64,
     /// Total size of the external chunks (every occurrence).
     pub external_bytes: u64,
     /// Total size of the inline chunks; `external_bytes + inline_bytes == tar_size`.
@@ -1281,6 +1287,7 @@ pub fn split_layer(
             tar_size: shared.tar_bytes.load(Ordering::Relaxed),
             objects_written: stats.written,
             objects_present: stats.present,
+            written_bytes: stats.written_bytes,
             external_bytes: stats.external_bytes,
             inline_bytes: stats.inline_bytes,
         })
@@ -1719,6 +1726,7 @@ pub(crate) mod py {
         u64,
         u64,
         u64,
+        u64,
     );
 
     /// Decompresses, verifies and splits one layer blob; see docs/internals.md.
@@ -1776,6 +1784,7 @@ pub(crate) mod py {
             r.objects_present,
             r.external_bytes,
             r.inline_bytes,
+            r.written_bytes,
         ))
     }
 

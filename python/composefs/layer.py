@@ -97,6 +97,8 @@ class LayerImportResult:
     objects_present: int = 0
     external_bytes: int = 0
     inline_bytes: int = 0
+    #: total size of the objects newly written (the rest were already present)
+    bytes_written: int = 0
 
 
 def import_layer(
@@ -130,17 +132,26 @@ def import_layer(
 
     with _source_fd(source) as fd:
         try:
-            (stream_file, blob_sha, tar_sha, blob_size, tar_size, written, present, ext, inline) = (
-                _backend.backend().tar_split.split_layer(
-                    fd,
-                    compression,
-                    repo.objects_fd(),
-                    repo.algorithm.hash_name,
-                    splitstream.LAYER_CONTENT_TYPE,
-                    repo.secure,
-                    threads,
-                    progress,
-                )
+            (
+                stream_file,
+                blob_sha,
+                tar_sha,
+                blob_size,
+                tar_size,
+                written,
+                present,
+                ext,
+                inline,
+                written_bytes,
+            ) = _backend.backend().tar_split.split_layer(
+                fd,
+                compression,
+                repo.objects_fd(),
+                repo.algorithm.hash_name,
+                splitstream.LAYER_CONTENT_TYPE,
+                repo.secure,
+                threads,
+                progress,
             )
         except ValueError as e:
             raise LayerError(str(e)) from None
@@ -164,6 +175,7 @@ def import_layer(
         objects_present=present,
         external_bytes=ext,
         inline_bytes=inline,
+        bytes_written=written_bytes,
     )
 
 

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 
 from composefs import splitstream
-from composefs.layer import LayerImportResult
 from composefs.oci.layout import LayoutWriter, TarBuilder
 from composefs.oci.platform import host_platform
 from support import need, run, tool
@@ -240,11 +239,6 @@ def test_pull_matches_cfsctl(
     assert ours("--repo", a, "fsck").stdout.endswith(b"status: ok\n")
 
 
-@pytest.mark.xfail(
-    not hasattr(LayerImportResult, "bytes_written"),
-    reason="the layer import reports no byte count of newly written objects yet",
-    strict=True,
-)
 def test_summary_with_shared_objects(cfsctl: str, tmp_path: Path) -> None:
     """Objects already in the repository do not count as stored bytes (cfsctl's summary)."""
     layout = tmp_path / "img"

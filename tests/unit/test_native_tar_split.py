@@ -100,7 +100,19 @@ def check_against_cfsctl(
 ) -> tuple:  # type: ignore[type-arg]
     theirs = import_with_cfsctl(cfsctl, tmp_path / "cfsctl", tar, algorithm)
     result = split(native, tar, tmp_path / "ours" / "objects", algorithm)
-    stream_file, blob_sha, tar_sha, blob_size, tar_size, written, _present, ext, inline = result
+    (
+        stream_file,
+        blob_sha,
+        tar_sha,
+        blob_size,
+        tar_size,
+        written,
+        _present,
+        ext,
+        inline,
+        written_bytes,
+    ) = result
+    assert 0 <= written_bytes <= ext
     assert stream_file == theirs
     assert blob_sha == tar_sha == hashlib.sha256(tar).digest()
     assert blob_size == tar_size == ext + inline == len(tar)

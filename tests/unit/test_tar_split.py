@@ -340,9 +340,11 @@ def check_against_cfsctl(cfsctl: str, tar: bytes, algorithm: str) -> Imported | 
         assert ours.objects == theirs.objects
         assert reassemble(ours) == tar
         assert ours.result is not None
-        stream_file, blob_sha, tar_sha, blob_size, tar_size, written, present, ext, inl = (
+        stream_file, blob_sha, tar_sha, blob_size, tar_size, written, present, ext, inl, wbytes = (
             ours.result
         )
+        # a fresh repository: every distinct object is newly written
+        assert wbytes == sum(len(data) for data in ours.objects.values())
         assert blob_sha == tar_sha == hashlib.sha256(tar).digest()
         assert blob_size == tar_size == ext + inl == len(tar)
         _, _, _, _, object_refs, _, chunks = splitstream.parse(stream_file)

@@ -13,7 +13,7 @@ _Buffer: TypeAlias = bytes | bytearray | memoryview
 
 #: ``(stream_file, blob_sha256, tar_sha256, blob_size, tar_size, objects_written,
 #: objects_present, external_bytes, inline_bytes)``
-_SplitResult: TypeAlias = tuple[bytes, bytes, bytes, int, int, int, int, int, int]
+_SplitResult: TypeAlias = tuple[bytes, bytes, bytes, int, int, int, int, int, int, int]
 
 #: ``(path, kind, mode, uid, gid, mtime, mtime_nsec, size, link_target, rdev, xattrs, inline,
 #: object_id)``
@@ -54,7 +54,8 @@ def split_layer(
     workers, 0 = one per core) and returns the splitstream file, not stored.
 
     ``external_bytes`` is the total size of the external chunks (every occurrence) and
-    ``inline_bytes`` that of the inline chunks: together ``tar_size``. ``progress`` is called
+    ``inline_bytes`` that of the inline chunks: together ``tar_size``; ``written_bytes`` is the
+    total size of the objects newly written. ``progress`` is called
     with the blob bytes read so far, at most every ~4 MiB and once at the end. The GIL is
     released throughout, except for those calls.
     """

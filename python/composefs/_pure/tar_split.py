@@ -45,7 +45,7 @@ _TMP_ALPHABET = string.ascii_letters + string.digits
 _NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
 _NOT_SUPPORTED = (errno.ENOTTY, errno.EOPNOTSUPP)
 
-SplitResult = tuple[bytes, bytes, bytes, int, int, int, int, int, int]
+SplitResult = tuple[bytes, bytes, bytes, int, int, int, int, int, int, int]
 EntryTuple = tuple[
     bytes,
     str,
@@ -212,13 +212,14 @@ def _open_tmpfile(dir_fd: int) -> tuple[int, str | None]:
 class _ObjectStore:
     """Writes objects into ``objects/`` as the repository's streaming path does."""
 
-    __slots__ = ("_algorithm", "_dir_fd", "_secure", "present", "written")
+    __slots__ = ("_algorithm", "_dir_fd", "_secure", "present", "written", "written_bytes")
 
     def __init__(self, objects_fd: int, algorithm: str, secure: bool) -> None:
         self._dir_fd = objects_fd
         self._algorithm = algorithm
         self._secure = secure
         self.written = 0
+        self.written_bytes = 0
         self.present = 0
 
     def begin(self) -> _ObjectWriter:
@@ -256,6 +257,7 @@ class _ObjectStore:
                 self.present += 1  # a concurrent writer won
                 return
             self.written += 1
+            self.written_bytes += size
         finally:
             os.close(fd)
             if name is not None:
@@ -532,8 +534,8 @@ def split_layer(
     """Imports one layer blob: see ``docs/internals.md``.
 
     Returns ``(stream_file, blob_sha256, tar_sha256, blob_size, tar_size, objects_written,
-    objects_present, external_bytes, inline_bytes)``; raises :class:`ValueError` for a
-    malformed blob or tar (composefs-rs's and tar-core's messages) and :class:`OSError` for
+    objects_present, external_bytes, inline_bytes, written_bytes)``; raises :class:`ValueError`
+    for a malformed blob or tar (composefs-rs's and tar-core's messages) and :class:`OSError` for
     failed system calls. Objects already stored stay when it fails.
 
     In this backend ``threads`` only decides whether the sha256 digests of the blob and the
@@ -575,6 +577,7 @@ def split_layer(
         store.present,
         splitter._external,
         inline.total,
+        store.written_bytes,
     )
 
 

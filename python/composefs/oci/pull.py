@@ -108,13 +108,7 @@ class ImportStats:
     def from_layer(cls, result: LayerImportResult) -> ImportStats:
         if result.skipped:
             return cls(layers=1, layers_already_present=1)
-        written_bytes = getattr(result, "bytes_written", None)
-        if not isinstance(written_bytes, int):
-            # exact unless some of the layer's objects were already in the repository
-            written_bytes = result.external_bytes if result.objects_present == 0 else 0
-            if result.objects_present and result.objects_written:
-                total = result.objects_written + result.objects_present
-                written_bytes = result.external_bytes * result.objects_written // total
+        written_bytes = result.bytes_written
         return cls(
             layers=1,
             objects_copied=result.objects_written,
