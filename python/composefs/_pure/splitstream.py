@@ -15,6 +15,8 @@ from typing import TypeAlias
 
 import zstandard
 
+from composefs._pure.fsverity import _algorithm as _fsverity_algorithm
+
 #: Byte arguments: any contiguous buffer.
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
@@ -26,7 +28,6 @@ HEADER_SIZE = 32
 INFO_SIZE = 80
 
 # name -> (kernel algorithm id, digest size)
-_ALGORITHMS = {"sha256": (1, 32), "sha512": (2, 64)}
 # kernel algorithm id -> digest size, name
 _DIGEST_SIZES = {1: 32, 2: 64}
 _NAMES = {1: "sha256", 2: "sha512"}
@@ -45,14 +46,9 @@ _INDEX = re.compile(rb"\+?[0-9]+")
 
 
 def _algorithm(algorithm: str) -> tuple[int, int]:
-    try:
-        return _ALGORITHMS[algorithm]
-    except (KeyError, TypeError):
-        if not isinstance(algorithm, str):
-            raise TypeError(f"algorithm must be a str, not {type(algorithm).__name__}") from None
-        raise ValueError(
-            f"unsupported hash algorithm '{algorithm}' (expected sha256 or sha512)"
-        ) from None
+    """``(kernel id, digest size)``; the errors are the fs-verity module's."""
+    kernel_id, _, size = _fsverity_algorithm(algorithm)
+    return kernel_id, size
 
 
 def _u64(value: int, what: str) -> int:
