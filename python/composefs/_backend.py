@@ -11,7 +11,6 @@ import importlib
 import os
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Any
 
 __all__ = ["Backend", "backend", "name", "use"]
 
@@ -28,7 +27,7 @@ class Backend:
         # them as submodules of the extension module)
         self.fsverity: ModuleType = getattr(package, "fsverity")  # noqa: B009
         self.splitstream: ModuleType = getattr(package, "splitstream")  # noqa: B009
-        self.tar_split: Any = getattr(package, "tar_split", None)  # TODO: strict once both have it
+        self.tar_split: ModuleType = getattr(package, "tar_split")  # noqa: B009
 
     def __repr__(self) -> str:
         return f"<composefs backend {self.name!r}>"

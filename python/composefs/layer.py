@@ -308,8 +308,12 @@ def layer_tar(repo: Repository, diff_id: str, out: BinaryIO) -> int:
 def layer_entries(repo: Repository, diff_id: str) -> Iterator[TarEntry]:
     """The entries of a stored layer, in tar order."""
     _, _, data = _open_layer(repo, diff_id)
+    return _entries(data, diff_id)
+
+
+def _entries(stream_file: bytes, diff_id: str) -> Iterator[TarEntry]:
     try:
-        raw = _backend.backend().tar_split.read_entries(data)
+        raw = _backend.backend().tar_split.read_entries(stream_file)
     except ValueError as e:
         raise LayerError(f"reading layer {diff_id}: {e}") from None
     for item in raw:
@@ -333,10 +337,10 @@ def layer_entries(repo: Repository, diff_id: str) -> Iterator[TarEntry]:
 
 def layer_info(repo: Repository, diff_id: str) -> dict[str, Any]:
     """cfsctl's ``oci layer --json`` document."""
-    verity, stream, _ = _open_layer(repo, diff_id)
+    verity, stream, data = _open_layer(repo, diff_id)
     count = 0
     external = 0
-    for entry in layer_entries(repo, diff_id):
+    for entry in _entries(data, diff_id):
         count += 1
         if entry.kind == "file" and entry.object_id is not None:
             external += entry.size

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Any, BinaryIO
 
 from composefs import fsverity, splitstream
+from composefs._linux import rename_noreplace, syncfs
 from composefs.errors import (
     ComposefsError,
     FsVerityError,
@@ -766,23 +767,13 @@ class Repository:
         return self._list_refs(f"images/refs/{prefix}".rstrip("/"))
 
     def _list_refs(self, path: str) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        base = path
-        try:
-            top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
-        except (FileNotFoundError, NotADirectoryError):
-            return out
-        os.close(top)
-        for rel, target in self._walk_symlinks(base):
-            out.append((rel, target))
-        out.sort()
-        return out
+        return sorted(self._walk_symlinks(path))
 
     def _walk_symlinks(self, base: str, rel: str = "") -> Iterator[tuple[str, str]]:
         path = f"{base}/{rel}" if rel else base
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return
         try:
             entries = sorted(os.scandir(fd), key=lambda e: e.name)
@@ -845,7 +836,7 @@ class Repository:
 
     def sync(self) -> None:
         """``syncfs`` on the repository's filesystem."""
-        _syncfs(self.fd)
+        syncfs(self.fd)
 
     # -- garbage collection ----------------------------------------------------------------
 
@@ -1308,7 +1299,7 @@ class _TmpFile:
         if self.name is None:
             os.link(f"/proc/self/fd/{self.fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
         else:
-            _rename_noreplace(self.dir_fd, self.name, dir_fd, name)
+            rename_noreplace(self.dir_fd, self.name, dir_fd, name)
             self.name = None
 
     def discard(self) -> None:
@@ -1319,25 +1310,6 @@ class _TmpFile:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.name, dir_fd=self.dir_fd)
             self.name = None
-
-
-def _rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    rc = libc.renameat2(src_dir, src.encode(), dst_dir, dst.encode(), 1)  # RENAME_NOREPLACE
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), dst)
-
-
-def _syncfs(fd: int) -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syncfs(fd) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def _replace_symlink(dir_fd: int, name: str, target: str) -> None:

@@ -17,7 +17,6 @@ of the archive) is spilled to an unlinked temporary file until it can be compres
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import operator
@@ -29,6 +28,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from composefs._linux import rename_noreplace
 from composefs._pure import _tarcore, decompress, fsverity, splitstream
 
 __all__ = ["read_entries", "split_layer"]
@@ -179,17 +179,6 @@ class _Tar:
 # Objects
 
 
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _rename_noreplace(dir_fd: int, src: str, dst: str) -> None:
-    rc = _libc().renameat2(dir_fd, src.encode(), dir_fd, dst.encode(), 1)  # RENAME_NOREPLACE
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), dst)
-
-
 def _open_tmpfile(dir_fd: int) -> tuple[int, str | None]:
     """A new file in ``dir_fd``: anonymous (``O_TMPFILE``), else ``.tmp-object-XXXXXXXXXXXX``."""
     try:
@@ -251,7 +240,7 @@ class _ObjectStore:
                 if name is None:
                     os.link(f"/proc/self/fd/{fd}", path, dst_dir_fd=dir_fd, follow_symlinks=True)
                 else:
-                    _rename_noreplace(dir_fd, name, path)
+                    rename_noreplace(dir_fd, name, dir_fd, path)
                     name = None
             except FileExistsError:
                 self.present += 1  # a concurrent writer won
