@@ -45,6 +45,7 @@ from composefs.errors import (
     VerityAlreadyEnabled,
     VerityMissing,
     VerityNotSupported,
+    error_chain,
 )
 from composefs.fsverity import Algorithm, AlgorithmLike
 
@@ -1012,7 +1013,7 @@ class Repository:
             )
             return
         except ComposefsError as e:
-            detail = ": ".join(m for m in _chain(e))
+            detail = ": ".join(error_chain(e))
             result.errors.append(f"fsck: metadata-parse-failed: meta.json: {detail}")
             return
         result.has_metadata = True
@@ -1219,13 +1220,6 @@ def _exists(dir_fd: int, path: str) -> bool:
 
 def _errno_text(e: OSError) -> str:
     return f"{e.strerror} (os error {e.errno})" if e.errno else str(e)
-
-
-def _chain(e: BaseException) -> Iterator[str]:
-    cur: BaseException | None = e
-    while cur is not None:
-        yield str(cur)
-        cur = cur.__cause__
 
 
 @contextlib.contextmanager
