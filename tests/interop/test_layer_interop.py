@@ -267,3 +267,51 @@ def test_cli_errors_are_chained(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert proc.stderr.decode().startswith(f"Error: Layer sha256:{'2' * 64} not found")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_umoci_layer_matches_cfsctl(cfsctl: str, tmp_path: Path, backend: str) -> None:
+    """A layer written by umoci (gzip, its own tar writer) imports exactly as cfsctl imports it."""
+    import json
+
+    _load(backend)
+    umoci = tool("umoci")
+    layout = tmp_path / "layout"
+    run(umoci, "init", "--layout", layout)
+    run(umoci, "new", "--image", f"{layout}:t")
+    bundle = tmp_path / "bundle"
+    run(umoci, "unpack", "--rootless", "--image", f"{layout}:t", bundle)
+    usr = bundle / "rootfs" / "usr"
+    (usr / "bin").mkdir(parents=True)
+    (usr / "bin" / "tool").write_bytes(os.urandom(50_000))
+    (usr / "small").write_bytes(b"tiny\n")
+    (usr / "bin" / "link").symlink_to("tool")
+    os.link(usr / "bin" / "tool", usr / "hard")
+    run(umoci, "repack", "--image", f"{layout}:t", bundle)
+
+    def blob(digest: str) -> bytes:
+        return (layout / "blobs" / "sha256" / digest.split(":")[1]).read_bytes()
+
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads(blob(index["manifests"][0]["digest"]))
+    config = json.loads(blob(manifest["config"]["digest"]))
+    (desc,) = manifest["layers"]
+    (diff_id,) = config["rootfs"]["diff_ids"]
+    layer_blob = blob(desc["digest"])
+    tar = gzip.decompress(layer_blob)
+
+    theirs = tmp_path / "theirs"
+    run(cfsctl, "--repo", theirs, "init", "--insecure", theirs)
+    run(cfsctl, "--repo", theirs, "oci", "import-layer", diff_id, input=tar)
+    ours = tmp_path / "ours"
+    with _backend.use(backend):
+        repo, _ = Repository.init(ours, insecure=True)
+        with repo:
+            layer.import_layer(
+                repo,
+                io.BytesIO(layer_blob),
+                diff_id,
+                media_type=desc["mediaType"],
+                digest=desc["digest"],
+            )
+    assert _tree(ours) == _tree(theirs)
