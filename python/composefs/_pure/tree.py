@@ -1,0 +1,72 @@
+"""The filesystem tree of a composefs image (composefs-rs ``generic_tree``/``tree``), and the
+OCI layer merge (composefs-rs ``composefs_oci::image::create_filesystem``).
+
+Model: a :class:`Directory` maps names (bytes) to :class:`Directory` or :class:`Leaf`
+objects. Hard links are several entries holding the *same* :class:`Leaf` object (identity,
+not equality). Names are iterated in byte order (``sorted(entries)``) by every writer.
+
+The native twin is ``rust/tree.rs``; see ``docs/internals.md`` (section ``tree``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Directory", "FileSystem", "Leaf", "Stat"]
+
+
+@dataclass
+class Stat:
+    """``generic_tree::Stat``. ``mode`` is kept raw (a tar header's mode may carry type bits);
+    writers use ``mode & 0o7777`` plus the type of the content."""
+
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    mtime: int = 0  # seconds, signed
+    mtime_nsec: int = 0
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+
+    def copy(self) -> Stat:
+        return Stat(self.mode, self.uid, self.gid, self.mtime, self.mtime_nsec, dict(self.xattrs))
+
+
+# Leaf kinds
+FILE = "file"
+SYMLINK = "symlink"
+BLOCK = "block"
+CHAR = "char"
+FIFO = "fifo"
+SOCKET = "socket"
+
+
+@dataclass(eq=False)
+class Leaf:
+    """A non-directory inode. For ``kind == "file"`` exactly one representation applies:
+
+    - inline: ``inline`` is the content (``size == len(inline)``; ``b""`` for empty files)
+    - external: ``digest`` is the fs-verity object id (32 or 64 bytes), ``size`` the size;
+      ``verity`` False means composefs-rs ``ExternalNoVerity``
+    - sparse: ``inline is None and digest is None``, ``size`` bytes of holes
+    ``target`` is a symlink's target, ``rdev`` a device number (Linux ``makedev`` encoding).
+    """
+
+    kind: str
+    stat: Stat
+    inline: bytes | None = None
+    digest: bytes | None = None
+    verity: bool = True
+    size: int = 0
+    target: bytes = b""
+    rdev: int = 0
+
+
+@dataclass(eq=False)
+class Directory:
+    stat: Stat
+    entries: dict[bytes, Directory | Leaf] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class FileSystem:
+    root: Directory
