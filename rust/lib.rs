@@ -6,12 +6,15 @@
 //! `python` feature, which maturin enables.
 
 pub mod decompress;
+pub mod dumpfile;
+pub mod erofs;
 pub mod fsverity;
 pub mod objects;
 pub mod sha256x;
 pub mod sha_mb;
 pub mod splitstream;
 pub mod tar_split;
+pub mod tree;
 
 #[cfg(feature = "python")]
 mod pybuf;
@@ -45,6 +48,8 @@ mod python {
         add_submodule(m, "fsverity", crate::fsverity::py::register)?;
         add_submodule(m, "splitstream", crate::splitstream::py::register)?;
         add_submodule(m, "tar_split", crate::tar_split::py::register)?;
+        add_submodule(m, "tree", crate::tree::py::register)?;
+        add_submodule(m, "erofs", crate::erofs::py::register)?;
         Ok(())
     }
 }

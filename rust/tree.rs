@@ -78,3 +78,12 @@ impl FileSystem {
         counts
     }
 }
+
+#[cfg(feature = "python")]
+pub(crate) mod py {
+    use pyo3::prelude::*;
+
+    pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+        Ok(())
+    }
+}

@@ -1,5 +1,5 @@
 """Pure-Python backend: the same functions as ``composefs._native``, byte for byte."""
 
-from composefs._pure import fsverity, splitstream, tar_split
+from composefs._pure import erofs, fsverity, splitstream, tar_split, tree
 
-__all__ = ["fsverity", "splitstream", "tar_split"]
+__all__ = ["erofs", "fsverity", "splitstream", "tar_split", "tree"]

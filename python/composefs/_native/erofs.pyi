@@ -1,0 +1,1 @@
+"""Native backend module `erofs` (see the pure twin ``composefs._pure.erofs``)."""

@@ -1,0 +1,1 @@
+"""Native backend module `tree` (see the pure twin ``composefs._pure.tree``)."""
