@@ -7,6 +7,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::dumpfile::debug_bytes;
+use crate::tar_split::{self, Kind};
+
 /// `generic_tree::Stat`. `mode` is kept raw (a tar header's mode may carry type bits);
 /// writers use `mode & 0o7777` plus the type of the content.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,9 +28,15 @@ pub enum Content {
     /// Regular file stored in the image (empty files too).
     Inline(Vec<u8>),
     /// Regular file stored as an object: fs-verity digest (32 or 64 bytes) and size.
-    External { id: Vec<u8>, size: u64 },
+    External {
+        id: Vec<u8>,
+        size: u64,
+    },
     /// composefs-rs `ExternalNoVerity`: object id without verity, and size.
-    ExternalNoVerity { id: Vec<u8>, size: u64 },
+    ExternalNoVerity {
+        id: Vec<u8>,
+        size: u64,
+    },
     /// A file of `size` bytes of holes.
     Sparse(u64),
     BlockDevice(u64),
@@ -79,11 +88,617 @@ impl FileSystem {
     }
 }
 
+// ------------------------------------------------------------------------------------------
+// The OCI layer merge (composefs-rs `create_filesystem`, with our whiteout rule)
+
+/// Which xattrs `transform_for_oci` keeps (composefs-rs `XattrFiltering`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XattrFiltering {
+    /// Only `security.capability`.
+    #[default]
+    AllowlistOnly,
+    /// `security.capability` and every `user.*` name.
+    KeepUserXattrs,
+}
+
+impl XattrFiltering {
+    /// `"allowlist-only"` or `"keep-user-xattrs"`, as the CLI spells them.
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        match name {
+            "allowlist-only" => Ok(Self::AllowlistOnly),
+            "keep-user-xattrs" => Ok(Self::KeepUserXattrs),
+            _ => Err(format!(
+                "invalid xattr filtering mode {name:?} (expected \"allowlist-only\" or \"keep-user-xattrs\")"
+            )),
+        }
+    }
+
+    fn keeps(self, name: &[u8]) -> bool {
+        name == b"security.capability"
+            || (self == Self::KeepUserXattrs && name.starts_with(b"user."))
+    }
+}
+
+/// composefs-rs `ImageError` texts.
+fn not_found(name: &[u8]) -> String {
+    format!("Directory entry {} does not exist", debug_bytes(name))
+}
+
+fn not_a_directory(name: &[u8]) -> String {
+    format!(
+        "Directory entry {} is not a subdirectory",
+        debug_bytes(name)
+    )
+}
+
+/// The components of a member name made absolute by `make_absolute_path`: empty and `.`
+/// components dropped, `..` resolved lexically; climbing above the root is an error.
+pub fn normalize_path(path: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut out: Vec<&[u8]> = Vec::new();
+    for c in path.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                if out.pop().is_none() {
+                    return Err(format!(
+                        "path escapes the image root: {}",
+                        String::from_utf8_lossy(path)
+                    ));
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+fn join(components: &[&[u8]]) -> Vec<u8> {
+    let mut p = Vec::new();
+    for c in components {
+        p.push(b'/');
+        p.extend_from_slice(c);
+    }
+    p
+}
+
+impl Directory {
+    pub fn new(stat: Stat) -> Self {
+        Self {
+            stat,
+            entries: BTreeMap::new(),
+        }
+    }
+
+    /// The directory at `components`, or `None` when one is missing or not a directory.
+    fn find_dir_mut(&mut self, components: &[&[u8]]) -> Option<&mut Directory> {
+        let mut dir = self;
+        for c in components {
+            match dir.entries.get_mut(*c) {
+                Some(Inode::Directory(d)) => dir = d,
+                _ => return None,
+            }
+        }
+        Some(dir)
+    }
+
+    /// composefs-rs `get_directory_mut`: errors name the failing component.
+    fn dir_mut(&mut self, components: &[&[u8]]) -> Result<&mut Directory, String> {
+        let mut dir = self;
+        for c in components {
+            dir = match dir.entries.get_mut(*c) {
+                Some(Inode::Directory(d)) => d,
+                Some(Inode::Leaf(_)) => return Err(not_a_directory(c)),
+                None => return Err(not_found(c)),
+            };
+        }
+        Ok(dir)
+    }
+
+    /// composefs-rs `get_directory` (via `get_directory_opt`): a missing component is
+    /// reported with the whole `pathname`.
+    fn dir_ref(&self, components: &[&[u8]], pathname: &[u8]) -> Result<&Directory, String> {
+        let mut dir = self;
+        for c in components {
+            dir = match dir.entries.get(*c) {
+                Some(Inode::Directory(d)) => d,
+                Some(Inode::Leaf(_)) => return Err(not_a_directory(c)),
+                None => return Err(not_found(pathname)),
+            };
+        }
+        Ok(dir)
+    }
+
+    /// composefs-rs `Directory::merge`: a directory onto a directory replaces only the stat.
+    fn merge(&mut self, name: &[u8], inode: Inode) {
+        if let Inode::Directory(new) = &inode {
+            if let Some(Inode::Directory(old)) = self.entries.get_mut(name) {
+                old.stat = new.stat.clone();
+                return;
+            }
+        }
+        self.entries.insert(name.to_vec(), inode);
+    }
+
+    fn for_each_dir_stat(&mut self, f: &mut impl FnMut(&mut Stat)) {
+        f(&mut self.stat);
+        for inode in self.entries.values_mut() {
+            if let Inode::Directory(d) = inode {
+                d.for_each_dir_stat(f);
+            }
+        }
+    }
+
+    fn remap_leaves(&mut self, map: &[usize]) {
+        for inode in self.entries.values_mut() {
+            match inode {
+                Inode::Directory(d) => d.remap_leaves(map),
+                Inode::Leaf(i) => *i = map[*i],
+            }
+        }
+    }
+}
+
+fn is_whiteout(name: &[u8]) -> bool {
+    name.starts_with(b".wh.")
+}
+
+fn entry_stat(e: &tar_split::Entry) -> Stat {
+    Stat {
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        mtime: e.mtime,
+        mtime_nsec: e.mtime_nsec,
+        xattrs: e.xattrs.iter().cloned().collect(),
+    }
+}
+
+fn entry_content(e: &tar_split::Entry) -> Content {
+    match e.kind {
+        Kind::File => match &e.object_id {
+            Some(id) => Content::External {
+                id: id.clone(),
+                size: e.size,
+            },
+            None => Content::Inline(e.inline.clone().unwrap_or_default()),
+        },
+        Kind::Symlink => Content::Symlink(e.link_target.clone().unwrap_or_default()),
+        Kind::Char => Content::CharacterDevice(e.rdev),
+        Kind::Block => Content::BlockDevice(e.rdev),
+        Kind::Fifo => Content::Fifo,
+        Kind::Dir | Kind::Hardlink => unreachable!("not a leaf"),
+    }
+}
+
+impl FileSystem {
+    /// Applies one layer's entries: pass 1 its whiteouts against the tree of the lower
+    /// layers, pass 2 everything else in stream order (composefs-rs `process_entry`).
+    fn apply_layer(&mut self, entries: &[tar_split::Entry]) -> Result<(), String> {
+        // Member names (and hard link targets) are resolved first, in stream order.
+        let mut paths = Vec::with_capacity(entries.len());
+        let mut targets = Vec::with_capacity(entries.len());
+        for e in entries {
+            paths.push(normalize_path(&e.path)?);
+            targets.push(match (e.kind, &e.link_target) {
+                (Kind::Hardlink, Some(t)) => Some(normalize_path(t)?),
+                _ => None,
+            });
+        }
+        for comps in &paths {
+            let Some((name, parent)) = comps.split_last() else {
+                continue;
+            };
+            if !is_whiteout(name) {
+                continue;
+            }
+            if let Some(dir) = self.root.find_dir_mut(parent) {
+                if *name == b".wh..wh..opq" {
+                    dir.entries.clear();
+                } else {
+                    dir.entries.remove(&name[4..]);
+                }
+            }
+        }
+        for ((e, comps), target) in entries.iter().zip(&paths).zip(&targets) {
+            if comps.last().is_some_and(|n| is_whiteout(n)) {
+                continue;
+            }
+            self.process_entry(e, comps, target.as_deref())
+                .map_err(|m| format!("Processing tar entry: {m}"))?;
+        }
+        Ok(())
+    }
+
+    fn process_entry(
+        &mut self,
+        e: &tar_split::Entry,
+        comps: &[&[u8]],
+        target: Option<&[&[u8]]>,
+    ) -> Result<(), String> {
+        let Some((name, parent)) = comps.split_last() else {
+            if e.kind != Kind::Dir {
+                return Err(format!(
+                    "Unpacking layer tar: filename {} must be a directory",
+                    debug_bytes(&e.path)
+                ));
+            }
+            self.root.stat = entry_stat(e);
+            return Ok(());
+        };
+        let inode = match e.kind {
+            Kind::Dir => Inode::Directory(Box::new(Directory::new(entry_stat(e)))),
+            Kind::Hardlink => {
+                let raw = e.link_target.as_deref().unwrap_or_default();
+                let Some((tname, tparent)) = target.unwrap_or_default().split_last() else {
+                    return Err(format!("Invalid filename {}", debug_bytes(raw)));
+                };
+                let dir = self.root.dir_ref(tparent, &join(tparent))?;
+                match dir.entries.get(*tname) {
+                    Some(Inode::Leaf(id)) => Inode::Leaf(*id),
+                    Some(Inode::Directory(_)) => {
+                        return Err(format!(
+                            "Directory entry {} is a directory",
+                            debug_bytes(tname)
+                        ))
+                    }
+                    None => return Err(not_found(tname)),
+                }
+            }
+            _ => {
+                self.leaves.push(Leaf {
+                    stat: entry_stat(e),
+                    content: entry_content(e),
+                });
+                Inode::Leaf(self.leaves.len() - 1)
+            }
+        };
+        let dir = self.root.dir_mut(parent).map_err(|m| {
+            format!(
+                "Error unpacking container layer file {}: {m}",
+                debug_bytes(&e.path)
+            )
+        })?;
+        dir.merge(name, inode);
+        Ok(())
+    }
+
+    /// composefs-rs `transform_for_oci`: root metadata from `/usr`, `/run` emptied, xattrs
+    /// filtered, unreferenced leaves dropped.
+    pub fn transform_for_oci(&mut self, xattrs: XattrFiltering) -> Result<(), String> {
+        let usr = match self.root.entries.get(b"usr".as_slice()) {
+            Some(Inode::Directory(d)) => d.stat.clone(),
+            Some(Inode::Leaf(_)) => return Err(not_a_directory(b"usr")),
+            None => return Err(not_found(b"usr")),
+        };
+        match self.root.entries.get_mut(b"run".as_slice()) {
+            Some(Inode::Directory(run)) => {
+                run.stat.mtime = usr.mtime;
+                run.stat.mtime_nsec = usr.mtime_nsec;
+                run.entries.clear();
+            }
+            Some(Inode::Leaf(_)) => return Err(not_a_directory(b"run")),
+            None => {}
+        }
+        self.root.stat = usr;
+        let mut filter = |stat: &mut Stat| stat.xattrs.retain(|k, _| xattrs.keeps(k));
+        self.root.for_each_dir_stat(&mut filter);
+        for leaf in &mut self.leaves {
+            filter(&mut leaf.stat);
+        }
+        self.compact();
+        Ok(())
+    }
+
+    /// Drops leaves no entry refers to, keeping the order of the others.
+    pub fn compact(&mut self) {
+        let counts = self.nlinks();
+        let mut map = vec![usize::MAX; counts.len()];
+        let mut next = 0;
+        for (i, &n) in counts.iter().enumerate() {
+            if n > 0 {
+                map[i] = next;
+                next += 1;
+            }
+        }
+        if next == counts.len() {
+            return;
+        }
+        let old = std::mem::take(&mut self.leaves);
+        self.leaves = old
+            .into_iter()
+            .zip(&counts)
+            .filter(|(_, &n)| n > 0)
+            .map(|(l, _)| l)
+            .collect();
+        self.root.remap_leaves(&map);
+    }
+}
+
+/// Merges layer splitstream files (bottom first) into one tree and applies
+/// `transform_for_oci` (composefs-rs `create_filesystem`, with our whiteout rule).
+pub fn merge(streams: &[&[u8]], xattrs: XattrFiltering) -> Result<FileSystem, String> {
+    let mut fs = FileSystem::default();
+    for stream in streams {
+        let entries = tar_split::read_entries(stream).map_err(|e| e.to_string())?;
+        fs.apply_layer(&entries)?;
+    }
+    fs.transform_for_oci(xattrs)?;
+    Ok(fs)
+}
+
+/// [`merge`], returned as dumpfile text (`cfsctl oci dump` when `raw_modes`).
+pub fn merge_layers(
+    streams: &[&[u8]],
+    xattrs: XattrFiltering,
+    raw_modes: bool,
+) -> Result<Vec<u8>, String> {
+    Ok(crate::dumpfile::write(&merge(streams, xattrs)?, raw_modes))
+}
+
 #[cfg(feature = "python")]
 pub(crate) mod py {
+    use super::XattrFiltering;
+    use crate::pybuf::ByteBuf;
+    use pyo3::exceptions::PyValueError;
     use pyo3::prelude::*;
+    use pyo3::types::{PyBytes, PyMemoryView};
 
-    pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+    /// A borrowed view when the content cannot change (bytes), else a copy.
+    enum Input {
+        Borrowed(ByteBuf),
+        Copied(Vec<u8>),
+    }
+
+    fn input(obj: &Bound<'_, PyAny>) -> PyResult<Input> {
+        let buf = ByteBuf::get(obj)?;
+        let immutable = obj.is_instance_of::<PyBytes>()
+            || (obj.is_instance_of::<PyMemoryView>()
+                && obj
+                    .getattr("obj")
+                    .is_ok_and(|base| base.is_instance_of::<PyBytes>()));
+        Ok(if immutable {
+            Input::Borrowed(buf)
+        } else {
+            Input::Copied(buf.as_slice().to_vec())
+        })
+    }
+
+    /// Merges layer splitstream files (bottom layer first) and returns the dumpfile text.
+    #[pyfunction]
+    #[pyo3(signature = (streams, xattrs="allowlist-only", raw_modes=true))]
+    fn merge_layers<'py>(
+        py: Python<'py>,
+        streams: &Bound<'py, PyAny>,
+        xattrs: &str,
+        raw_modes: bool,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let mode = XattrFiltering::from_name(xattrs).map_err(PyValueError::new_err)?;
+        let inputs = streams
+            .try_iter()?
+            .map(|item| input(&item?))
+            .collect::<PyResult<Vec<_>>>()?;
+        let slices: Vec<&[u8]> = inputs
+            .iter()
+            .map(|i| match i {
+                Input::Borrowed(b) => b.as_slice(),
+                Input::Copied(v) => v.as_slice(),
+            })
+            .collect();
+        let out = py
+            .allow_threads(|| super::merge_layers(&slices, mode, raw_modes))
+            .map_err(PyValueError::new_err)?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add_function(wrap_pyfunction!(merge_layers, m)?)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsverity::Algorithm;
+    use crate::splitstream::Writer;
+
+    /// A minimal ustar member: (name, typeflag, body, linkname).
+    fn member(out: &mut Vec<u8>, name: &str, flag: u8, body: &[u8], link: &str, mode: u32) {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        let octal = |h: &mut [u8; 512], at: usize, len: usize, v: u64| {
+            let s = format!("{v:0w$o}\0", w = len - 1);
+            h[at..at + len].copy_from_slice(s.as_bytes());
+        };
+        octal(&mut h, 100, 8, mode as u64);
+        octal(&mut h, 108, 8, 0);
+        octal(&mut h, 116, 8, 0);
+        octal(&mut h, 124, 12, body.len() as u64);
+        octal(&mut h, 136, 12, 1000);
+        h[156] = flag;
+        h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].fill(b' ');
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        let s = format!("{sum:06o}\0 ");
+        h[148..156].copy_from_slice(s.as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(body);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+
+    enum M<'a> {
+        Dir(&'a str),
+        File(&'a str, &'a [u8]),
+        Link(&'a str, &'a str),
+        Sym(&'a str, &'a str),
+        Global,
+    }
+
+    fn layer(members: &[M<'_>]) -> Vec<u8> {
+        let mut tar = Vec::new();
+        for m in members {
+            match m {
+                M::Dir(n) => member(&mut tar, n, b'5', b"", "", 0o755),
+                M::File(n, b) => member(&mut tar, n, b'0', b, "", 0o644),
+                M::Link(n, t) => member(&mut tar, n, b'1', b"", t, 0o644),
+                M::Sym(n, t) => member(&mut tar, n, b'2', b"", t, 0o777),
+                M::Global => member(&mut tar, "pax_global_header", b'g', b"9 a=bcd\n", "", 0o644),
+            }
+        }
+        tar.extend_from_slice(&[0u8; 1024]);
+        let mut w = Writer::new(Algorithm::Sha256, u64::from_le_bytes(*b"ocilayer"));
+        w.write_inline(&tar);
+        w.finish()
+    }
+
+    fn dump(layers: &[Vec<u8>]) -> Result<String, String> {
+        let streams: Vec<&[u8]> = layers.iter().map(Vec::as_slice).collect();
+        merge_layers(&streams, XattrFiltering::AllowlistOnly, true)
+            .map(|d| String::from_utf8(d).unwrap())
+    }
+
+    /// The dump without the root line, paths only.
+    fn paths(layers: &[Vec<u8>]) -> Vec<String> {
+        dump(layers)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(' ').next().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn whiteouts_apply_to_lower_layers_only() {
+        let base = layer(&[
+            M::Dir("usr"),
+            M::Dir("d"),
+            M::File("d/a", b"a"),
+            M::File("d/b", b"b"),
+            M::File("x", b"x"),
+        ]);
+        // markers first (the usual order): same as composefs-rs
+        let top = layer(&[
+            M::Dir("d"),
+            M::File("d/.wh..wh..opq", b""),
+            M::File(".wh.x", b""),
+            M::File("d/c", b"c"),
+        ]);
+        assert_eq!(paths(&[base.clone(), top]), ["/d", "/d/c", "/usr"]);
+        // markers after this layer's own entries: they do not hide them
+        let top = layer(&[
+            M::Dir("d"),
+            M::File("d/c", b"c"),
+            M::File("x", b"new"),
+            M::File("d/.wh..wh..opq", b""),
+            M::File(".wh.x", b""),
+        ]);
+        assert_eq!(paths(&[base.clone(), top]), ["/d", "/d/c", "/usr", "/x"]);
+        // a whiteout whose parent is missing or not a directory is a no-op
+        let top = layer(&[M::File("nope/.wh.a", b""), M::File("x/.wh.y", b"")]);
+        assert_eq!(paths(&[base, top]), ["/d", "/d/a", "/d/b", "/usr", "/x"]);
+    }
+
+    #[test]
+    fn merge_rules() {
+        let base = layer(&[
+            M::Global,
+            M::Dir("./usr/"),
+            M::Dir("usr/lib"),
+            M::File("usr/lib/f", b"data"),
+            M::Dir("run"),
+            M::File("run/stale", b"s"),
+            M::Dir("etc"),
+            M::File("etc/a/../b", b"dotdot"),
+        ]);
+        let top = layer(&[
+            M::Global,
+            M::Link("etc/h", "usr/lib/f"),
+            M::Dir("usr/lib"),
+            M::Sym("usr/lib", "elsewhere"),
+            M::Dir("/"),
+        ]);
+        let out = dump(&[base, top]).unwrap();
+        let expected = "\
+/ 0 40755 5 0 0 0 1000.0 - - -
+/etc 0 40755 2 0 0 0 1000.0 - - -
+/etc/b 6 100644 1 0 0 0 1000.0 - dotdot -
+/etc/h 4 100644 1 0 0 0 1000.0 - data -
+/run 0 40755 2 0 0 0 1000.0 - - -
+/usr 0 40755 2 0 0 0 1000.0 - - -
+/usr/lib 9 120777 1 0 0 0 1000.0 elsewhere - -
+";
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn merge_errors() {
+        let usr = || M::Dir("usr");
+        assert_eq!(
+            dump(&[layer(&[M::Dir("etc")])]).unwrap_err(),
+            "Directory entry \"usr\" does not exist"
+        );
+        assert_eq!(
+            dump(&[layer(&[M::File("usr", b"")])]).unwrap_err(),
+            "Directory entry \"usr\" is not a subdirectory"
+        );
+        assert_eq!(
+            dump(&[layer(&[usr(), M::File("run", b"")])]).unwrap_err(),
+            "Directory entry \"run\" is not a subdirectory"
+        );
+        assert_eq!(
+            dump(&[layer(&[usr(), M::File("a/b", b"")])]).unwrap_err(),
+            "Processing tar entry: Error unpacking container layer file \"/a/b\": Directory entry \"a\" does not exist"
+        );
+        assert_eq!(
+            dump(&[layer(&[usr(), M::Link("h", "a/b/c")])]).unwrap_err(),
+            "Processing tar entry: Directory entry \"/a/b\" does not exist"
+        );
+        assert_eq!(
+            dump(&[layer(&[usr(), M::Link("h", "usr")])]).unwrap_err(),
+            "Processing tar entry: Directory entry \"usr\" is a directory"
+        );
+        assert_eq!(
+            dump(&[layer(&[usr(), M::Link("h", "nothing")])]).unwrap_err(),
+            "Processing tar entry: Directory entry \"nothing\" does not exist"
+        );
+        assert_eq!(
+            dump(&[layer(&[usr(), M::Link("h", "/")])]).unwrap_err(),
+            "Processing tar entry: Invalid filename \"\""
+        );
+        assert_eq!(
+            dump(&[layer(&[usr(), M::File("./", b"")])]).unwrap_err(),
+            "Processing tar entry: Unpacking layer tar: filename \"/.\" must be a directory"
+        );
+        assert_eq!(
+            dump(&[layer(&[usr(), M::File("a/../../b", b"")])]).unwrap_err(),
+            "path escapes the image root: /a/../../b"
+        );
+        assert_eq!(
+            dump(&[layer(&[usr(), M::Link("h", "../x")])]).unwrap_err(),
+            "path escapes the image root: /../x"
+        );
+        assert_eq!(
+            XattrFiltering::from_name("all").unwrap_err(),
+            "invalid xattr filtering mode \"all\" (expected \"allowlist-only\" or \"keep-user-xattrs\")"
+        );
+    }
+
+    #[test]
+    fn compact_keeps_order() {
+        let base = layer(&[
+            M::Dir("usr"),
+            M::File("usr/a", b"1"),
+            M::File("usr/b", b"2"),
+            M::File("usr/c", b"3"),
+        ]);
+        let top = layer(&[M::File("usr/.wh.b", b"")]);
+        let streams = [base.as_slice(), top.as_slice()];
+        let fs = merge(&streams, XattrFiltering::AllowlistOnly).unwrap();
+        assert_eq!(fs.leaves.len(), 2);
+        assert_eq!(fs.leaves[0].content, Content::Inline(b"1".to_vec()));
+        assert_eq!(fs.leaves[1].content, Content::Inline(b"3".to_vec()));
+        assert_eq!(fs.nlinks(), [1, 1]);
     }
 }

@@ -5,13 +5,20 @@ with every variable field escaped as composefs does: ``\\\\``, ``\\n``, ``\\r``,
 and ``\\xNN`` for bytes outside ``!``..``~``; ``-`` stands for an empty field and a literal
 ``-`` is ``\\x2d``.
 Hardlinks are ``PATH 0 @120000 - - - - 0.0 TARGET - -``.
+
+:func:`parse` reads a whole dumpfile into a :class:`composefs.tree.FileSystem` (composefs-rs's
+parser rules; negative mtimes accepted) and :func:`write` writes one exactly as composefs-rs
+``write_dumpfile`` does. Both are plain Python (``composefs._pure.dumpfile``); the native
+backend has its own copy for the merge and the EROFS writer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["entry_line", "escape", "escape_raw", "hardlink_line"]
+from composefs._pure.dumpfile import parse, write
+
+__all__ = ["entry_line", "escape", "escape_raw", "hardlink_line", "parse", "write"]
 
 S_IFMT = 0o170000
 S_IFDIR = 0o040000

@@ -1,4 +1,5 @@
-"""Composefs EROFS images: reading the object references out of an image.
+"""Composefs EROFS images: writing them (:func:`mkfs`) and reading the object references out
+of one (:func:`collect_objects`).
 
 A composefs image is a metadata-only EROFS filesystem. Regular files whose content lives in the
 repository carry two overlayfs xattrs that point at the object:
@@ -33,9 +34,13 @@ if TYPE_CHECKING:
 BufferLike = bytes | bytearray | memoryview
 
 __all__ = [
+    "DEFAULT_FORMAT_VERSION",
+    "FORMAT_VERSIONS",
     "ErofsError",
     "ImageInfo",
     "collect_objects",
+    "image_id",
+    "mkfs",
     "parse_object_path",
     "read_image_info",
 ]
@@ -562,3 +567,32 @@ def parse_object_path(path: bytes, digest_size: int) -> bytes | None:
         return binascii.unhexlify(tail[:2] + tail[3:])
     except binascii.Error:
         return None
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+#: the EROFS formats composefs-rs 0.9 writes; V1 is the default (``cfsctl init``)
+FORMAT_VERSIONS: Final = (0, 1, 2)
+DEFAULT_FORMAT_VERSION: Final = 1
+
+
+def mkfs(dumpfile: BufferLike, version: int = DEFAULT_FORMAT_VERSION) -> bytes:
+    """The composefs EROFS image (format ``version``: 0, 1 or 2) of the tree a composefs
+    dumpfile describes; byte-identical to composefs-rs 0.9 (V1 and V0 also to C
+    ``mkcomposefs``). Runs in the active backend; raises :class:`ErofsError` for a dumpfile
+    that is malformed or describes a tree no image can hold."""
+    from composefs import _backend
+
+    if version not in FORMAT_VERSIONS:
+        raise ErofsError(f"unsupported EROFS format version {version} (expected 0, 1 or 2)")
+    try:
+        return bytes(_backend.backend().erofs.mkfs(dumpfile, version))
+    except ValueError as e:
+        raise ErofsError(str(e)) from None
+
+
+def image_id(data: BufferLike, algorithm: Algorithm | str) -> bytes:
+    """An image's id: the fs-verity digest of its bytes."""
+    from composefs import fsverity
+
+    return fsverity.digest(data, algorithm)

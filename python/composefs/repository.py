@@ -466,7 +466,17 @@ class Repository:
 
     @property
     def erofs_version(self) -> int:
+        """The default EROFS format of the images this repository writes."""
         return self.metadata.format_config[0]
+
+    def override_erofs_version(self, version: int) -> None:
+        """Writes and computes images in format ``version`` only, for this handle (cfsctl's
+        global ``--erofs-version``); ``meta.json`` is not changed."""
+        if version not in EROFS_VERSIONS:
+            raise ValueError(f"unsupported EROFS format version {version}")
+        self.metadata = dataclasses.replace(
+            self.metadata, erofs_default=version, erofs_extra=(), has_erofs_formats=True
+        )
 
     # -- writability -----------------------------------------------------------------------
 

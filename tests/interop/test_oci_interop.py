@@ -1,11 +1,11 @@
 """``oci pull`` against cfsctl: generated layouts pulled by both tools into separate repositories.
 
 Checked for every image: cfsctl's five-line summary equals ours; the layer streams and every
-object they reference are identical; our manifest and config streams are byte for byte the
-ones cfsctl writes before its EROFS step (cfsctl prints that manifest stream's id as
-``verity``); the config's layer refs are the same; and each tool lists, inspects and fscks the
-other's repository. Bad inputs fail with a one-line error and a cause chain and leave the
-repository clean.
+object they reference are identical; the manifest and config streams written before the EROFS
+step (cfsctl prints that manifest stream's id as ``verity``) and the final config stream with
+its ``composefs.image.v1`` ref are byte for byte cfsctl's; the EROFS image ids agree; and each
+tool lists, inspects, dumps, computes ids for and fscks the other's repository. Bad inputs
+fail with a one-line error and a cause chain and leave the repository clean.
 """
 
 from __future__ import annotations
@@ -193,22 +193,28 @@ def test_pull_matches_cfsctl(
                 a / "objects" / o[:2] / o[2:]
             ).read_bytes()
 
-    # our manifest stream is the one cfsctl wrote before its EROFS rewrite (the printed verity)
-    ours_manifest = _stream_object(b, f"oci-manifest-{manifest_digest}")
-    assert ours_manifest == verity
+    # both tools print the manifest stream written before the EROFS step; ours is the same bytes
     pre = (a / "objects" / verity[:2] / verity[2:]).read_bytes()
     assert (b / "objects" / verity[:2] / verity[2:]).read_bytes() == pre
     # ... and so is the config stream it references
     config_ref = splitstream.parse(pre).named_ref(f"config:{config_digest}").hex()
-    assert _stream_object(b, f"oci-config-{config_digest}") == config_ref
     assert (b / "objects" / config_ref[:2] / config_ref[2:]).read_bytes() == (
         a / "objects" / config_ref[:2] / config_ref[2:]
     ).read_bytes()
-    # cfsctl's final config has the same layer refs, plus its EROFS image refs
-    final = _stream(a, _stream_object(a, f"oci-config-{config_digest}")).named_ref_ids()
-    layer_refs = {k: v for k, v in final.items() if not k.startswith("composefs.image")}
-    assert layer_refs == _stream(b, config_ref).named_ref_ids()
-    assert set(final) - set(layer_refs) == {"composefs.image.v1"}
+    # after the EROFS step: the config streams (layer refs in diff_id order, then
+    # composefs.image.v1) are byte-identical, so the EROFS image ids are the same
+    final_config = _stream_object(a, f"oci-config-{config_digest}")
+    assert _stream_object(b, f"oci-config-{config_digest}") == final_config
+    final = _stream(a, final_config).named_ref_ids()
+    assert set(final) - set(_stream(a, config_ref).named_ref_ids()) == {"composefs.image.v1"}
+    image_id = final["composefs.image.v1"].hex()
+    assert (a / "images" / image_id).exists() and (b / "images" / image_id).exists()
+    # the rewritten manifests name the same streams (cfsctl's layer ref order is a hash map's)
+    manifest_a = _stream(a, _stream_object(a, f"oci-manifest-{manifest_digest}"))
+    manifest_b = _stream(b, _stream_object(b, f"oci-manifest-{manifest_digest}"))
+    assert manifest_b.named_ref_ids() == manifest_a.named_ref_ids()
+    names_b = list(manifest_b.named_ref_ids())
+    assert names_b == [names_b[0], *sorted(names_b[1:])]  # ours: config, then layers by name
 
     # the tag: same name, same manifest digest
     assert _tree(b, "streams/refs/oci") == _tree(a, "streams/refs/oci")
@@ -232,9 +238,18 @@ def test_pull_matches_cfsctl(
             theirs = run(cfsctl, "--repo", repo, *args).stdout
             assert mine == theirs, (repo.name, args)
     inspect_b = json.loads(run(cfsctl, "--repo", b, "oci", "inspect", ref).stdout)
-    assert inspect_b["composefs_erofs"] is None  # the EROFS step is a later issue
+    assert inspect_b["composefs_erofs"] == image_id
     inspect_a = json.loads(ours("--repo", a, "oci", "inspect", ref).stdout)
-    assert inspect_a["composefs_erofs"] is not None
+    assert inspect_a["composefs_erofs"] == image_id
+    for repo in (a, b):
+        assert run(cfsctl, "--repo", repo, "oci", "compute-id", ref).stdout.decode() == (
+            image_id + "\n"
+        )
+        assert ours("--repo", repo, "oci", "compute-id", ref).stdout.decode() == image_id + "\n"
+        assert (
+            ours("--repo", repo, "oci", "dump", ref).stdout
+            == run(cfsctl, "--repo", repo, "oci", "dump", ref).stdout
+        )
     assert run(cfsctl, "--repo", b, "fsck").stdout.endswith(b"status: ok\n")
     assert ours("--repo", a, "fsck").stdout.endswith(b"status: ok\n")
 

@@ -1,4 +1,591 @@
 """The composefs dumpfile format (composefs-dump(5)): writer and parser, pure Python.
-Native twin: ``rust/dumpfile.rs``."""
+Native twin: ``rust/dumpfile.rs``.
+
+:func:`write` prints a tree as composefs-rs ``write_dumpfile`` does (pre-order, names in byte
+order, the first name of a hard-linked leaf in full and the others as ``@120000`` lines,
+NLINK computed from the tree). :func:`parse` reads one back with the rules of composefs-rs
+``dumpfile_to_filesystem`` / ``Entry::parse``; the one deliberate difference is that a negative
+MTIME second count is accepted (cfsctl writes those for pre-1970 tar mtimes).
+
+Digests of external files are 32 (sha256) or 64 (sha512) bytes; the parser takes the size from
+the DIGEST field (64 or 128 hex digits) or, without a digest, from the object path in PAYLOAD.
+"""
 
 from __future__ import annotations
+
+import re
+
+from composefs._pure.tree import (
+    BLOCK,
+    CHAR,
+    FIFO,
+    FILE,
+    SOCKET,
+    SYMLINK,
+    Directory,
+    FileSystem,
+    Leaf,
+    Stat,
+    _debug,
+)
+
+__all__ = ["parse", "write"]
+
+S_IFMT = 0o170000
+S_IFSOCK = 0o140000
+S_IFLNK = 0o120000
+S_IFREG = 0o100000
+S_IFBLK = 0o060000
+S_IFDIR = 0o040000
+S_IFCHR = 0o020000
+S_IFIFO = 0o010000
+
+_IFMT_OF_KIND = {
+    FILE: S_IFREG,
+    SYMLINK: S_IFLNK,
+    BLOCK: S_IFBLK,
+    CHAR: S_IFCHR,
+    FIFO: S_IFIFO,
+    SOCKET: S_IFSOCK,
+}
+
+PATH_MAX = 4096
+SYMLINK_MAX = 1024
+MAX_INLINE_CONTENT = 512
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 0xFFFF
+XATTR_LIST_MAX = 0xFFFF
+
+# --------------------------------------------------------------------------------------------
+# Writer
+
+_NAMED = {ord("\\"): "\\\\", ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+_PLAIN_TABLE = [_NAMED.get(c, chr(c) if 0x21 <= c <= 0x7E else f"\\x{c:02x}") for c in range(256)]
+_XATTR_TABLE = [("\\x3d" if c == ord("=") else s) for c, s in enumerate(_PLAIN_TABLE)]
+# bytes that need no escaping in plain fields / xattr fields
+_PLAIN_SAFE = re.compile(rb"[\x21-\x5b\x5d-\x7e]*")
+_XATTR_SAFE = re.compile(rb"[\x21-\x3c\x3e-\x5b\x5d-\x7e]*")
+
+
+def _escape_raw(data: bytes) -> str:
+    if _PLAIN_SAFE.fullmatch(data):
+        return data.decode("ascii")
+    return "".join([_PLAIN_TABLE[b] for b in data])
+
+
+def _escape_xattr(data: bytes) -> str:
+    if _XATTR_SAFE.fullmatch(data):
+        return data.decode("ascii")
+    return "".join([_XATTR_TABLE[b] for b in data])
+
+
+def _escape(data: bytes) -> str:
+    """A fixed field: empty is ``-``, a lone ``-`` is ``\\x2d``."""
+    if not data:
+        return "-"
+    if data == b"-":
+        return "\\x2d"
+    return _escape_raw(data)
+
+
+def _object_pathname(digest: bytes) -> bytes:
+    text = digest.hex()
+    return f"{text[:2]}/{text[2:]}".encode("ascii")
+
+
+def _link_counts(fs: FileSystem) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    stack = [fs.root]
+    while stack:
+        for inode in stack.pop().entries.values():
+            if isinstance(inode, Directory):
+                stack.append(inode)
+            else:
+                counts[id(inode)] = counts.get(id(inode), 0) + 1
+    return counts
+
+
+def _line(
+    out: list[str],
+    path: bytes,
+    stat: Stat,
+    ifmt: int,
+    raw_modes: bool,
+    size: int,
+    nlink: int,
+    rdev: int,
+    payload: bytes,
+    content: bytes,
+    digest: str | None,
+) -> None:
+    mode = (stat.mode | ifmt) if raw_modes else (ifmt | (stat.mode & 0o7777))
+    parts = [
+        _escape(path),
+        f"{size} {mode:o} {nlink} {stat.uid} {stat.gid} {rdev} {stat.mtime}.{stat.mtime_nsec}",
+        _escape(payload),
+        _escape(content),
+        "-" if digest is None else digest,
+    ]
+    for key in sorted(stat.xattrs):
+        parts.append(_escape_xattr(key) + "=" + _escape_xattr(stat.xattrs[key]))
+    out.append(" ".join(parts))
+
+
+def write(fs: FileSystem, raw_modes: bool = True) -> bytes:
+    """The dumpfile of ``fs`` (composefs-rs ``write_dumpfile``). With ``raw_modes`` False the
+    MODE field is ``type | (mode & 0o7777)`` instead of ``mode | type``."""
+    counts = _link_counts(fs)
+    first_path: dict[int, bytes] = {}
+    out: list[str] = []
+
+    def leaf_line(path: bytes, leaf: Leaf) -> None:
+        nlink = counts[id(leaf)]
+        if nlink > 1:
+            target = first_path.get(id(leaf))
+            if target is not None:
+                out.append(f"{_escape(path)} 0 @120000 - - - - 0.0 {_escape(target)} - -")
+                return
+            first_path[id(leaf)] = path
+        kind = leaf.kind
+        ifmt = _IFMT_OF_KIND[kind]
+        stat = leaf.stat
+        if kind == FILE:
+            if leaf.digest is not None:
+                _line(
+                    out,
+                    path,
+                    stat,
+                    ifmt,
+                    raw_modes,
+                    leaf.size,
+                    nlink,
+                    0,
+                    _object_pathname(leaf.digest),
+                    b"",
+                    leaf.digest.hex(),
+                )
+            elif leaf.inline is not None:
+                data = leaf.inline
+                _line(out, path, stat, ifmt, raw_modes, len(data), nlink, 0, b"", data, None)
+            else:
+                _line(out, path, stat, ifmt, raw_modes, leaf.size, nlink, 0, b"", b"", None)
+        elif kind == SYMLINK:
+            target = leaf.target
+            _line(out, path, stat, ifmt, raw_modes, len(target), nlink, 0, target, b"", None)
+        elif kind in (BLOCK, CHAR):
+            _line(out, path, stat, ifmt, raw_modes, 0, nlink, leaf.rdev, b"", b"", None)
+        else:
+            _line(out, path, stat, ifmt, raw_modes, 0, nlink, 0, b"", b"", None)
+
+    def dir_lines(path: bytes, directory: Directory) -> None:
+        nlink = 2 + sum(1 for inode in directory.entries.values() if isinstance(inode, Directory))
+        _line(out, path, directory.stat, S_IFDIR, raw_modes, 0, nlink, 0, b"", b"", None)
+        prefix = path if path.endswith(b"/") else path + b"/"
+        for name in sorted(directory.entries):
+            inode = directory.entries[name]
+            if isinstance(inode, Directory):
+                dir_lines(prefix + name, inode)
+            else:
+                leaf_line(prefix + name, inode)
+
+    dir_lines(b"/", fs.root)
+    out.append("")
+    return "\n".join(out).encode("ascii")
+
+
+# --------------------------------------------------------------------------------------------
+# Parser
+
+
+class _Error(Exception):
+    """A parse error of one field (wrapped with the line by :func:`parse`)."""
+
+
+# Rust's char::is_whitespace (Unicode White_Space), for str::trim
+_WHITESPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + ("\u2028\u2029\u202f\u205f\u3000")
+)
+_DIGITS = re.compile(r"\+?[0-9]+")
+
+
+def _rust_uint(text: str, bits: int, radix: int = 10) -> int:
+    """Rust ``uN::from_str_radix``: an optional ``+``, then at least one digit."""
+    body = text[1:] if text.startswith("+") else text
+    if not text:
+        raise _Error("cannot parse integer from empty string")
+    if not body:
+        raise _Error("invalid digit found in string")
+    value = 0
+    for ch in body:
+        digit = int(ch, 36) if ch.isascii() and ch.isalnum() else radix
+        if digit >= radix:
+            raise _Error("invalid digit found in string")
+        value = value * radix + digit
+    if value >> bits:
+        raise _Error("number too large to fit in target type")
+    return value
+
+
+def _mtime_seconds(text: str) -> int:
+    """Seconds of MTIME: composefs-rs takes a u64 (stored as i64, so large values wrap); we
+    also accept a negative i64 (our leniency)."""
+    if text.startswith("-"):
+        if not text[1:] or not text[1:].isascii() or not text[1:].isdigit():
+            raise _Error("invalid digit found in string")
+        value = -int(text[1:])
+        if value < -(1 << 63):
+            raise _Error("number too small to fit in target type")
+        return value
+    value = _rust_uint(text, 64)
+    return value - (1 << 64) if value >> 63 else value
+
+
+def _unescape(text: str, limit: int | None = None) -> bytes:
+    """composefs-rs ``unescape_limited`` (the limit is checked before each character)."""
+    if "\\" not in text and text.isascii():
+        if limit is not None and len(text) > limit:
+            raise _Error(f"Input {len(text)} exceeded maximum length {limit}")
+        return text.encode("ascii")
+    out = bytearray()
+    i = 0
+    n = len(text)
+    while i < n:
+        if limit is not None and len(out) == limit:
+            raise _Error(f"Input exceeded maximum length {limit}")
+        ch = text[i]
+        i += 1
+        if ch != "\\":
+            out += ch.encode("utf-8")
+            continue
+        if i >= n:
+            raise _Error("Unterminated escape")
+        ch = text[i]
+        i += 1
+        if ch == "\\":
+            out.append(0x5C)
+        elif ch == "n":
+            out.append(0x0A)
+        elif ch == "r":
+            out.append(0x0D)
+        elif ch == "t":
+            out.append(0x09)
+        elif ch == "x":
+            if i + 2 > n:
+                raise _Error("Unterminated hex escape")
+            digits = text[i : i + 2]
+            i += 2
+            try:
+                out.append(_rust_uint(digits, 8, 16))
+            except _Error:
+                raise _Error(f"Invalid hex escape {digits}") from None
+        else:
+            raise _Error(f"Invalid escape {ch}")
+    return bytes(out)
+
+
+def _unescape_name(text: str) -> bytes:
+    value = _unescape(text)
+    if b"\0" in value:
+        raise _Error("Invalid embedded NUL")
+    return value
+
+
+def _unescape_path(text: str) -> bytes:
+    value = _unescape_name(text)
+    if not value:
+        raise _Error("Invalid empty path")
+    if len(value) > PATH_MAX:
+        raise _Error(f"Path is too long: {len(value)} bytes")
+    return value
+
+
+def _unescape_canonical_path(text: str) -> bytes:
+    value = _unescape_path(text)
+    if not value.startswith(b"/"):
+        raise _Error("Invalid non-absolute path")
+    if value != b"/":
+        for component in value.split(b"/")[1:]:
+            if component == b"":
+                raise _Error("Empty path component (// or trailing /)")
+            if component == b".":
+                raise _Error("Invalid path component '.'")
+            if component == b"..":
+                raise _Error("Invalid path component '..'")
+    return value
+
+
+def _hex_digest(text: str) -> bytes:
+    """``FsVerityHashValue::from_hex`` for a sha256 or sha512 id."""
+    if len(text) not in (64, 128):
+        raise _Error("Invalid string length")
+    for index, ch in enumerate(text):
+        if ch not in "0123456789abcdefABCDEF":
+            raise _Error(f"Invalid character {ch!r} at position {index}")
+    return bytes.fromhex(text)
+
+
+def _digest_from_object_path(path: bytes) -> bytes:
+    """``FsVerityHashValue::from_object_pathname``: the trailing ``xx/hex`` of the path; a
+    sha512 id when the path ends in one, else a sha256 id."""
+
+    def decode(tail: bytes) -> bytes:
+        for index, byte in enumerate(tail):
+            if index == 2:
+                if byte != 0x2F:
+                    raise _Error(
+                        f"invalid object pathname: Invalid character {chr(byte)!r} at position 2"
+                    )
+            elif chr(byte) not in "0123456789abcdefABCDEF":
+                pos = index if index < 2 else index - 3
+                raise _Error(
+                    f"invalid object pathname: Invalid character {chr(byte)!r} at position {pos}"
+                )
+        return bytes.fromhex((tail[:2] + tail[3:]).decode("ascii"))
+
+    if len(path) >= 129 and path[-127] == 0x2F:
+        return decode(path[-129:])
+    if len(path) < 65:
+        raise _Error("invalid object pathname: Invalid string length")
+    return decode(path[-65:])
+
+
+class _Entry:
+    """One parsed line (composefs-rs ``dumpfile_parse::Entry``)."""
+
+    __slots__ = ("data", "digest", "hardlink", "mode", "nlink", "path", "payload", "rdev", "size")
+
+    def __init__(self, path: bytes, size: int) -> None:
+        self.path = path
+        self.size = size
+        self.mode = 0
+        self.nlink = 0
+        self.rdev = 0
+        self.hardlink: bytes | None = None  # target of a hardlink line
+        self.payload: bytes | None = None  # external file's object path / symlink target
+        self.data = b""  # inline content
+        self.digest: str | None = None  # hex, checked when the leaf is built
+
+
+def _optional(text: str) -> str | None:
+    return None if text == "-" else text
+
+
+def _check_nonregfile(content: str | None, digest: str | None) -> None:
+    if content is not None:
+        raise _Error("entry cannot have content")
+    if digest is not None:
+        raise _Error("entry cannot have fsverity digest")
+
+
+def _check_rdev(rdev: int) -> None:
+    if rdev != 0:
+        raise _Error(f"entry cannot have device (rdev) {rdev}")
+
+
+def _parse_line(line: str) -> tuple[_Entry, Stat]:
+    """``Entry::parse``: the entry and its (unchecked) stat."""
+    fields = line.split(" ")
+    position = 0
+
+    def take(name: str) -> str:
+        nonlocal position
+        if position >= len(fields):
+            raise _Error(f"Missing {name}")
+        position += 1
+        return fields[position - 1]
+
+    path = _unescape_canonical_path(take("path"))
+    entry = _Entry(path, _rust_uint(take("size"), 64))
+    mode_text = take("mode")
+    if "@" in mode_text:
+        mode = _rust_uint(mode_text.split("@", 1)[1], 32, 8)
+        if mode & S_IFMT == S_IFDIR:
+            raise _Error("Invalid hardlinked directory")
+        for name in ("nlink", "uid", "gid", "rdev", "mtime"):
+            take(name)
+        payload = _optional(take("payload"))
+        if payload is None:
+            raise _Error("Missing payload")
+        entry.hardlink = _unescape_canonical_path(payload)
+        return entry, Stat()
+
+    entry.mode = _rust_uint(mode_text, 32, 8)
+    entry.nlink = _rust_uint(take("nlink"), 32)
+    uid = _rust_uint(take("uid"), 32)
+    gid = _rust_uint(take("gid"), 32)
+    entry.rdev = _rust_uint(take("rdev"), 64)
+    mtime_text = take("mtime")
+    if "." not in mtime_text:
+        raise _Error("Missing . in mtime")
+    sec_text, nsec_text = mtime_text.split(".", 1)
+    sec = _mtime_seconds(sec_text)
+    nsec = _rust_uint(nsec_text, 64)
+    payload = _optional(take("payload"))
+    content = _optional(take("content"))
+    digest = _optional(take("digest"))
+    xattrs: dict[bytes, bytes] = {}
+    total = 0
+    for item in fields[position:]:
+        if "=" not in item:
+            raise _Error("Missing = in xattrs")
+        key_text, value_text = item.split("=", 1)
+        key = _unescape_name(key_text)
+        if len(key) > XATTR_NAME_MAX:
+            raise _Error(f"xattr name too long; max={XATTR_NAME_MAX} found={len(key)}")
+        value = _unescape(value_text)
+        if len(value) > XATTR_SIZE_MAX:
+            raise _Error(f"xattr value too long; max={XATTR_SIZE_MAX} found={len(key)}")
+        total += len(key)
+        if total > XATTR_LIST_MAX:
+            raise _Error("Too many xattrs")
+        # composefs-rs sorts the (key, value) pairs and then fills a map: for a repeated key
+        # the greatest value wins
+        if key not in xattrs or value > xattrs[key]:
+            xattrs[key] = value
+
+    ifmt = entry.mode & S_IFMT
+    if ifmt == S_IFREG:
+        _check_rdev(entry.rdev)
+        if payload is not None:
+            entry.payload = _unescape_path(payload)
+            entry.digest = digest
+        else:
+            entry.data = _unescape(content or "", MAX_INLINE_CONTENT)
+            if digest is not None:
+                raise _Error("Inline file cannot have fsverity digest")
+    elif ifmt == S_IFLNK:
+        _check_nonregfile(content, digest)
+        _check_rdev(entry.rdev)
+        if payload is None:
+            raise _Error("Missing payload")
+        target = _unescape_path(payload)
+        if len(target) > SYMLINK_MAX:
+            raise _Error(f"Symlink target length {len(target)} exceeds limit {SYMLINK_MAX}")
+        entry.payload = target
+    elif ifmt in (S_IFCHR, S_IFBLK):
+        _check_nonregfile(content, digest)
+    elif ifmt in (S_IFIFO, S_IFDIR, S_IFSOCK):
+        _check_nonregfile(content, digest)
+        _check_rdev(entry.rdev)
+    else:
+        raise _Error(f"Unhandled file type from raw mode: {entry.mode}")
+    return entry, Stat(entry.mode & 0o7777, uid, gid, sec, nsec, xattrs)
+
+
+def _checked(stat: Stat) -> Stat:
+    """``entry_to_stat``'s nanosecond check."""
+    if stat.mtime_nsec >= 1_000_000_000:
+        raise _Error(f"Invalid mtime nanoseconds: {stat.mtime_nsec} (must be < 1_000_000_000)")
+    return stat
+
+
+def _lines(text: str) -> list[str]:
+    """Rust ``str::lines``: split at ``\\n``; one ``\\r`` before a ``\\n`` is dropped."""
+    pieces = text.split("\n")
+    last = pieces.pop()
+    lines = [piece[:-1] if piece.endswith("\r") else piece for piece in pieces]
+    if last:
+        lines.append(last)
+    return lines
+
+
+def _blank(line: str) -> bool:
+    return not line.strip(_WHITESPACE)
+
+
+def _parse_entry(line: str) -> tuple[_Entry, Stat]:
+    try:
+        return _parse_line(line)
+    except _Error as e:
+        raise _Error(f"Failed to parse dumpfile line: {line}: {e}") from None
+
+
+def _add_entry(fs: FileSystem, entry: _Entry, stat: Stat, hardlinks: dict[bytes, Leaf]) -> None:
+    """``add_entry_to_filesystem``: entries are inserted (a repeated name is replaced)."""
+    path = entry.path
+    if path == b"/":
+        fs.root.stat = _checked(stat)
+        return
+    parent, _, name = path.rpartition(b"/")
+    inode: Directory | Leaf
+    ifmt = entry.mode & S_IFMT
+    if entry.hardlink is not None:
+        found = hardlinks.get(entry.hardlink)
+        if found is None:
+            raise _Error(f"Hardlink target not found: {_debug(entry.hardlink)}")
+        inode = found
+    elif ifmt == S_IFDIR:
+        inode = Directory(_checked(stat))
+    elif ifmt == S_IFREG:
+        _checked(stat)
+        if entry.payload is None:
+            if not entry.data and entry.size > 0:
+                inode = Leaf(FILE, stat, size=entry.size)
+            else:
+                inode = Leaf(FILE, stat, inline=entry.data, size=len(entry.data))
+        elif entry.digest is not None:
+            inode = Leaf(FILE, stat, digest=_hex_digest(entry.digest), size=entry.size)
+        else:
+            digest = _digest_from_object_path(entry.payload)
+            inode = Leaf(FILE, stat, digest=digest, verity=False, size=entry.size)
+    elif ifmt in (S_IFCHR, S_IFBLK):
+        is_char = ifmt != S_IFBLK
+        if is_char and entry.rdev == 0 and entry.nlink > 1:
+            raise _Error(f"invalid dumpfile: whiteout entry {_debug(path)} has nlink > 1")
+        inode = Leaf(CHAR if is_char else BLOCK, _checked(stat), rdev=entry.rdev)
+    elif ifmt == S_IFLNK:
+        assert entry.payload is not None
+        inode = Leaf(SYMLINK, _checked(stat), target=entry.payload)
+    elif ifmt == S_IFIFO:
+        inode = Leaf(FIFO, _checked(stat))
+    else:
+        inode = Leaf(SOCKET, _checked(stat))
+    if isinstance(inode, Leaf):
+        hardlinks[path] = inode
+
+    directory = fs.root
+    if parent:
+        for component in parent[1:].split(b"/"):
+            child = directory.entries.get(component)
+            if not isinstance(child, Directory):
+                problem = "does not exist" if child is None else "is not a subdirectory"
+                raise _Error(
+                    f"Parent directory not found: {_debug(parent)}: "
+                    f"Directory entry {_debug(component)} {problem}"
+                )
+            directory = child
+    directory.entries[name] = inode
+
+
+def parse(data: bytes | bytearray | memoryview) -> FileSystem:
+    """Parses a dumpfile (composefs-rs ``dumpfile_to_filesystem``, plus negative mtimes).
+    Raises ``ValueError``."""
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"dumpfile is not valid UTF-8: {e}") from None
+    lines = iter(_lines(text))
+    try:
+        for line in lines:
+            if _blank(line):
+                continue
+            entry, stat = _parse_entry(line)
+            if entry.path != b"/":
+                raise _Error(
+                    f"Dumpfile must start with root directory entry, found: {_debug(entry.path)}"
+                )
+            fs = FileSystem(Directory(_checked(stat)))
+            break
+        else:
+            raise _Error("Dumpfile is empty, expected root directory entry")
+        hardlinks: dict[bytes, Leaf] = {}
+        for line in lines:
+            if _blank(line):
+                continue
+            entry, stat = _parse_entry(line)
+            _add_entry(fs, entry, stat, hardlinks)
+    except _Error as e:
+        raise ValueError(str(e)) from None
+    return fs

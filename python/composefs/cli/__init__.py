@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from composefs.cli import _common, fsverity_cmd, oci_cmd, repo_cmd
+from composefs.cli import _common, fsverity_cmd, image_cmd, oci_cmd, repo_cmd
 from composefs.errors import ComposefsError, format_error
 
 __all__ = ["build_parser", "main"]
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     repo_cmd.register(sub)
     fsverity_cmd.register(sub)
     oci_cmd.register(sub)
+    image_cmd.register(sub)
     return parser
 
 

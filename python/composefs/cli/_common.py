@@ -34,6 +34,17 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
         help="do not require fs-verity, even if the repository does",
     )
     parser.add_argument(
+        "--no-repo",
+        action="store_true",
+        help="do not open a repository (compute-id and create-dumpfile only)",
+    )
+    parser.add_argument(
+        "--erofs-version",
+        type=int,
+        choices=[0, 1, 2],
+        help="the EROFS format of images written or computed (default: the repository's, V1)",
+    )
+    parser.add_argument(
         "--require-verity",
         action="store_true",
         help="fail if the repository was not initialized with fs-verity",
@@ -88,3 +99,12 @@ def add_command(
     )
     parser.set_defaults(func=func)
     return parser
+
+
+def add_mount_options(parser: argparse.ArgumentParser) -> None:
+    """cfsctl's mount options: an optional writable upper layer."""
+    parser.add_argument("--upperdir", metavar="DIR", help="a writable upper layer for overlayfs")
+    parser.add_argument("--workdir", metavar="DIR", help="overlayfs work dir (with --upperdir)")
+    parser.add_argument(
+        "--read-write", action="store_true", help="mount read-write (needs --upperdir)"
+    )

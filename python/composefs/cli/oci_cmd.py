@@ -11,7 +11,7 @@ import time
 from typing import Any, TextIO
 
 from composefs import layer
-from composefs.cli._common import add_command, open_repo
+from composefs.cli._common import add_command, add_mount_options, open_repo
 from composefs.errors import ComposefsError
 
 
@@ -52,6 +52,28 @@ def register(sub: Any) -> None:
 
     p = add_command(inner, "images", "list the tagged images", cmd_images)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--erofs",
+        action="store_true",
+        help="also show each image's composefs EROFS image id (not in cfsctl's output)",
+    )
+
+    p = add_command(
+        inner, "dump", "print an image's merged root filesystem as a composefs dumpfile", cmd_dump
+    )
+    _add_config_options(p)
+
+    p = add_command(
+        inner, "compute-id", "compute the composefs image id of a stored image", cmd_compute_id
+    )
+    _add_config_options(p)
+
+    p = add_command(
+        inner, "mount", "mount an image's composefs EROFS image at MOUNTPOINT", cmd_mount
+    )
+    p.add_argument("image", metavar="IMAGE", help="a tag or a manifest digest (sha256:...)")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    add_mount_options(p)
 
     p = add_command(inner, "inspect", "show an image's manifest and config", cmd_inspect)
     p.add_argument("image", metavar="IMAGE", help="a tag, or @sha256:... (a manifest or index)")
@@ -166,23 +188,100 @@ def cmd_images(args: argparse.Namespace) -> int:
 
     with open_repo(args) as repo:
         images = image.list_images(repo, warn=warn)
+        erofs_ids: list[str | None] = []
+        if args.erofs:
+            for i in images:
+                try:
+                    found = image.OciImage.open(repo, i.manifest_digest).erofs_image(
+                        repo.erofs_version
+                    )
+                except (ComposefsError, OSError):
+                    found = None
+                erofs_ids.append(None if found is None else found.hex())
     if args.json:
-        doc = {"images": [i.to_dict() for i in images]}
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        docs = [i.to_dict() for i in images]
+        for doc, erofs_id in zip(docs, erofs_ids, strict=False):
+            doc["composefs_erofs"] = erofs_id
+        print(json.dumps({"images": docs}, indent=2, ensure_ascii=False))
     elif not images:
         print("No images found")
     else:
+        header = ["NAME", "DIGEST", "ARCH", "LAYERS", "REFS"]
         rows = [
-            (
+            [
                 i.name,
                 i.manifest_digest.removeprefix("sha256:")[:12],
                 i.architecture or "artifact",
                 str(i.layer_count),
                 str(i.referrer_count),
-            )
+            ]
             for i in images
         ]
-        print(render_table(["NAME", "DIGEST", "ARCH", "LAYERS", "REFS"], rows))
+        if args.erofs:
+            header.append("EROFS")
+            for row, erofs_id in zip(rows, erofs_ids, strict=True):
+                row.append(erofs_id[:12] if erofs_id else "-")
+        print(render_table(header, rows))
+    return 0
+
+
+# -- composefs images of OCI images ----------------------------------------------------------
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "image",
+        metavar="IMAGE",
+        help="a tag, or @sha256:... (a config digest, as in cfsctl; a manifest digest works too)",
+    )
+    p.add_argument(
+        "--xattrs",
+        choices=["allowlist-only", "keep-user-xattrs"],
+        default="allowlist-only",
+        help="which extended attributes to keep (default: only security.capability)",
+    )
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from composefs.oci import filesystem
+
+    with open_repo(args) as repo:
+        dump = filesystem.create_dumpfile(repo, args.image, xattrs=args.xattrs)
+    out = sys.stdout.buffer
+    out.write(dump)
+    out.flush()
+    return 0
+
+
+def cmd_compute_id(args: argparse.Namespace) -> int:
+    from composefs.oci import filesystem
+
+    with open_repo(args) as repo:
+        image_id = filesystem.compute_id(repo, args.image, xattrs=args.xattrs)
+    print(image_id.hex())
+    return 0
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from composefs import mount
+    from composefs.oci import image
+
+    with open_repo(args) as repo:
+        if args.image.startswith("sha256:"):
+            img = image.OciImage.open(repo, args.image)
+        else:
+            img = image.OciImage.open_ref(repo, args.image)
+        erofs_id = img.erofs_image(repo.erofs_version)
+        if erofs_id is None:
+            raise ComposefsError("No composefs EROFS image linked — try re-pulling the image")
+        mount.mount_image(
+            repo,
+            erofs_id.hex(),
+            args.mountpoint,
+            upperdir=args.upperdir,
+            workdir=args.workdir,
+            read_write=args.read_write,
+        )
     return 0
 
 

@@ -30,6 +30,7 @@ from composefs import splitstream
 from composefs.errors import ComposefsError
 from composefs.layer import LAYER_MEDIA_TYPES, LayerImportResult, import_layer, layer_identifier
 from composefs.oci import image as _image
+from composefs.oci.filesystem import CommitResult, commit_images
 from composefs.oci.image import CONFIG_MEDIA_TYPE, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE
 from composefs.oci.layout import LayoutSource
 from composefs.oci.platform import Platform, parse_platform
@@ -185,6 +186,15 @@ class PullResult:
     platform: Platform | None = None
     #: ``(diff_id, layer stream verity)`` in config order
     layers: tuple[tuple[str, bytes], ...] = ()
+    #: the manifest stream the tag points at: for container images the one rewritten after
+    #: the EROFS image was linked (``manifest_verity`` is the one first written, which is what
+    #: cfsctl prints)
+    stored_manifest_verity: bytes | None = None
+    #: the composefs image id in the repository's default EROFS format (``None`` for
+    #: artifacts)
+    image_id: bytes | None = None
+    #: every EROFS format written -> image id
+    images: dict[int, bytes] = dataclasses.field(default_factory=dict)
 
 
 # -- sources ---------------------------------------------------------------------------------
@@ -251,8 +261,18 @@ def pull(
             raise PullError(_source_context(image_ref)) from e
         except OSError as e:
             raise PullError(_source_context(image_ref)) from e
+    stored_verity = result.manifest_verity
+    committed: CommitResult | None = None
+    try:
+        img = _image.OciImage.open(repo, result.manifest_digest, result.manifest_verity)
+        if img.is_container_image:
+            emit(PullEvent("message", message="Creating composefs image"))
+            committed = commit_images(repo, img)
+            stored_verity = committed.manifest_verity
+    except (ComposefsError, OSError) as e:
+        raise PullError(f"Creating the composefs image of manifest {result.manifest_digest}") from e
     index_verity = _image.write_index(
-        repo, resolved.indexes, result.manifest_digest, result.manifest_verity, name
+        repo, resolved.indexes, result.manifest_digest, stored_verity, name
     )
     if name is not None:
         _image.tag_image(repo, result.manifest_digest, name)
@@ -261,6 +281,9 @@ def pull(
         tag=name,
         index_digest=resolved.indexes[0][0] if resolved.indexes else None,
         index_verity=index_verity,
+        stored_manifest_verity=stored_verity,
+        image_id=None if committed is None else committed.image_id,
+        images={} if committed is None else dict(committed.images),
     )
 
 

@@ -1,0 +1,211 @@
+"""Composefs images outside OCI: ``create-image``, ``compute-id``, ``create-dumpfile``,
+``mount`` (cfsctl's commands of the same names) and ``mkcomposefs`` (C mkcomposefs's
+command line, as ``cfsctl mkcomposefs`` offers it)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from composefs import erofs
+from composefs.cli._common import add_command, add_mount_options, open_repo
+from composefs.errors import ComposefsError
+from composefs.repository import Repository
+
+
+def register(sub: Any) -> None:
+    p = add_command(
+        sub,
+        "create-image",
+        "store a directory's files as objects and its tree as a composefs image",
+        cmd_create_image,
+    )
+    _add_fs_options(p)
+    p.add_argument(
+        "image_name", nargs="?", metavar="NAME", help="also name the image images/refs/NAME"
+    )
+
+    p = add_command(
+        sub,
+        "compute-id",
+        "compute the composefs image id of a directory (nothing is stored)",
+        cmd_compute_id,
+    )
+    _add_fs_options(p)
+
+    p = add_command(
+        sub,
+        "create-dumpfile",
+        "print a directory's tree as a composefs dumpfile (nothing is stored)",
+        cmd_create_dumpfile,
+    )
+    _add_fs_options(p)
+
+    p = add_command(sub, "mount", "mount a composefs image of the repository", cmd_mount)
+    p.add_argument("name", metavar="NAME", help="an image id (hex) or refs/<name>")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    add_mount_options(p)
+
+    p = add_command(
+        sub,
+        "mkcomposefs",
+        "build a composefs image from a directory or a dumpfile (C mkcomposefs's options)",
+        cmd_mkcomposefs,
+    )
+    p.add_argument("--from-file", action="store_true", help="SOURCE is a dumpfile (- = stdin)")
+    p.add_argument("--print-digest", action="store_true", help="print the image's fs-verity digest")
+    p.add_argument(
+        "--print-digest-only", action="store_true", help="print the digest, write no image"
+    )
+    p.add_argument("--use-epoch", action="store_true", help="set every mtime to 0")
+    p.add_argument("--skip-devices", action="store_true", help="leave device nodes out")
+    p.add_argument("--skip-xattrs", action="store_true", help="leave every xattr out")
+    p.add_argument("--user-xattrs", action="store_true", help="keep only user.* xattrs")
+    p.add_argument("--min-version", type=int, default=0, help="0 (default) or 1")
+    p.add_argument("--max-version", type=int, default=1, help="1 (default)")
+    p.add_argument(
+        "--hardlinks",
+        action="store_true",
+        help="share one inode between hard-linked source files (directories only)",
+    )
+    p.add_argument("source", metavar="SOURCE", help="a directory, or a dumpfile with --from-file")
+    p.add_argument("image", nargs="?", metavar="IMAGE", help="the image file to write (- = stdout)")
+
+
+def _add_fs_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="PATH", help="the directory to read")
+    p.add_argument(
+        "--no-propagate-usr-to-root",
+        action="store_true",
+        help="keep the root directory's own metadata (default: copy /usr's, empty /run, "
+        "filter xattrs, as for OCI images)",
+    )
+    p.add_argument(
+        "--xattrs",
+        choices=["allowlist-only", "keep-user-xattrs"],
+        default="allowlist-only",
+        help="which extended attributes to keep (default: only security.capability)",
+    )
+
+
+def _directory_dumpfile(args: argparse.Namespace, repo: Repository | None, algorithm: str) -> bytes:
+    """The directory's tree (objects stored into ``repo`` if given) as an interchange dumpfile."""
+    from composefs import fs
+    from composefs._pure import dumpfile
+
+    tree = fs.read_directory(args.path, repo, algorithm=algorithm)
+    if not args.no_propagate_usr_to_root:
+        fs.oci_transform(tree, args.xattrs)
+    return dumpfile.write(tree, raw_modes=True)
+
+
+def cmd_create_image(args: argparse.Namespace) -> int:
+    with open_repo(args) as repo:
+        repo.ensure_writable()
+        dump = _directory_dumpfile(args, repo, repo.algorithm.hash_name)
+        default, extra = repo.metadata.format_config
+        image_id = b""
+        for version in [default, *sorted(v for v in extra if v != default)]:
+            data = erofs.mkfs(dump, version)
+            written = repo.write_image(args.image_name if version == default else None, data)
+            if version == default:
+                image_id = written
+    print(image_id.hex())
+    return 0
+
+
+def _algorithm_and_version(args: argparse.Namespace) -> tuple[str, int]:
+    """cfsctl: the repository's hash and format if one can be opened, else --hash (sha512)."""
+    if not getattr(args, "no_repo", False):
+        try:
+            with open_repo(args) as repo:
+                return repo.algorithm.hash_name, repo.erofs_version
+        except (ComposefsError, OSError):
+            if args.repo:
+                raise
+    version = args.erofs_version if args.erofs_version is not None else erofs.DEFAULT_FORMAT_VERSION
+    return args.hash or "sha512", version
+
+
+def cmd_compute_id(args: argparse.Namespace) -> int:
+    algorithm, version = _algorithm_and_version(args)
+    dump = _directory_dumpfile(args, None, algorithm)
+    print(erofs.image_id(erofs.mkfs(dump, version), algorithm).hex())
+    return 0
+
+
+def cmd_create_dumpfile(args: argparse.Namespace) -> int:
+    algorithm, _ = _algorithm_and_version(args)
+    out = sys.stdout.buffer
+    out.write(_directory_dumpfile(args, None, algorithm))
+    out.flush()
+    return 0
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from composefs import mount
+
+    with open_repo(args) as repo:
+        mount.mount_image(
+            repo,
+            args.name,
+            args.mountpoint,
+            upperdir=args.upperdir,
+            workdir=args.workdir,
+            read_write=args.read_write,
+        )
+    return 0
+
+
+def cmd_mkcomposefs(args: argparse.Namespace) -> int:
+    from composefs import fs
+    from composefs._pure import dumpfile
+
+    if args.print_digest_only and args.image is not None:
+        raise ComposefsError("IMAGE must be omitted when using --print-digest-only")
+    if not args.print_digest_only and args.image is None:
+        raise ComposefsError("IMAGE is required (or use --print-digest-only)")
+    if args.min_version > args.max_version:
+        raise ComposefsError(
+            f"Invalid version range: --min-version ({args.min_version}) must not exceed "
+            f"--max-version ({args.max_version})"
+        )
+    if args.min_version > 1:
+        raise ComposefsError(
+            f"--min-version {args.min_version} is not supported; the maximum C-compatible "
+            "version is 1"
+        )
+    version = 1 if args.min_version >= 1 else 0
+    if args.from_file:
+        if args.source == "-":
+            text = sys.stdin.buffer.read()
+        else:
+            with open(args.source, "rb") as f:
+                text = f.read()
+        tree = dumpfile.parse(text)
+    else:
+        tree = fs.read_directory(args.source, algorithm="sha256")
+        if not args.hardlinks:
+            fs.break_hardlinks(tree)
+    fs.mkcomposefs_transform(
+        tree,
+        skip_xattrs=args.skip_xattrs,
+        user_xattrs=args.user_xattrs,
+        use_epoch=args.use_epoch,
+        skip_devices=args.skip_devices,
+    )
+    image = erofs.mkfs(dumpfile.write(tree, raw_modes=False), version)
+    if not args.print_digest_only:
+        if args.image == "-":
+            sys.stdout.buffer.write(image)
+            sys.stdout.buffer.flush()
+        else:
+            tmp = f"{args.image}.tmp{os.getpid()}"
+            with open(tmp, "wb") as f:
+                f.write(image)
+            os.replace(tmp, args.image)
+    if args.print_digest or args.print_digest_only:
+        print(erofs.image_id(image, "sha256").hex())
+    return 0

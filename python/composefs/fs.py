@@ -1,0 +1,340 @@
+"""Reading a directory on disk into the composefs tree model (composefs-rs ``fs.rs``
+``read_filesystem``), and the OCI transform applied before an image is built from it
+(composefs-rs ``FileSystem::transform_for_oci``).
+
+:func:`read_directory` follows composefs-rs 0.9 exactly:
+
+* every entry is examined with its own descriptor (``O_NOFOLLOW``); directories recursively,
+  their entries in byte order of the names; mount points are crossed like any directory;
+* ``Stat``: ``st_mode & 0o7777``, uid, gid, mtime seconds and nanoseconds, and every extended
+  attribute (read through ``/proc/self/fd/N``, so a symlink's own xattrs);
+* every non-directory is keyed by ``(st_dev, st_ino)``, whatever its link count: a second
+  name for the same inode gets the *same* :class:`Leaf` (a hard link);
+* regular files of at most 64 bytes are stored inline; larger ones are external, named by
+  their fs-verity digest, and copied into the repository's object store when a repository is
+  given;
+* symlinks keep their target, devices their ``st_rdev``; fifos and sockets are kept.
+
+:func:`oci_transform` then makes the tree what ``cfsctl create-image`` commits by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import stat as statmod
+from collections.abc import Iterator
+
+from composefs import fsverity
+from composefs._pure.tree import Directory, FileSystem, Leaf, Stat
+from composefs.errors import ComposefsError
+from composefs.fsverity import AlgorithmLike
+from composefs.repository import Repository
+
+__all__ = [
+    "CONTAINER_XATTR_ALLOWLIST",
+    "FilesystemError",
+    "oci_transform",
+    "read_directory",
+]
+
+INLINE_CONTENT_MAX = 64
+CONTAINER_XATTR_ALLOWLIST = (b"security.capability",)
+XATTR_MODES = ("allowlist-only", "keep-user-xattrs")
+
+
+class FilesystemError(ComposefsError, ValueError):
+    """Reading a directory failed, or a tree cannot be transformed (no ``/usr`` directory)."""
+
+
+def _xattrs(fd: int) -> dict[bytes, bytes]:
+    # like composefs-rs: through the magic link, which also works for O_PATH descriptors and
+    # reaches a symlink's own attributes
+    path = f"/proc/self/fd/{fd}"
+    names = sorted(os.fsencode(name) for name in os.listxattr(path))
+    return {name: os.getxattr(path, name) for name in names}
+
+
+def _stat(fd: int, st: os.stat_result) -> Stat:
+    sec, nsec = divmod(st.st_mtime_ns, 1_000_000_000)
+    return Stat(
+        mode=st.st_mode & 0o7777,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime=sec,
+        mtime_nsec=nsec,
+        xattrs=_xattrs(fd),
+    )
+
+
+def _read_small(fd: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining > 0:
+        data = os.read(fd, remaining)
+        if not data:
+            break
+        chunks.append(data)
+        remaining -= len(data)
+    return b"".join(chunks)
+
+
+class _Scanner:
+    def __init__(self, repo: Repository | None, algorithm: AlgorithmLike) -> None:
+        self.repo = repo
+        self.algorithm = algorithm
+        self.inodes: dict[tuple[int, int], Leaf] = {}
+
+    def directory(self, parent: int | None, name: bytes, where: bytes) -> Directory:
+        with _scanning("directory", where):
+            return self._directory(parent, name, where)
+
+    def _directory(self, parent: int | None, name: bytes, where: bytes) -> Directory:
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(os.fsdecode(name), flags, dir_fd=parent)
+        try:
+            st = os.fstat(fd)
+            if not statmod.S_ISDIR(st.st_mode):  # pragma: no cover - O_DIRECTORY guarantees it
+                raise FilesystemError(
+                    f"{_show(where)}: File type changed between readdir() and fstat()"
+                )
+            directory = Directory(_stat(fd, st))
+            for child, is_dir in sorted(_list(fd)):
+                path = os.path.join(where, child)
+                if is_dir:
+                    directory.entries[child] = self.directory(fd, child, path)
+                else:
+                    directory.entries[child] = self.leaf(fd, child, path)
+            return directory
+        finally:
+            os.close(fd)
+
+    def leaf(self, parent: int, name: bytes, where: bytes) -> Leaf:
+        with _scanning("leaf", where):
+            return self._leaf(parent, name, where)
+
+    def _leaf(self, parent: int, name: bytes, where: bytes) -> Leaf:
+        st = os.stat(os.fsdecode(name), dir_fd=parent, follow_symlinks=False)
+        regular = statmod.S_ISREG(st.st_mode)
+        # O_NONBLOCK: an entry that turned into a fifo since the lstat must not block us
+        flags = (os.O_RDONLY | os.O_NONBLOCK) if regular else os.O_PATH
+        fd = os.open(os.fsdecode(name), flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            st = os.fstat(fd)
+            if statmod.S_ISREG(st.st_mode) != regular or statmod.S_ISDIR(st.st_mode):
+                raise FilesystemError(
+                    f"{_show(where)}: File type changed between readdir() and fstat()"
+                )
+            key = (st.st_dev, st.st_ino)
+            known = self.inodes.get(key)
+            if known is not None:
+                return known
+            leaf = self.content(fd, st, _stat(fd, st))
+            self.inodes[key] = leaf
+            return leaf
+        finally:
+            os.close(fd)
+
+    def content(self, fd: int, st: os.stat_result, stat: Stat) -> Leaf:
+        mode = st.st_mode
+        if statmod.S_ISREG(mode):
+            size = st.st_size
+            if size <= INLINE_CONTENT_MAX:
+                return Leaf("file", stat, inline=_read_small(fd, size), size=size)
+            if self.repo is not None:
+                os.set_blocking(fd, True)
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    digest = self.repo.ensure_object_from_stream(f, size)
+            else:
+                digest = fsverity.digest_fd(fd, self.algorithm)
+            return Leaf("file", stat, digest=digest, size=size)
+        if statmod.S_ISLNK(mode):
+            return Leaf("symlink", stat, target=os.readlink(b"", dir_fd=fd))
+        if statmod.S_ISCHR(mode):
+            return Leaf("char", stat, rdev=st.st_rdev)
+        if statmod.S_ISBLK(mode):
+            return Leaf("block", stat, rdev=st.st_rdev)
+        if statmod.S_ISFIFO(mode):
+            return Leaf("fifo", stat)
+        if statmod.S_ISSOCK(mode):
+            return Leaf("socket", stat)
+        raise FilesystemError(f"unknown file type {mode:o}")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def _scanning(kind: str, where: bytes) -> Iterator[None]:
+    """Names the entry an ``OSError`` (or a repository error) happened on, once."""
+    try:
+        yield
+    except FilesystemError:
+        raise
+    except (OSError, ComposefsError) as e:
+        raise FilesystemError(f"Scanning {kind} {_show(where)}") from e
+
+
+def _list(fd: int) -> Iterator[tuple[bytes, bool]]:
+    with os.scandir(fd) as it:
+        for entry in it:
+            yield os.fsencode(entry.name), entry.is_dir(follow_symlinks=False)
+
+
+def _show(path: bytes) -> str:
+    return os.fsdecode(path)
+
+
+def read_directory(
+    path: str | os.PathLike[str] | bytes,
+    repo: Repository | None = None,
+    *,
+    algorithm: AlgorithmLike | None = None,
+) -> FileSystem:
+    """Reads the directory tree at ``path`` into a :class:`FileSystem` (composefs-rs
+    ``read_filesystem``).
+
+    Files larger than 64 bytes become external: their fs-verity digest is computed with
+    ``algorithm`` (default: the repository's, else SHA-256) and, when ``repo`` is given, the
+    content is stored as an object of that repository. ``path`` itself must be a directory,
+    not a symlink to one (``O_NOFOLLOW``, as composefs-rs).
+
+    Raises :class:`FilesystemError` chained to the failing system call.
+    """
+    if repo is not None:
+        if algorithm is not None and fsverity._name(algorithm) != repo.algorithm.hash_name:
+            raise ValueError(
+                f"algorithm {fsverity._name(algorithm)} does not match the repository's "
+                f"({repo.algorithm})"
+            )
+        alg: AlgorithmLike = repo.algorithm
+    else:
+        alg = algorithm if algorithm is not None else "sha256"
+        fsverity._name(alg)  # validates
+    raw = os.fsencode(path)
+    scanner = _Scanner(repo, alg)
+    try:
+        root = scanner.directory(None, raw, raw)
+    except FilesystemError as e:
+        raise FilesystemError(f"Reading filesystem from {os.fsdecode(raw)}") from e
+    return FileSystem(root)
+
+
+# -- the OCI transform ---------------------------------------------------------------------
+
+
+def _get_directory(root: Directory, name: bytes) -> Directory | None:
+    entry = root.entries.get(name)
+    if entry is None:
+        return None
+    if not isinstance(entry, Directory):
+        raise FilesystemError(f"Directory entry {_debug(name)} is not a subdirectory")
+    return entry
+
+
+def _debug(name: bytes) -> str:
+    """Rust's ``Debug`` of an ``OsStr`` (for the error texts composefs-rs prints)."""
+    text = name.decode("utf-8", errors="backslashreplace")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _walk_stats(fs: FileSystem) -> Iterator[Stat]:
+    """Every directory's stat, then each leaf's stat once (hard links share one)."""
+    seen: set[int] = set()
+    leaves: list[Leaf] = []
+    stack = [fs.root]
+    while stack:
+        directory = stack.pop()
+        yield directory.stat
+        for entry in directory.entries.values():
+            if isinstance(entry, Directory):
+                stack.append(entry)
+            elif id(entry) not in seen:
+                seen.add(id(entry))
+                leaves.append(entry)
+    for leaf in leaves:
+        yield leaf.stat
+
+
+def oci_transform(fs: FileSystem, xattrs: str = "allowlist-only") -> FileSystem:
+    """composefs-rs ``transform_for_oci``, in place (``fs`` is also returned):
+
+    1. the root directory takes ``/usr``'s mode, uid, gid, mtime and xattrs (``/usr`` must
+       exist and be a directory);
+    2. ``/run``, if present, is emptied and gets ``/usr``'s mtime (a non-directory ``/run``
+       is an error);
+    3. xattrs are filtered on every inode: ``allowlist-only`` keeps ``security.capability``
+       only, ``keep-user-xattrs`` also keeps ``user.*``.
+    """
+    if xattrs not in XATTR_MODES:
+        raise ValueError(f"unknown xattr filtering mode {xattrs!r} (expected one of {XATTR_MODES})")
+    usr = _get_directory(fs.root, b"usr")
+    if usr is None:
+        raise FilesystemError(f"Directory entry {_debug(b'usr')} does not exist")
+    root = fs.root.stat
+    root.mode, root.uid, root.gid = usr.stat.mode, usr.stat.uid, usr.stat.gid
+    root.mtime, root.mtime_nsec = usr.stat.mtime, usr.stat.mtime_nsec
+    root.xattrs = dict(usr.stat.xattrs)
+    run = _get_directory(fs.root, b"run")
+    if run is not None:
+        run.stat.mtime, run.stat.mtime_nsec = usr.stat.mtime, usr.stat.mtime_nsec
+        run.entries.clear()
+    keep_user = xattrs == "keep-user-xattrs"
+    for st in _walk_stats(fs):
+        st.xattrs = {
+            k: v
+            for k, v in st.xattrs.items()
+            if k in CONTAINER_XATTR_ALLOWLIST or (keep_user and k.startswith(b"user."))
+        }
+    return fs
+
+
+# -- mkcomposefs's options -----------------------------------------------------------------
+
+
+def break_hardlinks(fs: FileSystem) -> FileSystem:
+    """Gives every name of a hard-linked file its own inode (C mkcomposefs's default for a
+    directory source), in place; ``fs`` is also returned."""
+    seen: set[int] = set()
+
+    def walk(d: Directory) -> None:
+        for name, inode in d.entries.items():
+            if isinstance(inode, Directory):
+                walk(inode)
+            elif id(inode) in seen:
+                d.entries[name] = dataclasses.replace(inode, stat=inode.stat.copy())
+            else:
+                seen.add(id(inode))
+
+    walk(fs.root)
+    return fs
+
+
+def mkcomposefs_transform(
+    fs: FileSystem,
+    *,
+    skip_xattrs: bool = False,
+    user_xattrs: bool = False,
+    use_epoch: bool = False,
+    skip_devices: bool = False,
+) -> FileSystem:
+    """C mkcomposefs's ``--skip-xattrs``, ``--user-xattrs``, ``--use-epoch`` and
+    ``--skip-devices``, in place; ``fs`` is also returned."""
+    if skip_xattrs or user_xattrs or use_epoch:
+        for st in _walk_stats(fs):
+            if skip_xattrs:
+                st.xattrs = {}
+            elif user_xattrs:
+                st.xattrs = {k: v for k, v in st.xattrs.items() if k.startswith(b"user.")}
+            if use_epoch:
+                st.mtime, st.mtime_nsec = 0, 0
+    if skip_devices:
+
+        def walk(d: Directory) -> None:
+            for name in list(d.entries):
+                inode = d.entries[name]
+                if isinstance(inode, Directory):
+                    walk(inode)
+                elif inode.kind in ("block", "char"):
+                    del d.entries[name]
+
+        walk(fs.root)
+    return fs

@@ -1,0 +1,255 @@
+"""The composefs image of a stored OCI image: merge its layers, write the EROFS image(s), link
+them to the config, rewrite the manifest and tag it (composefs-rs 0.9
+``composefs_oci::image::create_filesystem`` and ``ensure_oci_composefs_erofs``).
+
+The merge reads the layer splitstreams named by the config stream's ``<diff_id>`` refs, in the
+config's ``rootfs.diff_ids`` order, and applies them as composefs-rs does, except where it
+departs from the OCI image spec (whiteouts of a layer hide only lower layers; see
+``docs/differences.md``). The merged tree travels between the merge and the EROFS writer as a
+composefs dumpfile, so every step can be inspected with ``composefs oci dump``.
+
+After a pull, :func:`commit_images` writes one image per format the repository is configured
+for (``meta.json`` ``erofs_formats``: the default first), stores the config stream again with
+``composefs.image`` (V2) / ``composefs.image.v1`` (V1) refs after the layer refs, then the
+manifest stream with the new config verity, and finally points the tag at it. Images are linked
+as ``images/<hex>`` only: the config's refs keep them alive through the tag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+
+from composefs import _backend, erofs, splitstream
+from composefs.errors import ComposefsError
+from composefs.oci import image as _image
+from composefs.oci.image import OciImage
+from composefs.repository import Repository
+
+__all__ = [
+    "XATTR_MODES",
+    "CommitResult",
+    "FilesystemError",
+    "ImageLayers",
+    "commit_images",
+    "compute_id",
+    "create_dumpfile",
+    "create_image",
+    "image_layers",
+    "layer_streams",
+    "merge_layer_streams",
+]
+
+#: composefs-rs ``XattrFiltering``: keep only ``security.capability``, or also ``user.*``
+XATTR_MODES = ("allowlist-only", "keep-user-xattrs")
+
+
+class FilesystemError(ComposefsError):
+    """The layers of an image cannot be merged into a composefs image."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageLayers:
+    """The layers of a container image as its config stream names them."""
+
+    config_digest: str
+    #: ``rootfs.diff_ids``, bottom layer first
+    diff_ids: list[str]
+    #: diff_id -> layer stream verity
+    layer_refs: dict[str, bytes]
+    #: whether the config stream was reached through verity refs (a tag or manifest); when
+    #: not (``@<config digest>``), the layers' tars are hashed against their diff_ids
+    trusted: bool
+
+
+def image_layers(repo: Repository, image: OciImage | str) -> ImageLayers:
+    """The layers of an image given as an opened image, a tag, or ``@sha256:<digest>``.
+
+    As in cfsctl, ``@<digest>`` names a *config*; a manifest digest is accepted too (our
+    extension).
+    """
+    if isinstance(image, str):
+        if image.startswith("@"):
+            digest = image[1:]
+            if repo.has_stream(_image.config_identifier(digest)) is None:
+                if repo.has_stream(_image.manifest_identifier(digest)) is None:
+                    raise FilesystemError(f"no config or manifest {digest} in the repository")
+                return image_layers(repo, OciImage.open(repo, digest))
+            raw, refs = _image.read_external_stream(
+                repo, _image.config_identifier(digest), None, splitstream.CONFIG_CONTENT_TYPE
+            )
+            found = _image.sha256_digest(raw)
+            if found != digest:
+                raise FilesystemError(f"Config integrity failed: expected {digest}, got {found}")
+            try:
+                doc = json.loads(raw)
+                diff_ids = [str(d) for d in doc["rootfs"]["diff_ids"]]
+            except (ValueError, KeyError, TypeError) as e:
+                raise FilesystemError(f"parsing config {digest}") from e
+            return ImageLayers(digest, diff_ids, refs, trusted=False)
+        image = OciImage.open_ref(repo, image)
+    if not image.is_container_image:
+        raise FilesystemError(f"{image.manifest_digest} is an artifact, not a container image")
+    return ImageLayers(image.config_digest, image.diff_ids, dict(image.layer_refs), trusted=True)
+
+
+def layer_streams(repo: Repository, image: OciImage | str) -> list[bytes]:
+    """The layer splitstream files of a container image, bottom layer first."""
+    layers = image_layers(repo, image)
+    streams = []
+    for diff_id in layers.diff_ids:
+        verity = layers.layer_refs.get(diff_id)
+        if verity is None:
+            keys = ", ".join(json.dumps(k) for k in sorted(layers.layer_refs))
+            raise FilesystemError(
+                f"missing layer verity for diff_id {diff_id}. Available keys in refs: [{keys}]"
+            )
+        try:
+            data = repo.read_object(verity)
+            if not layers.trusted:
+                _check_diff_id(repo, data, diff_id)
+        except (ComposefsError, OSError) as e:
+            raise FilesystemError(f"Opening layer {diff_id}") from e
+        streams.append(data)
+    return streams
+
+
+class _Sha256Sink:
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        return len(data)
+
+
+def _check_diff_id(repo: Repository, stream_file: bytes, diff_id: str) -> None:
+    stream = splitstream.parse(stream_file, repo.algorithm, splitstream.LAYER_CONTENT_TYPE)
+    sink = _Sha256Sink()
+    repo.write_stream_content(stream, sink)  # type: ignore[arg-type]
+    if f"sha256:{sink.hash.hexdigest()}" != diff_id:
+        raise FilesystemError("Layer has incorrect checksum")
+
+
+def create_dumpfile(
+    repo: Repository,
+    image: OciImage | str,
+    *,
+    xattrs: str = "allowlist-only",
+    raw_modes: bool = True,
+) -> bytes:
+    """The merged root filesystem of ``image`` as a composefs dumpfile (``cfsctl oci dump``).
+
+    With ``raw_modes`` false the mode field holds only the permission bits and the file type,
+    the form the EROFS writer reads (a tar mode's stray type bits cannot change a file's type).
+    """
+    if xattrs not in XATTR_MODES:
+        raise FilesystemError(f"unknown xattr filtering mode {xattrs!r}")
+    streams = layer_streams(repo, image)
+    try:
+        return bytes(_backend.backend().tree.merge_layers(streams, xattrs, raw_modes))
+    except ValueError as e:
+        raise FilesystemError(str(e)) from None
+
+
+def create_image(
+    repo: Repository,
+    image: OciImage | str,
+    version: int | None = None,
+    *,
+    xattrs: str = "allowlist-only",
+) -> bytes:
+    """The EROFS image bytes of ``image`` (format: the repository's default when ``None``)."""
+    dump = create_dumpfile(repo, image, xattrs=xattrs, raw_modes=False)
+    return erofs.mkfs(dump, repo.erofs_version if version is None else version)
+
+
+def compute_id(
+    repo: Repository,
+    image: OciImage | str,
+    version: int | None = None,
+    *,
+    xattrs: str = "allowlist-only",
+) -> bytes:
+    """The image id ``image`` would get (``cfsctl oci compute-id``), without storing anything."""
+    return erofs.image_id(create_image(repo, image, version, xattrs=xattrs), repo.algorithm)
+
+
+@dataclasses.dataclass(frozen=True)
+class CommitResult:
+    """What :func:`commit_images` stored."""
+
+    #: the image id of the repository's default format
+    image_id: bytes
+    #: every format written -> its image id
+    images: dict[int, bytes]
+    config_verity: bytes
+    manifest_verity: bytes
+
+
+def commit_images(repo: Repository, image: OciImage, tag: str | None = None) -> CommitResult:
+    """Writes the EROFS image(s) of a pulled container image, links them from a rewritten
+    config stream, rewrites the manifest stream and (if ``tag``) points the tag at it."""
+    default, extra = repo.metadata.format_config
+    versions = [default, *sorted(v for v in extra if v != default)]
+    if default not in (1, 2):
+        # composefs-rs 0.9 looks up the V1 or V2 result only ("commit_images did not produce
+        # the repository's default EROFS format")
+        raise FilesystemError(
+            f"the repository's default EROFS format V{default} cannot be linked to an OCI image "
+            "(only V1 and V2 have config refs)"
+        )
+    dump = create_dumpfile(repo, image, raw_modes=False)
+    images: dict[int, bytes] = {}
+    for version in versions:
+        try:
+            data = erofs.mkfs(dump, version)
+        except erofs.ErofsError as e:
+            raise FilesystemError(f"Writing the V{version} EROFS image") from e
+        images[version] = repo.write_image(None, data)
+
+    # config: layer refs in diff_id order, composefs.image (V2), composefs.image.v1 (V1), then
+    # the boot image refs already present (we do not build boot images)
+    refs = [(d, image.layer_refs[d]) for d in dict.fromkeys(image.diff_ids)]
+    if 2 in images:
+        refs.append((_image.IMAGE_REF_KEY, images[2]))
+    if 1 in images:
+        refs.append((_image.IMAGE_REF_KEY_V1, images[1]))
+    for key in sorted(image.image_refs):
+        if key.startswith(_image.BOOT_IMAGE_REF_KEY):
+            refs.append((key, image.image_refs[key]))
+    config_verity = _image.write_external_stream(
+        repo,
+        splitstream.CONFIG_CONTENT_TYPE,
+        image.config_raw,
+        refs,
+        _image.config_identifier(image.config_digest),
+    )
+    # manifest: config:<digest> first, then the layer refs in name order (composefs-rs uses a
+    # hash map's order here, so its manifest streams are not reproducible for several layers)
+    layer_refs = sorted((d, image.layer_refs[d]) for d in set(image.diff_ids))
+    manifest_verity = _image.write_manifest(
+        repo,
+        image.manifest_digest,
+        image.manifest_raw,
+        image.config_digest,
+        config_verity,
+        layer_refs,
+    )
+    if tag is not None:
+        _image.tag_image(repo, image.manifest_digest, tag)
+    return CommitResult(images[default], images, config_verity, manifest_verity)
+
+
+def merge_layer_streams(
+    streams: Sequence[bytes], *, xattrs: str = "allowlist-only", raw_modes: bool = True
+) -> bytes:
+    """Merges layer splitstream files (bottom first) into a dumpfile, outside any repository."""
+    if xattrs not in XATTR_MODES:
+        raise FilesystemError(f"unknown xattr filtering mode {xattrs!r}")
+    try:
+        return bytes(_backend.backend().tree.merge_layers(list(streams), xattrs, raw_modes))
+    except ValueError as e:
+        raise FilesystemError(str(e)) from None
