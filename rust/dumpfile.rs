@@ -596,8 +596,8 @@ fn digest_from_hex(hex: &str) -> Result<Vec<u8>, String> {
     decode_hex(hex.as_bytes(), n)
 }
 
-/// composefs-rs `from_object_pathname`: the id from the trailing `xx/hex` of a path, for a
-/// sha512 id when the path ends in one, else for a sha256 id.
+/// composefs-rs `from_object_pathname`: the id from the trailing `xx/hex` of a path; a
+/// sha512 id when the path has the `/` of one (129 bytes from its end), else a sha256 id.
 fn id_from_object_path(path: &[u8]) -> Result<Vec<u8>, String> {
     fn parse(path: &[u8], n: usize) -> Result<Vec<u8>, String> {
         let min = 2 * n + 1;
@@ -615,9 +615,12 @@ fn id_from_object_path(path: &[u8]) -> Result<Vec<u8>, String> {
         id.extend(decode_hex(&t[3..], n - 1)?);
         Ok(id)
     }
-    parse(path, 64)
-        .or_else(|_| parse(path, 32))
-        .map_err(|e| format!("invalid object pathname: {e}"))
+    let n = if path.len() >= 129 && path[path.len() - 127] == b'/' {
+        64
+    } else {
+        32
+    };
+    parse(path, n).map_err(|e| format!("invalid object pathname: {e}"))
 }
 
 /// `parent` (the directory path of a canonical path) in the tree.
@@ -748,7 +751,7 @@ fn is_blank(line: &str) -> bool {
 
 /// Parses a dumpfile into a tree (composefs-rs `dumpfile_to_filesystem` rules).
 pub fn parse(text: &[u8]) -> Result<FileSystem, String> {
-    let text = std::str::from_utf8(text).map_err(|_| "Dumpfile is not valid UTF-8".to_owned())?;
+    let text = std::str::from_utf8(text).map_err(|_| "stream did not contain valid UTF-8".to_owned())?;
     let line_err = |line: &str, e: String| format!("Failed to parse dumpfile line: {line}: {e}");
     let mut lines = text.lines().filter(|l| !is_blank(l));
     let first = lines
@@ -976,7 +979,7 @@ mod tests {
             err(" \n\t\n"),
             "Dumpfile is empty, expected root directory entry"
         );
-        assert_eq!(parse(b"/ \xff").unwrap_err(), "Dumpfile is not valid UTF-8");
+        assert_eq!(parse(b"/ \xff").unwrap_err(), "stream did not contain valid UTF-8");
         assert_eq!(
             err("/a 0 40755 2 0 0 0 0.0 - - -\n"),
             "Dumpfile must start with root directory entry, found: \"/a\""

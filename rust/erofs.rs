@@ -849,7 +849,9 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
         ));
     }
     let epoch1 = version < 2;
+    let t0 = std::time::Instant::now();
     let nlinks = validate(fs)?;
+    eprintln!("validate {:?}", t0.elapsed());
     let leaf_count = fs.leaves.len();
     let mut c = Collector {
         inodes: Vec::with_capacity(leaf_count + 64 + if epoch1 { 256 } else { 0 }),
@@ -894,7 +896,9 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
         c.collect_dfs(fs, &fs.root, usize::MAX);
     }
     let mut inodes = c.inodes;
+    eprintln!("collect {:?}", t0.elapsed());
     let shared = share_xattrs(&mut inodes, epoch1);
+    eprintln!("share {:?}", t0.elapsed());
     let min_mtime = inodes
         .iter()
         .map(|i| (i.stat.mtime as u64, i.stat.mtime_nsec))
@@ -991,6 +995,7 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
     }
     let end = pos;
 
+    eprintln!("layout {:?}", t0.elapsed());
     // Emit.
     let mut buf = vec![0u8; end];
     put32(&mut buf, 0, COMPOSEFS_MAGIC);
@@ -1128,7 +1133,8 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
             Body::Leaf { .. } => {}
         }
     }
-    Ok(buf)
+    eprintln!("emit {:?}", t0.elapsed());
+    let t1 = std::time::Instant::now(); let r = Ok(buf.clone()); drop(inodes); eprintln!("drop {:?}", t1.elapsed()); r
 }
 
 /// Parses a dumpfile and writes its EROFS image (`mkcomposefs --from-file`).

@@ -274,7 +274,7 @@ impl FileSystem {
     /// Applies one layer's entries: pass 1 its whiteouts against the tree of the lower
     /// layers, pass 2 everything else in stream order (composefs-rs `process_entry`).
     fn apply_layer(&mut self, entries: &[tar_split::Entry]) -> Result<(), String> {
-        // Member names (and hard link targets) are resolved first, in stream order.
+        // Member names and hard link targets are resolved first, in stream order.
         let mut paths = Vec::with_capacity(entries.len());
         let mut targets = Vec::with_capacity(entries.len());
         for e in entries {
@@ -284,6 +284,7 @@ impl FileSystem {
                 _ => None,
             });
         }
+        // Pass 1: the whiteouts, against the tree of the lower layers.
         for comps in &paths {
             let Some((name, parent)) = comps.split_last() else {
                 continue;
@@ -299,6 +300,7 @@ impl FileSystem {
                 }
             }
         }
+        // Pass 2: the other entries, in stream order.
         for ((e, comps), target) in entries.iter().zip(&paths).zip(&targets) {
             if comps.last().is_some_and(|n| is_whiteout(n)) {
                 continue;
@@ -309,6 +311,7 @@ impl FileSystem {
         Ok(())
     }
 
+    /// composefs-rs `process_entry` for an entry that is not a whiteout.
     fn process_entry(
         &mut self,
         e: &tar_split::Entry,
@@ -654,6 +657,13 @@ mod tests {
         assert_eq!(
             dump(&[layer(&[usr(), M::Link("h", "a/b/c")])]).unwrap_err(),
             "Processing tar entry: Directory entry \"/a/b\" does not exist"
+        );
+        // a whiteout is never built: a whiteout hard link to a missing target is no error
+        // (composefs-rs: "Directory entry \"missing\" does not exist")
+        assert!(dump(&[layer(&[usr(), M::Link(".wh.x", "missing")])]).is_ok());
+        assert_eq!(
+            dump(&[layer(&[usr(), M::File("nodir/.wh.x", b"")])]).unwrap(),
+            "/ 0 40755 3 0 0 0 1000.0 - - -\n/usr 0 40755 2 0 0 0 1000.0 - - -\n"
         );
         assert_eq!(
             dump(&[layer(&[usr(), M::Link("h", "usr")])]).unwrap_err(),

@@ -474,8 +474,13 @@ class Repository:
         global ``--erofs-version``); ``meta.json`` is not changed."""
         if version not in EROFS_VERSIONS:
             raise ValueError(f"unsupported EROFS format version {version}")
+        ro = tuple(f for f in self.metadata.read_only_compatible if f != V1_EROFS)
         self.metadata = dataclasses.replace(
-            self.metadata, erofs_default=version, erofs_extra=(), has_erofs_formats=True
+            self.metadata,
+            erofs_default=version,
+            erofs_extra=(),
+            has_erofs_formats=True,
+            read_only_compatible=ro + ((V1_EROFS,) if version == 1 else ()),
         )
 
     # -- writability -----------------------------------------------------------------------

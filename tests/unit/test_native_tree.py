@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -298,12 +299,18 @@ def test_raw_modes_false(
 # -- our deliberate differences, checked directly ---------------------------------------------
 
 
-def _stream(native_mod: ModuleType, tar: bytes) -> bytes:
-    """A layer splitstream file holding ``tar`` all inline (files must be ≤ 64 bytes)."""
-    backend = load_backend("native")
-    w = backend.splitstream.Writer("sha256", OCILAYER)
-    w.write_inline(tar)
-    return w.finish()  # type: ignore[no-any-return]
+def _stream(tar: bytes) -> bytes:
+    """The layer splitstream file of ``tar`` (sha256; objects written to a scratch dir)."""
+    split = load_backend("native").tar_split.split_layer
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as src:
+        src.write(tar)
+        src.seek(0)
+        objects = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            result = split(src.fileno(), "none", objects, "sha256", OCILAYER, False, 1)
+        finally:
+            os.close(objects)
+    return result[0]  # type: ignore[no-any-return]
 
 
 def _paths(dump: bytes) -> list[bytes]:
@@ -322,7 +329,7 @@ def test_whiteouts_hide_lower_layers_only(native: ModuleType) -> None:
         .file("gone/.wh.y", b"")
         .build()
     )
-    out = native.merge_layers([_stream(native, base), _stream(native, top)])
+    out = native.merge_layers([_stream(base), _stream(top)])
     assert _paths(out) == [b"/d", b"/d/new", b"/usr", b"/x"]
     assert b"/x 8 " in out
 
@@ -340,11 +347,11 @@ def test_global_headers_and_dotdot(native: ModuleType) -> None:
             tf.addfile(info, io.BytesIO(data) if data is not None else None)
     tar = buf.getvalue()
     assert tar[156:157] == b"g"  # a global header first
-    out = native.merge_layers([_stream(native, tar)])
+    out = native.merge_layers([_stream(tar)])
     assert _paths(out) == [b"/usr", b"/usr/b", b"/usr/c"]
     bad = TarBuilder().dir("usr").file("usr/../../x", b"x").build()
     with pytest.raises(ValueError, match=r"^path escapes the image root: /usr/\.\./\.\./x$"):
-        native.merge_layers([_stream(native, bad)])
+        native.merge_layers([_stream(bad)])
 
 
 @pytest.mark.parametrize(
@@ -368,7 +375,7 @@ def test_global_headers_and_dotdot(native: ModuleType) -> None:
 )
 def test_errors(native: ModuleType, tar: bytes, message: str) -> None:
     with pytest.raises(ValueError) as e:
-        native.merge_layers([_stream(native, tar)])
+        native.merge_layers([_stream(tar)])
     assert str(e.value) == message
 
 
@@ -441,7 +448,7 @@ def test_native_equals_pure(
     native: ModuleType, pure: ModuleType, xattrs: str, raw_modes: bool
 ) -> None:
     for name, tars in _differential_cases():
-        streams = [t if not t.endswith(bytes(1024)) else _stream(native, t) for t in tars]
+        streams = [_stream(t) if t.endswith(bytes(1024)) else t for t in tars]
         results = []
         for mod in (native, pure):
             try:
@@ -451,13 +458,15 @@ def test_native_equals_pure(
         assert results[0] == results[1], name
 
 
-def _big_stream(native_mod: ModuleType, n: int) -> bytes:
-    members = [(_info("usr", tarfile.DIRTYPE, mode=0o755), None)]
+def _big_stream(n: int) -> bytes:
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = [
+        (_info("usr", tarfile.DIRTYPE, mode=0o755), None)
+    ]
     for d in range(n // 1000):
         members.append((_info(f"usr/d{d}", tarfile.DIRTYPE, mode=0o755), None))
         for f in range(1000):
             members.append((_info(f"usr/d{d}/file-{f}", size=8), b"%08d" % f))
-    return _stream(native_mod, _raw_tar(members))
+    return _stream(_raw_tar(members))
 
 
 def test_large_layer(native: ModuleType) -> None:
@@ -465,11 +474,11 @@ def test_large_layer(native: ModuleType) -> None:
     import time
 
     if os.environ.get("COMPOSEFS_TIMING") != "1":
-        stream = _big_stream(native, 5_000)
+        stream = _big_stream(5_000)
         out = native.merge_layers([stream])
         assert out.count(b"\n") == 1 + 1 + 5 + 5_000
         return
-    stream = _big_stream(native, 50_000)
+    stream = _big_stream(50_000)
     t = time.perf_counter()
     out = native.merge_layers([stream])
     elapsed = time.perf_counter() - t

@@ -88,6 +88,8 @@ def open_repo(args: argparse.Namespace) -> Repository:
             f"repository is configured for {repo.algorithm} (from meta.json) but "
             f"--hash {args.hash} was specified"
         )
+    if getattr(args, "erofs_version", None) is not None:
+        repo.override_erofs_version(args.erofs_version)
     return repo
 
 

@@ -112,7 +112,8 @@ def cmd_create_image(args: argparse.Namespace) -> int:
             written = repo.write_image(args.image_name if version == default else None, data)
             if version == default:
                 image_id = written
-    print(image_id.hex())
+        hash_name = repo.algorithm.hash_name
+    print(f"{hash_name}:{image_id.hex()}")
     return 0
 
 

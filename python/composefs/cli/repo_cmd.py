@@ -27,10 +27,11 @@ def register(sub: Any) -> None:
     p.add_argument("--insecure", action="store_true", help="do not enable fs-verity on meta.json")
     p.add_argument(
         "--erofs-version",
+        dest="init_erofs_version",
         type=int,
         choices=[0, 1, 2],
         default=None,
-        help="default EROFS image format (default 1)",
+        help="default EROFS image format (default: the global --erofs-version, else 1)",
     )
 
     p = add_command(sub, "fsck", "check the repository's integrity", cmd_fsck)
@@ -63,7 +64,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         os.makedirs(parent, exist_ok=True)
     except OSError as e:
         raise ComposefsError(f"creating parent directories for {path}") from e
-    erofs_version = args.erofs_version if args.erofs_version is not None else 1
+    erofs_version = args.init_erofs_version
+    if erofs_version is None:
+        erofs_version = args.erofs_version if args.erofs_version is not None else 1
     repo, created = Repository.init(path, algorithm, insecure=insecure, erofs_version=erofs_version)
     repo.close()
     if created:
