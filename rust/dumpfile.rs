@@ -751,7 +751,8 @@ fn is_blank(line: &str) -> bool {
 
 /// Parses a dumpfile into a tree (composefs-rs `dumpfile_to_filesystem` rules).
 pub fn parse(text: &[u8]) -> Result<FileSystem, String> {
-    let text = std::str::from_utf8(text).map_err(|_| "stream did not contain valid UTF-8".to_owned())?;
+    let text =
+        std::str::from_utf8(text).map_err(|_| "stream did not contain valid UTF-8".to_owned())?;
     let line_err = |line: &str, e: String| format!("Failed to parse dumpfile line: {line}: {e}");
     let mut lines = text.lines().filter(|l| !is_blank(l));
     let first = lines
@@ -979,7 +980,10 @@ mod tests {
             err(" \n\t\n"),
             "Dumpfile is empty, expected root directory entry"
         );
-        assert_eq!(parse(b"/ \xff").unwrap_err(), "stream did not contain valid UTF-8");
+        assert_eq!(
+            parse(b"/ \xff").unwrap_err(),
+            "stream did not contain valid UTF-8"
+        );
         assert_eq!(
             err("/a 0 40755 2 0 0 0 0.0 - - -\n"),
             "Dumpfile must start with root directory entry, found: \"/a\""

@@ -15,6 +15,7 @@
 //! of the final size (the padding is already there).
 
 use crate::tree::{Content, Directory, FileSystem, Inode, Stat};
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 
 const BLOCK: usize = 4096;
@@ -43,6 +44,8 @@ const PREFIXES: [&[u8]; 7] = [
 ];
 
 const OVERLAY: &[u8] = b"trusted.overlay.";
+const METACOPY: &[u8] = b"trusted.overlay.metacopy";
+const REDIRECT: &[u8] = b"trusted.overlay.redirect";
 const OVERLAY_ESCAPED: &[u8] = b"trusted.overlay.overlay.";
 
 // Data layouts, as stored in the `format` field (bit 0 = extended inode).
@@ -137,13 +140,13 @@ fn round_up(x: usize, to: usize) -> usize {
 
 /// One xattr as stored: prefix index, name without the prefix, value.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct XAttr {
+struct XAttr<'a> {
     prefix: u8,
-    suffix: Vec<u8>,
-    value: Vec<u8>,
+    suffix: Cow<'a, [u8]>,
+    value: Cow<'a, [u8]>,
 }
 
-impl XAttr {
+impl XAttr<'_> {
     /// Bytes of the entry (header, name, value, padding to 4).
     fn size(&self) -> usize {
         round_up(4 + self.suffix.len() + self.value.len(), 4)
@@ -151,9 +154,18 @@ impl XAttr {
 
     /// Epoch 1 order (C mkcomposefs): full name bytes, then value length, then value bytes.
     fn cmp_full(&self, other: &Self) -> std::cmp::Ordering {
-        let a = PREFIXES[self.prefix as usize].iter().chain(&self.suffix);
-        let b = PREFIXES[other.prefix as usize].iter().chain(&other.suffix);
-        a.cmp(b)
+        let names = if self.prefix == other.prefix {
+            self.suffix.cmp(&other.suffix)
+        } else {
+            let a = PREFIXES[self.prefix as usize]
+                .iter()
+                .chain(self.suffix.iter());
+            let b = PREFIXES[other.prefix as usize]
+                .iter()
+                .chain(other.suffix.iter());
+            a.cmp(b)
+        };
+        names
             .then(self.value.len().cmp(&other.value.len()))
             .then_with(|| self.value.cmp(&other.value))
     }
@@ -169,27 +181,40 @@ impl XAttr {
 }
 
 #[derive(Default)]
-struct XAttrs {
-    local: Vec<XAttr>,
+struct XAttrs<'a> {
+    local: Vec<XAttr<'a>>,
     /// Indices into the shared table, in the order they are stored.
     shared: Vec<u32>,
     /// Name filter bits (stored inverted); nonzero iff the inode has xattrs.
     filter: u32,
 }
 
-impl XAttrs {
-    fn add(&mut self, name: &[u8], value: &[u8], epoch1: bool) {
-        let (index, suffix) = (0..PREFIXES.len())
+impl<'a> XAttrs<'a> {
+    fn add(&mut self, name: Cow<'a, [u8]>, value: Cow<'a, [u8]>, epoch1: bool) {
+        let index = (0..PREFIXES.len())
             .rev()
             .filter(|&i| !(epoch1 && i == 5))
-            .find_map(|i| name.strip_prefix(PREFIXES[i]).map(|s| (i, s)))
+            .find(|&i| name.starts_with(PREFIXES[i]))
             .expect("the empty prefix always matches");
-        self.filter |= 1 << (xxh32(suffix, FILTER_SEED.wrapping_add(index as u32)) % 32);
+        let cut = PREFIXES[index].len();
+        let suffix = match name {
+            Cow::Borrowed(n) => Cow::Borrowed(&n[cut..]),
+            Cow::Owned(mut n) => {
+                n.drain(..cut);
+                Cow::Owned(n)
+            }
+        };
+        self.filter |= 1 << (xxh32(&suffix, FILTER_SEED.wrapping_add(index as u32)) % 32);
         self.local.push(XAttr {
             prefix: index as u8,
-            suffix: suffix.to_vec(),
-            value: value.to_vec(),
+            suffix,
+            value,
         });
+    }
+
+    /// Adds a name/value pair known at compile time.
+    fn add_static(&mut self, name: &'static [u8], value: &'static [u8], epoch1: bool) {
+        self.add(Cow::Borrowed(name), Cow::Borrowed(value), epoch1);
     }
 
     /// Size of the inline xattr area (0 when the inode has none).
@@ -281,7 +306,7 @@ enum Body<'a> {
 struct Ino<'a> {
     stat: &'a Stat,
     body: Body<'a>,
-    xattrs: XAttrs,
+    xattrs: XAttrs<'a>,
     /// Epoch 1: a user whiteout (char device 0/0) stored as a regular file.
     escaped: bool,
     /// Epoch 1 leaves: number of data blocks (inline file blocks, a symlink target or chunk
@@ -435,14 +460,14 @@ impl<'a> Collector<'a> {
                 Content::External { id, .. } => {
                     let mut metacopy = vec![0, 4 + id.len() as u8, 0, algorithm_id(id)];
                     metacopy.extend_from_slice(id);
-                    xattrs.add(b"trusted.overlay.metacopy", &metacopy, self.epoch1);
-                    xattrs.add(b"trusted.overlay.redirect", &redirect(id), self.epoch1);
+                    xattrs.add(METACOPY.into(), metacopy.into(), self.epoch1);
+                    xattrs.add(REDIRECT.into(), redirect(id).into(), self.epoch1);
                 }
                 Content::ExternalNoVerity { id, .. } => {
-                    xattrs.add(b"trusted.overlay.metacopy", b"", self.epoch1);
-                    xattrs.add(b"trusted.overlay.redirect", &redirect(id), self.epoch1);
+                    xattrs.add_static(METACOPY, b"", self.epoch1);
+                    xattrs.add(REDIRECT.into(), redirect(id).into(), self.epoch1);
                 }
-                Content::Sparse(_) => xattrs.add(b"trusted.overlay.metacopy", b"", self.epoch1),
+                Content::Sparse(_) => xattrs.add_static(METACOPY, b"", self.epoch1),
                 _ => {}
             }
         }
@@ -450,9 +475,9 @@ impl<'a> Collector<'a> {
             match name.strip_prefix(OVERLAY) {
                 Some(rest) => {
                     let escaped = [OVERLAY_ESCAPED, rest].concat();
-                    xattrs.add(&escaped, value, self.epoch1);
+                    xattrs.add(escaped.into(), value.as_slice().into(), self.epoch1);
                 }
-                None => xattrs.add(name, value, self.epoch1),
+                None => xattrs.add(name.as_slice().into(), value.as_slice().into(), self.epoch1),
             }
         }
         self.inodes.push(Ino {
@@ -621,8 +646,8 @@ impl<'a> Collector<'a> {
                         let ino = &mut self.inodes[child];
                         ino.escaped = true;
                         ino.xattrs
-                            .add(b"trusted.overlay.overlay.whiteout", b"", true);
-                        ino.xattrs.add(b"user.overlay.whiteout", b"", true);
+                            .add_static(b"trusted.overlay.overlay.whiteout", b"", true);
+                        ino.xattrs.add_static(b"user.overlay.whiteout", b"", true);
                         has_whiteout = true;
                     }
                 }
@@ -638,11 +663,11 @@ impl<'a> Collector<'a> {
             }
             if has_whiteout {
                 let xattrs = &mut self.inodes[me].xattrs;
-                xattrs.add(b"trusted.overlay.overlay.whiteouts", b"", true);
-                xattrs.add(b"user.overlay.whiteouts", b"", true);
+                xattrs.add_static(b"trusted.overlay.overlay.whiteouts", b"", true);
+                xattrs.add_static(b"user.overlay.whiteouts", b"", true);
                 if self.v1 {
-                    xattrs.add(b"trusted.overlay.overlay.opaque", b"x", true);
-                    xattrs.add(b"user.overlay.opaque", b"x", true);
+                    xattrs.add_static(b"trusted.overlay.overlay.opaque", b"x", true);
+                    xattrs.add_static(b"user.overlay.opaque", b"x", true);
                 }
             }
             listings.push((me, entries));
@@ -769,46 +794,60 @@ fn validate(fs: &FileSystem) -> Result<Vec<u32>, String> {
 
 /// Moves the xattrs that occur more than once (same name and value) to the shared table and
 /// returns the table in stored order.
-fn share_xattrs(inodes: &mut [Ino<'_>], epoch1: bool) -> Vec<XAttr> {
+fn share_xattrs<'a>(inodes: &mut [Ino<'a>], epoch1: bool) -> Vec<XAttr<'a>> {
     if epoch1 {
         for ino in inodes.iter_mut() {
             ino.xattrs.local.sort_by(XAttr::cmp_full);
         }
     }
-    let mut table: Vec<XAttr> = {
-        let mut counts: HashMap<&XAttr, u32> = HashMap::new();
-        for ino in inodes.iter() {
-            for x in &ino.xattrs.local {
-                *counts.entry(x).or_default() += 1;
+    // Number the distinct xattrs (one hash lookup per xattr) and count their uses.
+    let mut keys: Vec<u32> = Vec::new();
+    let mut distinct: Vec<(&XAttr<'a>, u32)> = Vec::new();
+    {
+        let mut ids: HashMap<&XAttr<'a>, u32> = HashMap::new();
+        for x in inodes.iter().flat_map(|i| &i.xattrs.local) {
+            let next = distinct.len() as u32;
+            let id = *ids.entry(x).or_insert(next);
+            if id == next {
+                distinct.push((x, 0));
             }
+            distinct[id as usize].1 += 1;
+            keys.push(id);
         }
-        counts
-            .into_iter()
-            .filter(|&(_, n)| n > 1)
-            .map(|(x, _)| x.clone())
-            .collect()
-    };
+    }
+    let mut table: Vec<(&XAttr<'a>, u32)> = distinct
+        .iter()
+        .zip(0..)
+        .filter(|((_, n), _)| *n > 1)
+        .map(|((x, _), id)| (*x, id))
+        .collect();
     if table.is_empty() {
-        return table;
+        return Vec::new();
     }
     if epoch1 {
         // C mkcomposefs writes the table in descending order.
-        table.sort_by(|a, b| b.cmp_full(a));
+        table.sort_by(|a, b| b.0.cmp_full(a.0));
     } else {
-        table.sort_unstable();
+        table.sort_unstable_by(|a, b| a.0.cmp(b.0));
     }
-    let index: HashMap<&XAttr, u32> = table.iter().zip(0..).collect();
+    let mut position = vec![u32::MAX; distinct.len()];
+    for (pos, (_, id)) in table.iter().enumerate() {
+        position[*id as usize] = pos as u32;
+    }
+    let table: Vec<XAttr<'a>> = table.into_iter().map(|(x, _)| x.clone()).collect();
+    drop(distinct);
+    let mut keys = keys.into_iter();
     for ino in inodes.iter_mut() {
         let XAttrs { local, shared, .. } = &mut ino.xattrs;
-        local.retain(|x| match index.get(x) {
-            Some(&i) => {
-                shared.push(i);
-                false
+        local.retain(|_| {
+            let pos = position[keys.next().expect("one key per xattr") as usize];
+            if pos == u32::MAX {
+                return true;
             }
-            None => true,
+            shared.push(pos);
+            false
         });
     }
-    drop(index);
     table
 }
 
@@ -849,9 +888,7 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
         ));
     }
     let epoch1 = version < 2;
-    let t0 = std::time::Instant::now();
     let nlinks = validate(fs)?;
-    eprintln!("validate {:?}", t0.elapsed());
     let leaf_count = fs.leaves.len();
     let mut c = Collector {
         inodes: Vec::with_capacity(leaf_count + 64 + if epoch1 { 256 } else { 0 }),
@@ -882,7 +919,7 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
         c.collect_bfs(fs, &stub_stat);
         c.inodes[0]
             .xattrs
-            .add(b"trusted.overlay.opaque", b"y", true);
+            .add_static(b"trusted.overlay.opaque", b"y", true);
         let acl = c.inodes.iter().any(|i| {
             i.xattrs
                 .local
@@ -896,9 +933,7 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
         c.collect_dfs(fs, &fs.root, usize::MAX);
     }
     let mut inodes = c.inodes;
-    eprintln!("collect {:?}", t0.elapsed());
     let shared = share_xattrs(&mut inodes, epoch1);
-    eprintln!("share {:?}", t0.elapsed());
     let min_mtime = inodes
         .iter()
         .map(|i| (i.stat.mtime as u64, i.stat.mtime_nsec))
@@ -948,7 +983,7 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
             } else if layout == CHUNK_BASED && ino.tail > 0 {
                 let start = pos + h + x;
                 let room = BLOCK - start % BLOCK;
-                if start % BLOCK != 0 && room < ino.tail {
+                if !start.is_multiple_of(BLOCK) && room < ino.tail {
                     pos += round_up(room, SLOT);
                 }
             }
@@ -961,12 +996,12 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
                     pos = round_up(pos + BLOCK - (start - 1) % BLOCK, SLOT);
                 }
             } else if ino.is_symlink() {
-                if pos % BLOCK != 0 && pos % BLOCK + h + x + inline > BLOCK {
+                if !pos.is_multiple_of(BLOCK) && pos % BLOCK + h + x + inline > BLOCK {
                     pos = round_up(pos, BLOCK);
                 }
             } else {
                 let room = BLOCK - start % BLOCK;
-                if start % BLOCK != 0 && room < inline {
+                if !start.is_multiple_of(BLOCK) && room < inline {
                     pos += round_up(room, SLOT);
                 }
             }
@@ -995,7 +1030,6 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
     }
     let end = pos;
 
-    eprintln!("layout {:?}", t0.elapsed());
     // Emit.
     let mut buf = vec![0u8; end];
     put32(&mut buf, 0, COMPOSEFS_MAGIC);
@@ -1133,8 +1167,7 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
             Body::Leaf { .. } => {}
         }
     }
-    eprintln!("emit {:?}", t0.elapsed());
-    let t1 = std::time::Instant::now(); let r = Ok(buf.clone()); drop(inodes); eprintln!("drop {:?}", t1.elapsed()); r
+    Ok(buf)
 }
 
 /// Parses a dumpfile and writes its EROFS image (`mkcomposefs --from-file`).
@@ -1441,7 +1474,7 @@ mod tests {
                         Content::Inline(vec![b'x'; (f % 64) as usize])
                     } else {
                         Content::External {
-                            id: vec![(f % 251) as u8; 32],
+                            id: (0..32).map(|k| (d * 7 + f * 13 + k * 31) as u8).collect(),
                             size: 1000 + f as u64,
                         }
                     },
@@ -1459,9 +1492,14 @@ mod tests {
                 .insert(name, Inode::Directory(Box::new(dir)));
         }
         for version in 0..3u8 {
-            let t = std::time::Instant::now();
-            let img = write(&fs, version).unwrap();
-            eprintln!("V{version}: {} bytes in {:?}", img.len(), t.elapsed());
+            let mut best = std::time::Duration::MAX;
+            let mut img = Vec::new();
+            for _ in 0..5 {
+                let t = std::time::Instant::now();
+                img = write(&fs, version).unwrap();
+                best = best.min(t.elapsed());
+            }
+            eprintln!("V{version}: {} bytes in {best:?}", img.len());
             assert_eq!(
                 u64_at(&img, 1024 + 16) as usize,
                 50_101 + if version < 2 { 256 } else { 0 }

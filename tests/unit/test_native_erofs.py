@@ -293,7 +293,9 @@ def test_against_cfsctl(native: ModuleType, pure: ModuleType, tmp_path: Path, se
             # mkcomposefs is SHA-256 only; cfsctl's dumpfile parser rejects negative mtimes.
             if version < 2 and algorithm == "sha256" and not negative:
                 (tmp_path / "dump").write_bytes(dump)
-                limits = ["--max-version=0"] if version == 0 else ["--min-version=1", "--max-version=1"]
+                limits = (
+                    ["--max-version=0"] if version == 0 else ["--min-version=1", "--max-version=1"]
+                )
                 out = tmp_path / "c.img"
                 run(cfsctl, "mkcomposefs", "--from-file", *limits, tmp_path / "dump", out)
                 assert out.read_bytes() == image, version
@@ -340,9 +342,7 @@ LEAVES = st.one_of(
         st.one_of(st.binary(max_size=70), st.binary(min_size=500, max_size=512)),
     ),
     st.builds(lambda s, d, n: Leaf(FILE, s, digest=d, size=n), STATS, DIGESTS, SIZES),
-    st.builds(
-        lambda s, d, n: Leaf(FILE, s, digest=d, size=n, verity=False), STATS, DIGESTS, SIZES
-    ),
+    st.builds(lambda s, d, n: Leaf(FILE, s, digest=d, size=n, verity=False), STATS, DIGESTS, SIZES),
     st.builds(lambda s, n: Leaf(FILE, s, size=n), STATS, SIZES.filter(bool)),
     st.builds(
         lambda s, n: Leaf(SYMLINK, s, target=b"t" * n),
@@ -379,8 +379,9 @@ def trees(draw: st.DrawFn) -> FileSystem:
             inode = Leaf(CHAR, s, rdev=0)
             name = draw(st.sampled_from([b"00", b"1f", b"ab"]))
         else:
-            inode = draw(LEAVES)
-            leaves.append(inode)
+            leaf = draw(LEAVES)
+            leaves.append(leaf)
+            inode = leaf
         parent.entries[name] = inode
     if draw(st.booleans()):
         # a directory of several blocks

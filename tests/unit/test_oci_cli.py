@@ -114,7 +114,8 @@ def test_inspect(env: dict[str, str]) -> None:
     ]
     manifest = (Path(env["layout"]) / "blobs/sha256" / env["host"][7:]).read_bytes()
     assert doc["manifest"] == manifest.decode()
-    assert doc["referrers"] == [] and doc["composefs_erofs"] is None
+    assert doc["referrers"] == [] and doc["composefs_erofs"] is not None
+    assert ok("--repo", repo, "oci", "compute-id", "img") == doc["composefs_erofs"] + "\n"
     assert cli("--repo", repo, "oci", "inspect", "img", "--manifest").stdout == manifest + b"\n"
     assert json.loads(ok("--repo", repo, "oci", "inspect", "img", "--config"))["os"] == "linux"
     assert ok("--repo", repo, "oci", "inspect", f"@{env['host']}", "--manifest").encode() == (

@@ -91,15 +91,30 @@ def test_pull_writes_cfsctl_streams(repo: Repository, layout: dict[str, Any]) ->
     assert result.stats.layers == 3 and result.stats.layers_already_present == 0
     assert result.stats.objects_copied == 3  # the three big files; the rest is inline
 
+    # the manifest stream first written (cfsctl prints its verity), still in the repository
+    first = splitstream.parse(repo.read_object(result.manifest_verity))
+    assert first.stream_refs == (result.config_verity, *(v for _, v in result.layers))
+    first_config = splitstream.parse(repo.read_object(result.config_verity))
+    assert first_config.stream_refs == tuple(v for _, v in result.layers)
+
+    # after the EROFS step: config refs = layers in diff_id order + composefs.image.v1; the
+    # manifest names that config, then the layers by name
+    assert result.image_id is not None and result.images == {1: result.image_id}
     manifest = repo.open_stream(f"oci-manifest-{result.manifest_digest}")
     assert manifest.content_type == splitstream.MANIFEST_CONTENT_TYPE
-    assert manifest.stream_refs == (result.config_verity, *(v for _, v in result.layers))
-    assert set(manifest.named_refs) == {f"config:{result.config_digest}", *layout["diff_ids"]}
+    by_name = sorted(result.layers)
+    assert manifest.stream_refs == (result.stored_config_verity, *(v for _, v in by_name))
+    assert set(manifest.named_refs) == {f"config:{result.config_digest}", *(d for d, _ in by_name)}
     assert len(manifest.object_refs) == 1 and manifest.chunks == (0,)
     config = repo.open_stream(f"oci-config-{result.config_digest}")
     assert config.content_type == splitstream.CONFIG_CONTENT_TYPE
-    assert config.stream_refs == tuple(v for _, v in result.layers)
-    assert repo.has_stream(f"oci-manifest-{result.manifest_digest}") == result.manifest_verity
+    assert config.stream_refs == (*(v for _, v in result.layers), result.image_id)
+    assert set(config.named_refs) == {*layout["diff_ids"], "composefs.image.v1"}
+    assert repo.has_stream(f"oci-manifest-{result.manifest_digest}") == (
+        result.stored_manifest_verity
+    )
+    assert repo.has_stream(f"oci-config-{result.config_digest}") == result.stored_config_verity
+    assert repo.has_image(result.image_id.hex()) == result.image_id
     link = os.readlink(Path(repo.path) / "streams/refs/oci/my%2Fimage:1")
     assert link == f"../../oci-manifest-{result.manifest_digest}"
 
@@ -107,7 +122,11 @@ def test_pull_writes_cfsctl_streams(repo: Repository, layout: dict[str, Any]) ->
     assert img.diff_ids == layout["diff_ids"]
     assert img.layer_refs == dict(result.layers)
     assert img.is_container_image and img.architecture == HOST and img.os == "linux"
-    assert oci.OciImage.open(repo, result.manifest_digest).manifest_verity == result.manifest_verity
+    assert img.erofs_image(1) == result.image_id
+    assert (
+        oci.OciImage.open(repo, result.manifest_digest).manifest_verity
+        == result.stored_manifest_verity
+    )
     assert oci.oci_fsck(repo).ok
     assert repo.fsck().ok
 
@@ -118,9 +137,15 @@ def test_repull_skips_everything(repo: Repository, layout: dict[str, Any]) -> No
     again = oci.pull(repo, _ref(layout, ":plain"), progress=events.append)
     assert again.stats == ImportStats()
     assert str(again.stats) == "0 new + 0 already present objects; 0 B stored, 0 B inlined"
+    # the streams found are the ones the first pull stored; rewriting them gives the same bytes
     assert (again.manifest_verity, again.config_verity) == (
-        first.manifest_verity,
-        first.config_verity,
+        first.stored_manifest_verity,
+        first.stored_config_verity,
+    )
+    assert (again.stored_manifest_verity, again.stored_config_verity, again.image_id) == (
+        first.stored_manifest_verity,
+        first.stored_config_verity,
+        first.image_id,
     )
     assert {e.id for e in events if e.kind == "skipped"} == set(layout["diff_ids"])
     assert first.tag is None and oci.list_refs(repo) == []
@@ -139,7 +164,11 @@ def test_progress_events(repo: Repository, layout: dict[str, Any]) -> None:
 
     oci.pull(repo, _ref(layout, ":plain"), progress=record)
     messages = [e.message for e in events if e.kind == "message"]
-    assert messages == ["Importing 3 layers from OCI layout", "Storing manifest"]
+    assert messages == [
+        "Importing 3 layers from OCI layout",
+        "Storing manifest",
+        "Creating composefs image",
+    ]
     for diff_id in layout["diff_ids"]:
         kinds = [e.kind for e in events if e.id == diff_id]
         assert kinds[0] == "started" and kinds[-1] == "done"
@@ -156,7 +185,7 @@ def test_index_is_stored_and_extended(repo: Repository, layout: dict[str, Any]) 
     stored = oci.open_index(repo, multi)
     assert stored.verity == first.index_verity
     assert stored.raw == (layout["path"] / "blobs/sha256" / multi[7:]).read_bytes()
-    assert stored.manifests == {first.manifest_digest: first.manifest_verity}
+    assert stored.manifests == {first.manifest_digest: first.stored_manifest_verity}
     stream = repo.open_stream(f"oci-index-{multi}")
     assert stream.content_type == splitstream.INDEX_CONTENT_TYPE
     assert splitstream.content_type_name(stream.content_type) == "ociindx"
@@ -167,14 +196,14 @@ def test_index_is_stored_and_extended(repo: Repository, layout: dict[str, Any]) 
     assert second.manifest_digest == layout["other"]["digest"]
     stream = repo.open_stream(f"oci-index-{multi}")
     assert stream.named_ref_ids() == {
-        f"manifest:{second.manifest_digest}": second.manifest_verity,
-        f"manifest:{first.manifest_digest}": first.manifest_verity,
+        f"manifest:{second.manifest_digest}": second.stored_manifest_verity,
+        f"manifest:{first.manifest_digest}": first.stored_manifest_verity,
     }
-    assert stream.stream_refs == (second.manifest_verity, first.manifest_verity)
-    assert oci.resolve_index(repo, multi) == (first.manifest_digest, first.manifest_verity)
+    assert stream.stream_refs == (second.stored_manifest_verity, first.stored_manifest_verity)
+    assert oci.resolve_index(repo, multi) == (first.manifest_digest, first.stored_manifest_verity)
     assert oci.resolve_index(repo, multi, parse_platform(f"linux/{OTHER}")) == (
         second.manifest_digest,
-        second.manifest_verity,
+        second.stored_manifest_verity,
     )
     with pytest.raises(oci.ImageError, match="No manifest found for platform linux/riscv64"):
         oci.resolve_index(repo, multi, parse_platform("linux/riscv64"))
@@ -182,7 +211,7 @@ def test_index_is_stored_and_extended(repo: Repository, layout: dict[str, Any]) 
     # gc keeps the index (a tag holds it) and everything it refers to
     repo.gc()
     assert oci.open_index(repo, multi).manifests == stored.manifests | {
-        second.manifest_digest: second.manifest_verity
+        second.manifest_digest: second.stored_manifest_verity
     }
     assert oci.oci_fsck(repo).ok
 
@@ -200,7 +229,7 @@ def test_nested_indexes(repo: Repository, layout: dict[str, Any]) -> None:
     outer = oci.open_index(repo, deep)
     child = oci.open_index(repo, inner)
     assert outer.indexes == {inner: child.verity} and outer.manifests == {}
-    assert child.manifests == {result.manifest_digest: result.manifest_verity}
+    assert child.manifests == {result.manifest_digest: result.stored_manifest_verity}
     assert oci.resolve_index(repo, deep)[0] == result.manifest_digest
     # through the @digest extension, pinned to the inner index
     again = oci.pull(repo, _ref(layout, f"@{inner}"))

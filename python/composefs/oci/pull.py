@@ -190,6 +190,8 @@ class PullResult:
     #: the EROFS image was linked (``manifest_verity`` is the one first written, which is what
     #: cfsctl prints)
     stored_manifest_verity: bytes | None = None
+    #: likewise, the config stream the stored manifest names (with the EROFS image refs)
+    stored_config_verity: bytes | None = None
     #: the composefs image id in the repository's default EROFS format (``None`` for
     #: artifacts)
     image_id: bytes | None = None
@@ -282,6 +284,7 @@ def pull(
         index_digest=resolved.indexes[0][0] if resolved.indexes else None,
         index_verity=index_verity,
         stored_manifest_verity=stored_verity,
+        stored_config_verity=result.config_verity if committed is None else committed.config_verity,
         image_id=None if committed is None else committed.image_id,
         images={} if committed is None else dict(committed.images),
     )
