@@ -5,7 +5,7 @@ The image: 6 gzip layers of ~16 MiB each (one 8 MiB file, 200 files of 20 KiB, 2
 2 KiB, half random and half text so gzip has work to do). Each round pulls into a new
 repository (``init`` included, for both tools; removing the repositories is not timed).
 
-cfsctl also builds the EROFS image at the end of its pull, which our pull does not do yet; the
+Both pulls end with the EROFS image built, linked and tagged; the
 ``cfsctl oci compute-id`` row times that step alone (an EROFS build in memory from the pulled
 image) so the two can be told apart. The proxy rows pull the same image packed as an
 ``oci-archive:`` through ``skopeo experimental-image-proxy`` (ours and cfsctl's).

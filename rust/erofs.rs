@@ -768,15 +768,21 @@ fn validate(fs: &FileSystem) -> Result<Vec<u32>, String> {
             "invalid composefs filesystem: Orphaned leaves at indices {orphans:?}"
         ));
     }
-    for (leaf, &n) in fs.leaves.iter().zip(&nlinks) {
+    let hard_linked_whiteout = fs
+        .leaves
+        .iter()
+        .zip(&nlinks)
+        .any(|(leaf, &n)| n > 1 && matches!(leaf.content, Content::CharacterDevice(0)));
+    if hard_linked_whiteout {
+        return Err("invalid composefs filesystem: whiteout inode has nlink > 1".into());
+    }
+    // What composefs-rs checks only while writing (it panics): after the checks above.
+    for leaf in &fs.leaves {
         match &leaf.content {
-            Content::CharacterDevice(0) if n > 1 => {
-                return Err("invalid composefs filesystem: whiteout inode has nlink > 1".into())
-            }
             Content::CharacterDevice(rdev) | Content::BlockDevice(rdev)
                 if *rdev > u64::from(u32::MAX) =>
             {
-                return Err("device number exceeds EROFS u32 limit".into())
+                return Err("device number exceeds EROFS u32 limit".into());
             }
             Content::External { id, .. } | Content::ExternalNoVerity { id, .. }
                 if id.len() != 32 && id.len() != 64 =>
@@ -784,7 +790,7 @@ fn validate(fs: &FileSystem) -> Result<Vec<u32>, String> {
                 return Err(format!(
                     "object id of {} bytes (expected 32 or 64)",
                     id.len()
-                ))
+                ));
             }
             _ => {}
         }
@@ -835,7 +841,6 @@ fn share_xattrs<'a>(inodes: &mut [Ino<'a>], epoch1: bool) -> Vec<XAttr<'a>> {
         position[*id as usize] = pos as u32;
     }
     let table: Vec<XAttr<'a>> = table.into_iter().map(|(x, _)| x.clone()).collect();
-    drop(distinct);
     let mut keys = keys.into_iter();
     for ino in inodes.iter_mut() {
         let XAttrs { local, shared, .. } = &mut ino.xattrs;

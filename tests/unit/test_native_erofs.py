@@ -129,6 +129,14 @@ def test_buffer_types(native: ModuleType) -> None:
         ),
         (b"/a 0 40755 2 0 0 0 0.0 - - -\n", 1, "must start with root directory"),
         (EMPTY + b"/d 0 60000 1 0 0 4294967296 0.0 - - -\n", 2, "u32"),
+        # cfsctl validates the tree (whiteouts) before it writes (device numbers)
+        (
+            EMPTY
+            + b"/a 0 20000 1 0 0 4294967296 0.0 - - -\n"
+            + b"/b 0 20000 1 0 0 0 0.0 - - -\n/c 0 @120000 - - - - 0.0 /b - -\n",
+            0,
+            "whiteout inode has nlink > 1",
+        ),
     ],
 )
 def test_errors(native: ModuleType, text: bytes, version: int, message: str) -> None:
