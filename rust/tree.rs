@@ -438,6 +438,20 @@ pub fn merge_layers(
     Ok(crate::dumpfile::write(&merge(streams, xattrs)?, raw_modes))
 }
 
+/// Merges layer splitstream files and writes the EROFS image of each of `versions` straight
+/// from the merged tree.
+pub fn mkfs_layers(
+    streams: &[&[u8]],
+    xattrs: XattrFiltering,
+    versions: &[u8],
+) -> Result<Vec<Vec<u8>>, String> {
+    let fs = merge(streams, xattrs)?;
+    versions
+        .iter()
+        .map(|v| crate::erofs::write(&fs, *v))
+        .collect()
+}
+
 #[cfg(feature = "python")]
 pub(crate) mod py {
     use super::XattrFiltering;
@@ -493,8 +507,47 @@ pub(crate) mod py {
         Ok(PyBytes::new(py, &out))
     }
 
+    /// Merges layer splitstream files and returns the EROFS image of each format in
+    /// `versions`, without a dumpfile in between.
+    #[pyfunction]
+    #[pyo3(signature = (streams, xattrs="allowlist-only", versions=vec![1]))]
+    fn mkfs_layers<'py>(
+        py: Python<'py>,
+        streams: &Bound<'py, PyAny>,
+        xattrs: &str,
+        versions: Vec<i64>,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let mode = XattrFiltering::from_name(xattrs).map_err(PyValueError::new_err)?;
+        let versions = versions
+            .into_iter()
+            .map(|v| {
+                u8::try_from(v).ok().filter(|v| *v <= 2).ok_or_else(|| {
+                    PyValueError::new_err(format!(
+                        "unsupported EROFS format version {v} (expected 0, 1 or 2)"
+                    ))
+                })
+            })
+            .collect::<PyResult<Vec<u8>>>()?;
+        let inputs = streams
+            .try_iter()?
+            .map(|item| input(&item?))
+            .collect::<PyResult<Vec<_>>>()?;
+        let slices: Vec<&[u8]> = inputs
+            .iter()
+            .map(|i| match i {
+                Input::Borrowed(b) => b.as_slice(),
+                Input::Copied(v) => v.as_slice(),
+            })
+            .collect();
+        let images = py
+            .allow_threads(|| super::mkfs_layers(&slices, mode, &versions))
+            .map_err(PyValueError::new_err)?;
+        Ok(images.iter().map(|i| PyBytes::new(py, i)).collect())
+    }
+
     pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add_function(wrap_pyfunction!(merge_layers, m)?)?;
+        m.add_function(wrap_pyfunction!(mkfs_layers, m)?)?;
         Ok(())
     }
 }

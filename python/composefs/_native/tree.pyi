@@ -13,7 +13,7 @@ from typing import TypeAlias
 
 _Buffer: TypeAlias = bytes | bytearray | memoryview
 
-__all__ = ["merge_layers"]
+__all__ = ["merge_layers", "mkfs_layers"]
 
 def merge_layers(
     streams: Sequence[_Buffer], xattrs: str = "allowlist-only", raw_modes: bool = True
@@ -32,3 +32,10 @@ def merge_layers(
     With ``raw_modes`` (``cfsctl oci dump``) MODE is ``st_mode | type``; without it,
     ``type | (st_mode & 0o7777)``. The GIL is released for the whole call.
     """
+
+def mkfs_layers(
+    streams: Sequence[_Buffer], xattrs: str = "allowlist-only", versions: Sequence[int] = (1,)
+) -> list[bytes]:
+    """Merges the layers as :func:`merge_layers` does and returns the EROFS image of each
+    format in ``versions`` (0, 1, 2), written straight from the merged tree (no dumpfile in
+    between). The GIL is released for the whole call."""

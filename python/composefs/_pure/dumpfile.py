@@ -211,33 +211,43 @@ _DIGITS = re.compile(r"\+?[0-9]+")
 
 
 def _rust_uint(text: str, bits: int, radix: int = 10) -> int:
-    """Rust ``uN::from_str_radix``: an optional ``+``, then at least one digit."""
-    body = text[1:] if text.startswith("+") else text
+    """Rust ``uN::from_str_radix``: an optional ``+``, then at least one digit; digits are
+    taken in order, so an overflow is reported before a later invalid digit."""
     if not text:
         raise _Error("cannot parse integer from empty string")
+    body = text[1:] if text[0] == "+" else text
     if not body:
         raise _Error("invalid digit found in string")
     value = 0
+    limit = 1 << bits
     for ch in body:
-        digit = int(ch, 36) if ch.isascii() and ch.isalnum() else radix
-        if digit >= radix:
-            raise _Error("invalid digit found in string")
+        digit = _digit(ch, radix)
         value = value * radix + digit
-    if value >> bits:
-        raise _Error("number too large to fit in target type")
+        if value >= limit:
+            raise _Error("number too large to fit in target type")
     return value
+
+
+def _digit(ch: str, radix: int) -> int:
+    digit = int(ch, 36) if ch.isascii() and ch.isalnum() else radix
+    if digit >= radix:
+        raise _Error("invalid digit found in string")
+    return digit
 
 
 def _mtime_seconds(text: str) -> int:
     """Seconds of MTIME: composefs-rs takes a u64 (stored as i64, so large values wrap); we
-    also accept a negative i64 (our leniency)."""
+    also accept a negative i64 (our leniency; Rust ``i64::from_str``)."""
     if text.startswith("-"):
-        if not text[1:] or not text[1:].isascii() or not text[1:].isdigit():
+        body = text[1:]
+        if not body:
             raise _Error("invalid digit found in string")
-        value = -int(text[1:])
-        if value < -(1 << 63):
-            raise _Error("number too small to fit in target type")
-        return value
+        value = 0
+        for ch in body:
+            value = value * 10 + _digit(ch, 10)
+            if value > 1 << 63:
+                raise _Error("number too small to fit in target type")
+        return -value
     value = _rust_uint(text, 64)
     return value - (1 << 64) if value >> 63 else value
 
@@ -278,8 +288,8 @@ def _unescape(text: str, limit: int | None = None) -> bytes:
             i += 2
             try:
                 out.append(_rust_uint(digits, 8, 16))
-            except _Error:
-                raise _Error(f"Invalid hex escape {digits}") from None
+            except _Error as e:
+                raise _Error(f"Invalid hex escape {digits}: {e}") from None
         else:
             raise _Error(f"Invalid escape {ch}")
     return bytes(out)
@@ -316,39 +326,55 @@ def _unescape_canonical_path(text: str) -> bytes:
     return value
 
 
-def _hex_digest(text: str) -> bytes:
-    """``FsVerityHashValue::from_hex`` for a sha256 or sha512 id."""
-    if len(text) not in (64, 128):
+def _char_debug(byte: int) -> str:
+    """Rust's ``{:?}`` of ``char::from(byte)`` (a Latin-1 character), quotes included."""
+    ch = chr(byte)
+    if ch in _CHAR_ESCAPES:
+        return f"'{_CHAR_ESCAPES[ch]}'"
+    if byte < 0x20 or 0x7F <= byte <= 0xA0 or byte == 0xAD:
+        return f"'\\u{{{byte:x}}}'"
+    return f"'{ch}'"
+
+
+_CHAR_ESCAPES = {"\0": "\\0", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\\": "\\\\", "'": "\\'"}
+
+
+def _decode_hex(data: bytes, n: int) -> bytes:
+    """The ``hex`` crate's ``decode_to_slice`` of ``data`` into ``n`` bytes, with its errors."""
+    if len(data) % 2:
+        raise _Error("Odd number of digits")
+    if len(data) // 2 != n:
         raise _Error("Invalid string length")
-    for index, ch in enumerate(text):
-        if ch not in "0123456789abcdefABCDEF":
-            raise _Error(f"Invalid character {ch!r} at position {index}")
-    return bytes.fromhex(text)
+    for index, byte in enumerate(data):
+        if byte not in _HEX_DIGITS:
+            raise _Error(f"Invalid character {_char_debug(byte)} at position {index}")
+    return bytes.fromhex(data.decode("ascii"))
+
+
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _hex_digest(text: str) -> bytes:
+    """``FsVerityHashValue::from_hex`` on the UTF-8 bytes of ``text``: a sha512 id when it
+    has 128 bytes, else a sha256 id."""
+    data = text.encode("utf-8")
+    return _decode_hex(data, 64 if len(data) == 128 else 32)
 
 
 def _digest_from_object_path(path: bytes) -> bytes:
     """``FsVerityHashValue::from_object_pathname``: the trailing ``xx/hex`` of the path; a
-    sha512 id when the path ends in one, else a sha256 id."""
-
-    def decode(tail: bytes) -> bytes:
-        for index, byte in enumerate(tail):
-            if index == 2:
-                if byte != 0x2F:
-                    raise _Error(
-                        f"invalid object pathname: Invalid character {chr(byte)!r} at position 2"
-                    )
-            elif chr(byte) not in "0123456789abcdefABCDEF":
-                pos = index if index < 2 else index - 3
-                raise _Error(
-                    f"invalid object pathname: Invalid character {chr(byte)!r} at position {pos}"
-                )
-        return bytes.fromhex((tail[:2] + tail[3:]).decode("ascii"))
-
-    if len(path) >= 129 and path[-127] == 0x2F:
-        return decode(path[-129:])
-    if len(path) < 65:
-        raise _Error("invalid object pathname: Invalid string length")
-    return decode(path[-65:])
+    sha512 id when the path has the ``/`` of one (127 bytes from its end), else sha256."""
+    n = 64 if len(path) >= 129 and path[-127] == 0x2F else 32
+    try:
+        if len(path) < 2 * n + 1:
+            raise _Error("Invalid string length")
+        tail = path[-(2 * n + 1) :]
+        first = _decode_hex(tail[:2], 1)
+        if tail[2] != 0x2F:
+            raise _Error(f"Invalid character {_char_debug(tail[2])} at position 2")
+        return first + _decode_hex(tail[3:], n - 1)
+    except _Error as e:
+        raise _Error(f"invalid object pathname: {e}") from None
 
 
 class _Entry:
@@ -502,8 +528,15 @@ def _parse_entry(line: str) -> tuple[_Entry, Stat]:
         raise _Error(f"Failed to parse dumpfile line: {line}: {e}") from None
 
 
-def _add_entry(fs: FileSystem, entry: _Entry, stat: Stat, hardlinks: dict[bytes, Leaf]) -> None:
-    """``add_entry_to_filesystem``: entries are inserted (a repeated name is replaced)."""
+def _add_entry(
+    fs: FileSystem,
+    entry: _Entry,
+    stat: Stat,
+    hardlinks: dict[bytes, Leaf],
+    created: list[Leaf],
+) -> None:
+    """``add_entry_to_filesystem``: entries are inserted (a repeated name is replaced). Every
+    new leaf is appended to ``created`` (composefs-rs's leaves table)."""
     path = entry.path
     if path == b"/":
         fs.root.stat = _checked(stat)
@@ -543,6 +576,8 @@ def _add_entry(fs: FileSystem, entry: _Entry, stat: Stat, hardlinks: dict[bytes,
     else:
         inode = Leaf(SOCKET, _checked(stat))
     if isinstance(inode, Leaf):
+        if entry.hardlink is None:
+            created.append(inode)
         hardlinks[path] = inode
 
     directory = fs.root
@@ -562,11 +597,18 @@ def _add_entry(fs: FileSystem, entry: _Entry, stat: Stat, hardlinks: dict[bytes,
 def parse(data: bytes | bytearray | memoryview) -> FileSystem:
     """Parses a dumpfile (composefs-rs ``dumpfile_to_filesystem``, plus negative mtimes).
     Raises ``ValueError``."""
+    return parse_with_leaves(data)[0]
+
+
+def parse_with_leaves(data: bytes | bytearray | memoryview) -> tuple[FileSystem, list[Leaf]]:
+    """:func:`parse`, also returning every leaf created, in creation order: composefs-rs's
+    leaves table, which keeps the leaves a repeated path replaced (see :func:`orphans`)."""
     try:
         text = bytes(data).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"dumpfile is not valid UTF-8: {e}") from None
+    except UnicodeDecodeError:
+        raise ValueError("stream did not contain valid UTF-8") from None
     lines = iter(_lines(text))
+    created: list[Leaf] = []
     try:
         for line in lines:
             if _blank(line):
@@ -585,7 +627,21 @@ def parse(data: bytes | bytearray | memoryview) -> FileSystem:
             if _blank(line):
                 continue
             entry, stat = _parse_entry(line)
-            _add_entry(fs, entry, stat, hardlinks)
+            _add_entry(fs, entry, stat, hardlinks, created)
     except _Error as e:
         raise ValueError(str(e)) from None
-    return fs
+    return fs, created
+
+
+def orphans(fs: FileSystem, leaves: list[Leaf]) -> list[int]:
+    """The indices in ``leaves`` (as :func:`parse_with_leaves` returns them) of the leaves no
+    directory entry of ``fs`` refers to (composefs-rs ``validate_filesystem``'s orphans)."""
+    used: set[int] = set()
+    stack = [fs.root]
+    while stack:
+        for inode in stack.pop().entries.values():
+            if isinstance(inode, Directory):
+                stack.append(inode)
+            else:
+                used.add(id(inode))
+    return [i for i, leaf in enumerate(leaves) if id(leaf) not in used]

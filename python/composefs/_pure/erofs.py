@@ -483,17 +483,27 @@ def _count_links(root: Directory) -> dict[int, int]:
 
 
 def _validate(root: Directory, nlinks: dict[int, int]) -> None:
+    """composefs-rs ``validate_filesystem`` (no hard-linked whiteout), then what the writer
+    cannot encode (a device number above u32, an object id of another size), in that order:
+    the native writer's order."""
+    leaves: list[Leaf] = []
     stack = [root]
     while stack:
         d = stack.pop()
         for child in d.entries.values():
             if isinstance(child, Directory):
                 stack.append(child)
-            elif child.kind in (_tree.CHAR, _tree.BLOCK):
-                if child.kind == _tree.CHAR and child.rdev == 0 and nlinks[id(child)] > 1:
-                    raise ValueError("invalid composefs filesystem: whiteout inode has nlink > 1")
-                if not 0 <= child.rdev <= _M32:
-                    raise ValueError("device number exceeds EROFS u32 limit")
+            else:
+                leaves.append(child)
+    for leaf in leaves:
+        if leaf.kind == _tree.CHAR and leaf.rdev == 0 and nlinks[id(leaf)] > 1:
+            raise ValueError("invalid composefs filesystem: whiteout inode has nlink > 1")
+    for leaf in leaves:
+        if leaf.kind in (_tree.CHAR, _tree.BLOCK) and not 0 <= leaf.rdev <= _M32:
+            raise ValueError("device number exceeds EROFS u32 limit")
+        digest = leaf.digest
+        if leaf.kind == _tree.FILE and digest is not None and len(digest) not in (32, 64):
+            raise ValueError(f"object id of {len(digest)} bytes (expected 32 or 64)")
 
 
 # -- sharing ------------------------------------------------------------------------------------
@@ -614,10 +624,14 @@ def _fits_compact(stat: Stat, min_mtime: tuple[int, int], size: int, nlink: int)
     )
 
 
-def write(fs: FileSystem, version: int) -> bytes:
-    """The EROFS image of ``fs`` in format ``version`` (0, 1 or 2)."""
+def _check_version(version: int) -> None:
     if version not in (0, 1, 2):
         raise ValueError(f"unsupported EROFS format version {version} (expected 0, 1 or 2)")
+
+
+def write(fs: FileSystem, version: int) -> bytes:
+    """The EROFS image of ``fs`` in format ``version`` (0, 1 or 2)."""
+    _check_version(version)
     epoch1 = version != 2
     root = fs.root
     nlinks = _count_links(root)
@@ -930,7 +944,15 @@ def _leaf_iu(inode: _Inode, leaf: Leaf, version: int, blkaddr: int) -> int:
 
 
 def mkfs(dumpfile: Buffer, version: int) -> bytes:
-    """Parses a dumpfile and writes its EROFS image in format ``version``."""
+    """Parses a dumpfile and writes its EROFS image in format ``version`` (``cfsctl
+    mkcomposefs``: the version is checked first, and a leaf the dumpfile replaced by a later
+    line of the same path is an orphan, an error)."""
     from composefs._pure import dumpfile as _dumpfile
 
-    return write(_dumpfile.parse(bytes(dumpfile)), version)
+    _check_version(version)
+    fs, leaves = _dumpfile.parse_with_leaves(bytes(dumpfile))
+    orphaned = _dumpfile.orphans(fs, leaves)
+    if orphaned:
+        listed = ", ".join(map(str, orphaned))
+        raise ValueError(f"invalid composefs filesystem: Orphaned leaves at indices [{listed}]")
+    return write(fs, version)

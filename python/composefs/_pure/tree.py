@@ -372,3 +372,16 @@ def merge_layers(
     from composefs._pure import dumpfile
 
     return dumpfile.write(merge(streams, xattrs), raw_modes)
+
+
+def mkfs_layers(
+    streams: Sequence[bytes | bytearray | memoryview],
+    xattrs: str = ALLOWLIST_ONLY,
+    versions: Sequence[int] = (1,),
+) -> list[bytes]:
+    """Merges the layers and returns the EROFS image of each format in ``versions``, written
+    straight from the merged tree."""
+    from composefs._pure import erofs
+
+    fs = merge(streams, xattrs)
+    return [erofs.write(fs, v) for v in versions]

@@ -37,6 +37,7 @@ __all__ = [
     "compute_id",
     "create_dumpfile",
     "create_image",
+    "create_images",
     "image_layers",
     "layer_streams",
     "merge_layer_streams",
@@ -154,6 +155,27 @@ def create_dumpfile(
         raise FilesystemError(str(e)) from None
 
 
+def create_images(
+    repo: Repository,
+    image: OciImage | str,
+    versions: Sequence[int],
+    *,
+    xattrs: str = "allowlist-only",
+) -> list[bytes]:
+    """The EROFS image bytes of ``image`` in each format of ``versions``, from one merge."""
+    if xattrs not in XATTR_MODES:
+        raise FilesystemError(f"unknown xattr filtering mode {xattrs!r}")
+    for version in versions:
+        if version not in erofs.FORMAT_VERSIONS:
+            raise FilesystemError(f"unsupported EROFS format version {version}")
+    streams = layer_streams(repo, image)
+    try:
+        images = _backend.backend().tree.mkfs_layers(streams, xattrs, list(versions))
+    except ValueError as e:
+        raise FilesystemError(str(e)) from None
+    return [bytes(i) for i in images]
+
+
 def create_image(
     repo: Repository,
     image: OciImage | str,
@@ -162,8 +184,9 @@ def create_image(
     xattrs: str = "allowlist-only",
 ) -> bytes:
     """The EROFS image bytes of ``image`` (format: the repository's default when ``None``)."""
-    dump = create_dumpfile(repo, image, xattrs=xattrs, raw_modes=False)
-    return erofs.mkfs(dump, repo.erofs_version if version is None else version)
+    return create_images(
+        repo, image, [repo.erofs_version if version is None else version], xattrs=xattrs
+    )[0]
 
 
 def compute_id(
@@ -201,13 +224,8 @@ def commit_images(repo: Repository, image: OciImage, tag: str | None = None) -> 
             f"the repository's default EROFS format V{default} cannot be linked to an OCI image "
             "(only V1 and V2 have config refs)"
         )
-    dump = create_dumpfile(repo, image, raw_modes=False)
     images: dict[int, bytes] = {}
-    for version in versions:
-        try:
-            data = erofs.mkfs(dump, version)
-        except erofs.ErofsError as e:
-            raise FilesystemError(f"Writing the V{version} EROFS image") from e
+    for version, data in zip(versions, create_images(repo, image, versions), strict=True):
         images[version] = repo.write_image(None, data)
 
     # config: layer refs in diff_id order, composefs.image (V2), composefs.image.v1 (V1), then
