@@ -824,7 +824,10 @@ class Repository:
         Returns the fd and whether verity must be required when mounting it.
         """
         if "/" in name:
-            fd = os.open(f"images/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
+            try:
+                fd = os.open(f"images/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
+            except FileNotFoundError:
+                raise RepositoryError(f"image not found: {name}") from None
             return fd, self._secure
         try:
             fd = os.open(f"images/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)

@@ -539,3 +539,22 @@ def test_kernel_refusals_are_reported(
     assert str(info.value) == (
         "overlay: setting no-such-option=1 (kernel: e overlay: Unknown parameter 'no-such-option')"
     )
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("mounter", ["composefs oci mount", "composefs mount", "cfsctl oci mount"])
+def test_mount_commands(mounter: str, layout: Path, tmp_path: Path, mountpoint: Path) -> None:
+    """Our pull mounted through our CLI and through cfsctl's (which reads our repository)."""
+    repo = tmp_path / "repo"
+    image = produce_image("ours", repo, layout, "t", "fsverity-sha512-12")
+    if mounter == "composefs oci mount":
+        _ours("--repo", repo, "oci", "mount", "img", mountpoint)
+    elif mounter == "composefs mount":
+        _ours("--repo", repo, "mount", image, mountpoint)
+    else:
+        _cfsctl("--repo", repo, "oci", "mount", "img", mountpoint)
+    try:
+        assert _findmnt(mountpoint)["SOURCE"] == f"composefs:{image}"
+        check_mounted_tree(mountpoint, EXPECTED, EXPECTED_HARDLINKS)
+    finally:
+        unmount(mountpoint)
