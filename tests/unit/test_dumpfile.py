@@ -183,7 +183,37 @@ ERRORS = [
         'invalid dumpfile: whiteout entry "/w" has nlink > 1',
     ),
     (ROOT + "/f 5 100644 1 0 0 0 0.0 xx - -\n", "invalid object pathname: Invalid string length"),
-    (ROOT + "/f 5 100644 1 0 0 0 0.0 xx - abc\n", "Invalid string length"),
+    # DIGEST (hex crate rules on the UTF-8 bytes): odd length, then length, then characters
+    (ROOT + "/f 5 100644 1 0 0 0 0.0 xx - abc\n", "Odd number of digits"),
+    (ROOT + f"/f 5 100644 1 0 0 0 0.0 xx - {'a' * 65}\n", "Odd number of digits"),
+    (ROOT + f"/f 5 100644 1 0 0 0 0.0 xx - {'é' * 31}a\n", "Odd number of digits"),
+    (ROOT + "/f 5 100644 1 0 0 0 0.0 xx - abcd\n", "Invalid string length"),
+    (ROOT + f"/f 5 100644 1 0 0 0 0.0 xx - {'é' * 32}\n", "Invalid character 'Ã' at position 0"),
+    (
+        ROOT + f"/f 5 100644 1 0 0 0 0.0 xx - {'a' * 63}\x01\n",
+        "Invalid character '\\u{1}' at position 63",
+    ),
+    (
+        ROOT + f"/f 5 100644 1 0 0 0 0.0 xx - {'a' * 127}'\n",
+        "Invalid character '\\'' at position 127",
+    ),
+    (
+        ROOT + f"/f 5 100644 1 0 0 0 0.0 \\xad/{'a' * 63} - -\n",
+        "invalid object pathname: Invalid character '\\u{ad}' at position 0",
+    ),
+    (
+        ROOT + f"/f 5 100644 1 0 0 0 0.0 aa/{'a' * 10}\\xff{'a' * 51} - -\n",
+        "invalid object pathname: Invalid character 'ÿ' at position 10",
+    ),
+    (
+        ROOT + f"/f 5 100644 1 0 0 0 0.0 aa-{'a' * 62} - -\n",
+        "invalid object pathname: Invalid character '-' at position 2",
+    ),
+    # paths as Rust's Debug prints them
+    (
+        ROOT + "/h 0 @100644 - - - - - /a'\"\\\\\\x01\\xff\u0301\u00a0\U000e0001 - -\n",
+        'Hardlink target not found: "/a\'\\"\\\\\\u{1}\\xFF\\u{301}\\u{a0}\\u{e0001}"',
+    ),
     (ROOT + f"/f 5 100644 1 0 0 0 0.0 xx - {'g' * 64}\n", "Invalid character 'g' at position 0"),
 ]
 LINE_ERRORS = [
@@ -198,9 +228,18 @@ LINE_ERRORS = [
     (f"/ 0 40755 2 0 0 0 0.0 - - - {'k' * 256}=", "xattr name too long; max=255 found=256"),
     ("/ 0 40755 2 0 0 0 0.0 - - - a=\\q", "Invalid escape q"),
     ("/ 0 40755 2 0 0 0 0.0 - - - a=\\x4", "Unterminated hex escape"),
-    ("/ 0 40755 2 0 0 0 0.0 - - - a=\\xzz", "Invalid hex escape zz"),
+    (
+        "/ 0 40755 2 0 0 0 0.0 - - - a=\\xzz",
+        "Invalid hex escape zz: invalid digit found in string",
+    ),
+    ("/\\x-1 0 40755 2 0 0 0 0.0 - - -", "Invalid hex escape -1: invalid digit found in string"),
     ("/ 0 40755 2 0 0 0 0.0 - - - a=\\", "Unterminated escape"),
     ("/ 0 40755 4294967296 0 0 0 0.0 - - -", "number too large to fit in target type"),
+    # digits are read in order: an overflow before a bad digit is an overflow
+    ("/ 99999999999999999999x 40755 2 0 0 0 0.0 - - -", "number too large to fit in target type"),
+    ("/ 9x999999999999999999999 40755 2 0 0 0 0.0 - - -", "invalid digit found in string"),
+    ("/ 0 40755 2 0 0 0 -99999999999999999999x.0 - - -", "number too small to fit in target type"),
+    ("/ 0 40755 2 0 0 0 -9223372036854775809.0 - - -", "number too small to fit in target type"),
     ("/ 0 80755 2 0 0 0 0.0 - - -", "invalid digit found in string"),
     ("/ - 40755 2 0 0 0 0.0 - - -", "invalid digit found in string"),
     ("/ 0 0755 2 0 0 0 0.0 - - -", "Unhandled file type from raw mode: 493"),
@@ -239,8 +278,42 @@ def test_parse_line_errors(text: str, message: str) -> None:
 
 
 def test_not_utf8() -> None:
-    with pytest.raises(ValueError, match="UTF-8"):
-        dumpfile.parse(b"/ 0 40755 2 0 0 0 0.0 - \xff -\n")
+    for data in (b"/ 0 40755 2 0 0 0 0.0 - \xff -\n", ROOT.encode() + b"/\xed\xa0\x80"):
+        with pytest.raises(ValueError) as info:
+            dumpfile.parse(data)
+        assert str(info.value) == "stream did not contain valid UTF-8"  # cfsctl's text
+
+
+def test_leaves_table_and_orphans() -> None:
+    """``parse_with_leaves`` lists the leaves in creation order, as composefs-rs's leaves
+    table; one a later line of the same path replaced is an orphan."""
+    text = (
+        ROOT
+        + "/a 0 100644 1 0 0 0 0.0 - - -\n"  # 0: replaced, but kept by /b
+        + "/b 0 @100644 - - - - 0.0 /a - -\n"
+        + "/a 0 100644 1 0 0 0 0.0 - x -\n"  # 1
+        + "/d 0 40755 2 0 0 0 0.0 - - -\n"
+        + "/d/x 0 10644 1 0 0 0 0.0 - - -\n"  # 2: orphaned with its directory
+        + "/d 0 40755 2 0 0 0 0.0 - - -\n"
+        + "/c 0 20000 1 0 0 7 0.0 - - -\n"  # 3: replaced
+        + "/c 0 20000 1 0 0 8 0.0 - - -\n"  # 4
+    )
+    fs, leaves = dumpfile.parse_with_leaves(text.encode())
+    assert len(leaves) == 5
+    assert fs.root.entries[b"b"] is leaves[0] and fs.root.entries[b"a"] is leaves[1]
+    assert dumpfile.orphans(fs, leaves) == [2, 3]
+    assert dumpfile.orphans(*dumpfile.parse_with_leaves(SIMPLE)) == []
+
+
+def test_debug_bytes() -> None:
+    debug = dumpfile.debug_bytes
+    assert debug(b"a'b\"c\\") == '"a\'b\\"c\\\\"'
+    assert debug(b"\0\t\n\r\x01\x7f") == '"\\0\\t\\n\\r\\u{1}\\u{7f}"'
+    # invalid UTF-8 bytewise; unprintable and combining characters escaped, others kept
+    assert debug(b"\xff\xc3(\xe2\x82") == '"\\xFF\\xC3(\\xE2\\x82"'
+    assert debug("é\u0301\u00ad\u200b\u2028\ue000\U000e0100 ☃".encode()) == (
+        '"é\\u{301}\\u{ad}\\u{200b}\\u{2028}\\u{e000}\\u{e0100}\\u{20}☃"'.replace("\\u{20}", " ")
+    )
 
 
 # --------------------------------------------------------------------------------------------

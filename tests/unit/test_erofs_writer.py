@@ -312,9 +312,62 @@ def test_large_rdev_rejected() -> None:
     assert _lookup(ok, b"dev")["i_u"] == (1 << 32) - 1
 
 
+def test_validation_before_device_numbers() -> None:
+    """The whole tree is validated first (as composefs-rs's ``validate_filesystem``); a
+    device number EROFS cannot hold is only met while writing, whatever the tree order."""
+    wh = Leaf(CHAR, Stat(0o644))
+    big = Leaf(BLOCK, Stat(), rdev=1 << 32)
+    sub = Directory(Stat(0o755), {b"w": wh, b"w2": wh})
+    for entries in (
+        {b"a": big, b"z": sub},
+        {b"a": sub, b"z": big},
+        {b"d": big, b"w": wh, b"x": wh},
+    ):
+        for version in (0, 1, 2):
+            with pytest.raises(ValueError) as info:
+                erofs.write(_fs(entries), version)
+            assert str(info.value) == "invalid composefs filesystem: whiteout inode has nlink > 1"
+
+
+def test_mkfs_orphaned_leaves() -> None:
+    """A dumpfile that repeats a non-directory path (or a directory with leaves below it)
+    leaves composefs-rs an orphaned leaf, which its writer rejects: cfsctl's text."""
+    root = b"/ 0 40755 2 0 0 0 0.0 - - -\n"
+    cases = [
+        (b"/a 0 100644 1 0 0 0 0.0 - - -\n/a 0 100644 1 0 0 0 0.0 - x -\n", "[0]"),
+        (
+            b"/f 0 10644 1 0 0 0 0.0 - - -\n/d 0 40755 2 0 0 0 0.0 - - -\n"
+            b"/d/x 0 10644 1 0 0 0 0.0 - - -\n/d/y 0 10644 1 0 0 0 0.0 - - -\n"
+            b"/d 0 40755 2 0 0 0 0.0 - - -\n",
+            "[1, 2]",
+        ),
+        # before the whiteout check
+        (
+            b"/w 0 20000 1 0 0 0 0.0 - - -\n/w2 0 @20000 - - - - 0.0 /w - -\n"
+            b"/w2 0 10644 1 0 0 0 0.0 - - -\n/w3 0 @20000 - - - - 0.0 /w - -\n"
+            b"/s 0 10644 1 0 0 0 0.0 - - -\n/s 0 10644 1 0 0 0 0.0 - - -\n",
+            "[2]",
+        ),
+    ]
+    for text, indices in cases:
+        for version in (0, 1, 2):
+            with pytest.raises(ValueError) as info:
+                erofs.mkfs(root + text, version)
+            expected = f"invalid composefs filesystem: Orphaned leaves at indices {indices}"
+            assert str(info.value) == expected
+    # a replaced leaf that another name still links to is no orphan
+    text = b"/a 0 10644 1 0 0 0 0.0 - - -\n/b 0 @10644 - - - - 0.0 /a - -\n"
+    erofs.mkfs(root + text + b"/a 0 10644 1 0 0 0 0.0 - - -\n", 1)
+
+
 def test_bad_version() -> None:
     with pytest.raises(ValueError, match="version"):
         erofs.write(_empty(), 3)
+    # mkfs checks the version before it parses
+    for version in (-1, 3):
+        with pytest.raises(ValueError) as info:
+            erofs.mkfs(b"not a dumpfile", version)
+        assert str(info.value) == f"unsupported EROFS format version {version} (expected 0, 1 or 2)"
 
 
 def test_hardlinks_share_inode_and_count_links() -> None:

@@ -133,23 +133,10 @@ _OPAQUE = b".wh..opq"  # after the ".wh." prefix
 
 
 def _debug(value: bytes) -> str:
-    """Rust's ``{:?}`` of a path or name (close enough for error messages)."""
-    out = ['"']
-    for ch in value.decode("utf-8", "surrogateescape"):
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:
-            out.append(f"\\x{code - 0xDC00:02X}")
-        elif ch in _DEBUG_ESCAPES:
-            out.append(_DEBUG_ESCAPES[ch])
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\u{{{code:x}}}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+    """Rust's ``{:?}`` of a path or name, exactly (see ``dumpfile.debug_bytes``)."""
+    from composefs._pure.dumpfile import debug_bytes
 
-
-_DEBUG_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}
+    return debug_bytes(value)
 
 
 def _components(path: bytes) -> list[bytes]:
@@ -383,5 +370,8 @@ def mkfs_layers(
     straight from the merged tree."""
     from composefs._pure import erofs
 
+    for v in versions:
+        if v not in (0, 1, 2):
+            raise ValueError(f"unsupported EROFS format version {v} (expected 0, 1 or 2)")
     fs = merge(streams, xattrs)
     return [erofs.write(fs, v) for v in versions]
