@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from stat import S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK
 
 from composefs._pure.tree import (
     BLOCK,
@@ -31,14 +32,7 @@ from composefs._pure.tree import (
 
 __all__ = ["debug_bytes", "parse", "write"]
 
-S_IFMT = 0o170000
-S_IFSOCK = 0o140000
-S_IFLNK = 0o120000
-S_IFREG = 0o100000
-S_IFBLK = 0o060000
-S_IFDIR = 0o040000
-S_IFCHR = 0o020000
-S_IFIFO = 0o010000
+S_IFMT = 0o170000  # stat.S_IFMT is a function
 
 _IFMT_OF_KIND = {
     FILE: S_IFREG,

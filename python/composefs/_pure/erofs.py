@@ -25,6 +25,7 @@ from typing import Final
 
 from composefs._pure import tree as _tree
 from composefs._pure.tree import Directory, FileSystem, Leaf, Stat
+from composefs.erofs import XATTR_PREFIXES
 
 __all__ = ["mkfs", "write", "xxh32"]
 
@@ -73,15 +74,7 @@ _FT_OF_KIND: Final = {
     _tree.SYMLINK: _FT_LNK,
 }
 
-_PREFIXES: Final = (
-    b"",
-    b"user.",
-    b"system.posix_acl_access",
-    b"system.posix_acl_default",
-    b"trusted.",
-    b"lustre.",
-    b"security.",
-)
+_PREFIXES: Final = XATTR_PREFIXES  # the EROFS xattr name prefix table (index -> prefix)
 _FILTER_SEED: Final = 0x25BBE08F
 
 _OVERLAY_PREFIX: Final = b"trusted.overlay."

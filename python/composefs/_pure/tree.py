@@ -12,6 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    # (path, kind, mode, ...) as composefs._pure.tar_split.read_entries returns them
+    from composefs._pure.tar_split import EntryTuple as _EntryTuple
 
 __all__ = ["Directory", "FileSystem", "Leaf", "Stat", "equal", "merge", "merge_layers"]
 
@@ -202,24 +207,6 @@ def _hardlink_target(root: Directory, link: bytes, components: list[bytes]) -> L
 
 
 _LEAF_KINDS = {"file": FILE, "symlink": SYMLINK, "char": CHAR, "block": BLOCK, "fifo": FIFO}
-
-# (path, kind, mode, uid, gid, mtime, mtime_nsec, size, link_target, rdev, xattrs, inline,
-#  object_id) as composefs._pure.tar_split.read_entries returns them
-_EntryTuple = tuple[
-    bytes,
-    str,
-    int,
-    int,
-    int,
-    int,
-    int,
-    int,
-    "bytes | None",
-    int,
-    "list[tuple[bytes, bytes]]",
-    "bytes | None",
-    "bytes | None",
-]
 
 
 def _inode(root: Directory, entry: _EntryTuple, target: list[bytes] | None) -> Directory | Leaf:
