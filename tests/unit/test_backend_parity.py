@@ -727,15 +727,8 @@ def test_merge_error_path_rendering(native: ModuleType, pure: ModuleType, repo: 
     same_layers(native, pure, import_tars(repo, tars), "allowlist-only", [1])
 
 
-# -- a known difference (strict xfail: fix it, then drop the mark)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="the pure backend decodes a whole splitstream before parsing its tar entries, the "
-    "native one as it goes: for a corrupted stream they report different first errors",
-)
 def test_corrupted_streams(native: ModuleType, pure: ModuleType, streams: list[bytes]) -> None:
+    """Every single-byte flip of a layer stream: both decode the stream as they read it."""
     stream = min(streams, key=len)
     differ = []
     for pos in range(len(stream)):

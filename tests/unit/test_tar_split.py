@@ -20,6 +20,7 @@ import io
 import itertools
 import json
 import os
+import struct
 import subprocess
 import sys
 import tarfile
@@ -1413,6 +1414,177 @@ def test_read_entries_stops_at_end_blocks() -> None:
     )
     with pytest.raises(ValueError, match=f"Directory sha512:{(OID * 2).hex()}"):
         tar_split.read_entries(sha512)
+
+
+# The stream section is decoded as composefs-rs reads it (zstd-rs's Decoder over libzstd):
+# a damaged stream fails where the reading gets to the damage, or not at all. Frames are built
+# by hand from raw blocks so that block boundaries fall exactly where reads end.
+
+
+def zstd_block(data: bytes, *, last: bool = False, kind: int = 0, size: int | None = None) -> bytes:
+    """A zstd block (``kind`` 0: raw, 1: RLE, 3: reserved, an error)."""
+    n = len(data) if size is None else size
+    return (n << 3 | kind << 1 | last).to_bytes(3, "little") + data
+
+
+def blocks_frame(*blocks: bytes, checksum: bool = False, content_size: int | None = None) -> bytes:
+    magic = b"\x28\xb5\x2f\xfd"
+    flags = 4 if checksum else 0
+    if content_size is None:
+        return magic + bytes([flags, 0x38]) + b"".join(blocks)  # 128 KiB window
+    return magic + bytes([flags | 0x20, content_size]) + b"".join(blocks)  # single segment
+
+
+def with_section(section: bytes, stream_file: bytes | None = None) -> bytes:
+    """``stream_file`` (by default an empty layer) with ``section`` as its stream section."""
+    base = stream_of() if stream_file is None else stream_file
+    info = list(struct.unpack_from("<10Q", base, splitstream.HEADER_SIZE))
+    start = info[4]
+    assert info[5] == len(base)  # the section is last
+    info[5] = start + len(section)
+    rest = base[splitstream.HEADER_SIZE + splitstream.INFO_SIZE : start]
+    return base[: splitstream.HEADER_SIZE] + struct.pack("<10Q", *info) + rest + section
+
+
+def inline_chunk(length: int) -> bytes:
+    return struct.pack("<q", -length)
+
+
+BAD_BLOCK = zstd_block(b"", kind=3)
+FILE_F = file_entry(b"f", b"x" * 10)  # 1024 bytes
+ZEROS = bytes(512)
+CORRUPT = "zstd error in splitstream stream: Data corruption detected"
+
+DECODING_CASES: dict[str, tuple[bytes, list[bytes] | str]] = {
+    # a read that ends where a block ends lets libzstd decode the next block too
+    "next block decoded with the chunk header": (
+        blocks_frame(zstd_block(inline_chunk(100)), BAD_BLOCK),
+        CORRUPT,
+    ),
+    "chunk checked first": (
+        blocks_frame(zstd_block(inline_chunk(100) + b"x"), BAD_BLOCK),
+        "Unexpectedly small inline content when parsing splitstream",
+    ),
+    # ... but only one: a read served from what libzstd holds decodes nothing
+    "end blocks served from the last block": (
+        blocks_frame(zstd_block(inline_chunk(2048) + FILE_F), zstd_block(bytes(1024)), BAD_BLOCK),
+        [b"/f"],
+    ),
+    "one block decoded ahead": (
+        blocks_frame(
+            zstd_block(inline_chunk(2048) + FILE_F),
+            zstd_block(ZEROS),
+            zstd_block(ZEROS),
+            BAD_BLOCK,
+        ),
+        [b"/f"],
+    ),
+    "end block read exactly": (
+        blocks_frame(zstd_block(inline_chunk(2048) + FILE_F), zstd_block(ZEROS), BAD_BLOCK),
+        CORRUPT,
+    ),
+    "junk after the frame": (
+        blocks_frame(zstd_block(inline_chunk(2048) + FILE_F + EOA, last=True)) + b"junk",
+        [b"/f"],
+    ),
+    # the checksum is checked only by a read that finds nothing held
+    "bad checksum never reached": (
+        blocks_frame(zstd_block(inline_chunk(2048) + FILE_F + EOA, last=True), checksum=True)
+        + bytes(4),
+        [b"/f"],
+    ),
+    "bad checksum reached": (
+        blocks_frame(
+            zstd_block(inline_chunk(2048) + FILE_F + ZEROS),
+            zstd_block(ZEROS, last=True),
+            checksum=True,
+        )
+        + bytes(4),
+        "zstd error in splitstream stream: Restored data doesn't match checksum",
+    ),
+    # a frame with its content size that fits in the read starting it: one pass, checked
+    "declared size too large, one pass": (
+        blocks_frame(zstd_block(b"", last=True), content_size=5),
+        CORRUPT,
+    ),
+    "declared size too small, one pass": (
+        blocks_frame(zstd_block(inline_chunk(0), last=True), content_size=7),
+        CORRUPT,
+    ),
+    "a later frame in one pass": (
+        blocks_frame(zstd_block(inline_chunk(1024 + 8), last=True))
+        + blocks_frame(zstd_block(ZEROS, last=True), content_size=200)
+        + blocks_frame(zstd_block(bytes(520), last=True)),
+        CORRUPT,
+    ),
+    "skippable frame": (
+        struct.pack("<II", 0x184D2A53, 3)
+        + b"abc"
+        + blocks_frame(zstd_block(inline_chunk(2048) + FILE_F + EOA, last=True)),
+        [b"/f"],
+    ),
+    "empty section": (b"", "zstd error in splitstream stream: incomplete frame"),
+    "bad magic": (b"\x28\xb6", "zstd error in splitstream stream: Unknown frame descriptor"),
+    "truncated block": (
+        blocks_frame(zstd_block(inline_chunk(2048) + FILE_F + EOA, last=True))[:-100],
+        "zstd error in splitstream stream: incomplete frame",
+    ),
+    "truncated after the end blocks": (
+        blocks_frame(zstd_block(inline_chunk(2048) + FILE_F + EOA), zstd_block(b"x" * 9))[:-3],
+        [b"/f"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(DECODING_CASES))
+def test_read_entries_decodes_as_it_reads(name: str) -> None:
+    section, expected = DECODING_CASES[name]
+    try:
+        got: list[bytes] | str = [e[0] for e in tar_split.read_entries(with_section(section))]
+    except ValueError as e:
+        got = str(e)
+    assert got == expected
+
+
+@pytest.mark.parametrize("name", list(DECODING_CASES))
+def test_read_entries_decodes_as_native(native_backend: Any, name: str) -> None:
+    stream_file = with_section(DECODING_CASES[name][0])
+    try:
+        got: list[bytes] | str = [e[0] for e in native_backend.tar_split.read_entries(stream_file)]
+    except ValueError as e:
+        got = str(e)
+    assert got == DECODING_CASES[name][1]
+
+
+def test_read_entries_damaged_streams_as_native(native_backend: Any, tmp_path: Path) -> None:
+    """Every bit of a stream section compressed in 1 KiB blocks, flipped in turn."""
+    tar = b"".join(
+        [file_entry(b"f%d" % i, bytes([i]) * (i * 7)) for i in range(30)]
+        + [header(b"d", typeflag=b"5"), EOA]
+    )
+    stream_file = split_file(tmp_path, tar)[0]
+    start, end = struct.unpack_from("<2Q", stream_file, splitstream.HEADER_SIZE + 32)
+    chunks = zstandard.ZstdDecompressor().decompressobj().decompress(stream_file[start:end])
+    params = zstandard.ZstdCompressionParameters.from_level(1, window_log=10, write_checksum=True)
+    section = zstandard.ZstdCompressor(compression_params=params).compress(chunks)
+    assert len(chunks) > 16 * 1024  # so: many blocks
+    intact = with_section(section, stream_file)
+    differ = []
+    for pos in range(len(intact) - len(section), len(intact)):
+        for bit in (0, 5):
+            damaged = bytearray(intact)
+            damaged[pos] ^= 1 << bit
+            results = []
+            for read_entries in (tar_split.read_entries, native_backend.tar_split.read_entries):
+                try:
+                    results.append(read_entries(bytes(damaged)))
+                except ValueError as e:
+                    results.append(str(e))
+            if results[0] != results[1]:
+                differ.append(
+                    f"byte {pos} bit {bit}: pure {results[0]!r:.100}, native {results[1]!r:.100}"
+                )
+    assert not differ, "\n".join(differ[:20])
 
 
 def test_make_absolute_path_and_mtime_nsec() -> None:

@@ -28,6 +28,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import zstandard
+
 from composefs._linux import rename_noreplace
 from composefs._pure import _tarcore, decompress, fsverity, splitstream
 
@@ -573,62 +575,308 @@ def split_layer(
 # --------------------------------------------------------------------------------------------
 # The reverse path
 
+_ZSTD_MAGIC = 0xFD2FB528
+_SKIPPABLE_MASK = 0xFFFFFFF0
+_SKIPPABLE_START = 0x184D2A50
+_DICT_ID_SIZES = (0, 1, 2, 4)
+_SKIP_PIECE = 8192  # unwanted inline bytes are skipped in reads of this size, as natively
+
+# What the zstd frame being decoded expects next
+_FRAME_HEADER, _BLOCK, _CHECKSUM, _FRAME_END = range(4)
+
+
+def _le(data: bytes, start: int, size: int) -> int:
+    return int.from_bytes(data[start : start + size], "little")
+
+
+def _stream_error(e: zstandard.ZstdError) -> ValueError:
+    message = str(e).removeprefix("zstd decompressor error: ")
+    return ValueError(f"zstd error in splitstream stream: {message}")
+
+
+class _StreamDecoder:
+    """The stream section as composefs-rs reads it: zstd-rs's ``Decoder`` (a ``zio::Reader``
+    over libzstd's streaming API, all of the section offered as input), emulated on top of
+    python-zstandard so that the same libzstd calls see the same bytes.
+
+    What matters is *when* a decoding error shows up, since the tar entries before it are
+    read first. libzstd decodes one step of a frame at a time (the frame header, a block
+    with its 3-byte header, the checksum), only when the output of the previous step has
+    been handed out; zstd-rs's ``read`` first hands out what libzstd holds (a short read),
+    and only a read that finds nothing held lets libzstd decode, filling as much of the
+    read's buffer as it can, and one step further when the buffer ends exactly where a
+    step's output does. Here every step is fed to a decompressor object on its own (its
+    bytes are known from the block headers), its output held in ``_out``; a step whose
+    bytes run past the end of the section gets everything that is left, as libzstd does.
+
+    A frame that declares its content size and fits in the read that starts it is decoded
+    by libzstd in one pass (with other checks): so it is here, with the same capacity.
+    """
+
+    __slots__ = (
+        "_checksum",
+        "_data",
+        "_dctx",
+        "_done",
+        "_finished",
+        "_obj",
+        "_off",
+        "_out",
+        "_pos",
+        "_stage",
+    )
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0  # bytes of the section handed to libzstd
+        self._out = b""  # output of the last step ...
+        self._off = 0  # ... of which this much was read
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj: zstandard.ZstdDecompressionObj | None = None
+        self._stage = _FRAME_HEADER
+        self._checksum = False
+        self._finished = False  # zstd-rs's `finished_frame`
+        self._done = False  # the end of the section was reached after a complete frame
+
+    def read_exact(self, n: int) -> bytes | None:
+        """composefs-rs's ``read_exactish``: ``n`` bytes, or ``None`` at the end of the
+        stream before the first of them."""
+        off = self._off
+        if len(self._out) - off > n:  # the usual case: served from the held output
+            self._off = off + n
+            return self._out[off : off + n]
+        if n == 0:
+            return b""
+        got = self._read(n)
+        if len(got) == n:
+            return got
+        if not got:
+            return None
+        parts = [got]
+        have = len(got)
+        while have < n:
+            more = self._read(n - have)
+            if not more:
+                raise ValueError("Unexpected EOF in splitstream")
+            parts.append(more)
+            have += len(more)
+        return b"".join(parts)
+
+    def _read(self, size: int) -> bytes:
+        """zstd-rs's ``Reader::read`` with a buffer of ``size`` (> 0) bytes."""
+        out = self._out
+        off = self._off
+        if off < len(out):  # libzstd hands out what it holds, and no more
+            end = min(off + size, len(out))
+            self._off = end
+            if end == len(out) and self._stage == _FRAME_END:
+                self._finished = True
+            return out[off:end]
+        if self._done:
+            return b""
+        while True:
+            if self._pos >= len(self._data):
+                if self._finished:
+                    self._done = True
+                    return b""
+                raise ValueError("zstd error in splitstream stream: incomplete frame")
+            if self._finished:  # more input after a frame: the next one
+                self._finished = False
+                self._stage = _FRAME_HEADER
+            got = self._decode(size)
+            if got:
+                return got
+
+    def _feed(self, data: bytes) -> bytes:
+        assert self._obj is not None
+        self._pos += len(data)
+        try:
+            return self._obj.decompress(data)
+        except zstandard.ZstdError as e:
+            raise _stream_error(e) from None
+
+    def _decode(self, size: int) -> bytes:
+        """One ``ZSTD_decompressStream`` call with all the remaining input and ``size`` bytes
+        of room, nothing being held: steps are decoded until the room is used up."""
+        parts: list[bytes] = []
+        room = size
+        data = self._data
+        while True:
+            stage = self._stage
+            pos = self._pos
+            avail = len(data) - pos
+            if stage == _FRAME_END:
+                self._finished = True
+                break
+            following = stage
+            if stage == _FRAME_HEADER:
+                one_pass = self._start_frame(size)
+                if one_pass is not None:
+                    return one_pass
+                if self._stage == _FRAME_HEADER:  # an incomplete header
+                    break
+                continue
+            if stage == _CHECKSUM:
+                step = 4
+                following = _FRAME_END
+            elif avail < 3:
+                step = 3
+            else:
+                header = _le(data, pos, 3)
+                step = 3 + (1 if header >> 1 & 3 == 1 else header >> 3)  # RLE: 1 byte
+                if header & 1:  # the last block
+                    following = _CHECKSUM if self._checksum else _FRAME_END
+            incomplete = step > avail
+            if incomplete:  # the section ends within this step: libzstd takes what is left
+                produced = self._feed(data[pos:])
+            else:
+                produced = self._feed(data[pos : pos + step])
+                self._stage = following
+            if produced:
+                if len(produced) > room:
+                    self._out = produced
+                    self._off = room
+                    parts.append(produced[:room])
+                    break
+                parts.append(produced)
+                room -= len(produced)
+            if incomplete:
+                break
+        return b"".join(parts) if len(parts) != 1 else parts[0]
+
+    def _start_frame(self, size: int) -> bytes | None:
+        """Starts a frame: its header is decoded, or the whole frame in one pass (its output
+        is returned)."""
+        data = self._data
+        pos = self._pos
+        avail = len(data) - pos
+        self._obj = self._dctx.decompressobj()
+        self._out = b""
+        self._off = 0
+        header_size = 0  # 0: unknown (libzstd is given everything, to fail or wait)
+        content_size = -1
+        skippable = False
+        if avail >= 4:
+            magic = _le(data, pos, 4)
+            if magic & _SKIPPABLE_MASK == _SKIPPABLE_START:
+                skippable = True
+                if avail >= 8:
+                    header_size = 8 + _le(data, pos + 4, 4)  # with the skipped content
+            elif magic == _ZSTD_MAGIC and avail >= 5:
+                descriptor = data[pos + 4]
+                single_segment = descriptor >> 5 & 1
+                fcs_flag = descriptor >> 6
+                self._checksum = bool(descriptor & 4)
+                fcs_at = 5 + (not single_segment) + _DICT_ID_SIZES[descriptor & 3]
+                fcs_size = (single_segment, 2, 4, 8)[fcs_flag]
+                header_size = fcs_at + fcs_size
+                if fcs_size and header_size <= avail:
+                    content_size = _le(data, fcs_at + pos, fcs_size) + (256 if fcs_size == 2 else 0)
+        if not header_size or header_size > avail:
+            self._feed(data[pos:])
+            return None
+        if 0 <= content_size <= size:
+            frame_size = _frame_size(data, pos + header_size, self._checksum)
+            if frame_size is not None:
+                self._obj = self._dctx.decompressobj(write_size=size)
+                out = self._feed(data[pos:frame_size])
+                self._stage = _FRAME_END
+                self._finished = True
+                return out
+        self._feed(data[pos : pos + header_size])
+        self._stage = _FRAME_END if skippable else _BLOCK
+        return None
+
+
+def _frame_size(data: bytes, pos: int, checksum: bool) -> int | None:
+    """``ZSTD_findFrameCompressedSize`` after a frame header ending at ``pos``: where the frame
+    ends, or ``None`` if it does not end within ``data``."""
+    end = len(data)
+    while True:
+        if end - pos < 3:
+            return None
+        header = _le(data, pos, 3)
+        kind = header >> 1 & 3
+        if kind == 3:
+            return None
+        pos += 3 + (1 if kind == 1 else header >> 3)
+        if pos > end:
+            return None
+        if header & 1:
+            break
+    if checksum:
+        pos += 4
+    return pos if pos <= end else None
+
 
 class _ChunkReader:
-    """composefs-rs's ``SplitStreamReader`` over parsed chunks: inline reads may not cross
-    chunk boundaries."""
+    """composefs-rs's ``SplitStreamReader`` (``ensure_chunk``, ``read_inline_exact``,
+    ``read_exact``) over the stream section as it is decoded: inline reads may not cross chunk
+    boundaries, and a problem is found only when the reading gets to it."""
 
-    __slots__ = ("_chunk", "_chunks", "_index", "_inline_left", "_object_refs", "_offset")
+    __slots__ = ("_decoder", "_inline_left", "_object_refs")
 
-    def __init__(self, chunks: list[bytes | int], object_refs: list[bytes]) -> None:
-        self._chunks = chunks
+    def __init__(self, decoder: _StreamDecoder, object_refs: list[bytes]) -> None:
+        self._decoder = decoder
         self._object_refs = object_refs
-        self._index = 0
-        self._chunk = b""
-        self._offset = 0
         self._inline_left = 0
 
     def _ensure_chunk(self, eof_ok: bool, ext_ok: bool, expected: int) -> bytes | bool:
         """``True``: inline data (at least ``expected`` bytes); ``False``: the end of the
         stream; ``bytes``: an external object id."""
         if self._inline_left == 0:
-            if self._index == len(self._chunks):
+            word = self._decoder.read_exact(8)
+            if word is None:
                 if not eof_ok:
                     raise ValueError("Unexpected EOF in splitstream")
                 return False
-            chunk = self._chunks[self._index]
-            self._index += 1
-            if isinstance(chunk, int):
+            n = int.from_bytes(word, "little", signed=True)
+            if n < 0:
+                self._inline_left = -n
+            else:
                 if not ext_ok:
                     raise ValueError("Unexpected external reference in splitstream")
-                return self._object_refs[chunk]
-            self._chunk = chunk
-            self._offset = 0
-            self._inline_left = len(chunk)
+                if n >= len(self._object_refs):
+                    raise ValueError("Splitstream external reference is out of range")
+                return self._object_refs[n]
         if self._inline_left < expected:
             raise ValueError("Unexpectedly small inline content when parsing splitstream")
         return True
 
-    def _consume(self, n: int) -> bytes:
-        start = self._offset
-        self._offset = start + n
-        self._inline_left -= n
-        return self._chunk[start : start + n]
+    def _read_inline(self, n: int) -> bytes:
+        data = self._decoder.read_exact(n)
+        if data is None:
+            raise ValueError("Unexpected EOF in splitstream")
+        return data
+
+    def _skip_inline(self, n: int) -> None:
+        while n:
+            take = min(n, _SKIP_PIECE)
+            self._read_inline(take)
+            n -= take
 
     def read_inline_exact(self, n: int) -> bytes | None:
         if self._ensure_chunk(True, False, n) is True:
-            return self._consume(n)
+            self._inline_left -= n
+            return self._read_inline(n)
         return None
 
-    def read_exact(self, actual: int, stored: int) -> bytes | tuple[bytes]:
-        """Inline content (``bytes``) or ``(object_id,)``."""
+    def read_exact(self, actual: int, stored: int, keep: bool) -> bytes | tuple[bytes]:
+        """Inline content (``bytes``; empty unless ``keep``, the bytes being skipped) or
+        ``(object_id,)``."""
         chunk = self._ensure_chunk(False, True, stored)
         if isinstance(chunk, bytes):
             if actual < stored:
-                self._ensure_chunk(False, False, stored - actual)  # the padding
-                self._consume(stored - actual)
+                padding = stored - actual
+                self._ensure_chunk(False, False, padding)
+                self._skip_inline(padding)
+                self._inline_left -= padding
             return (chunk,)
-        return self._consume(stored)[:actual]
+        self._inline_left -= stored
+        if keep:
+            return self._read_inline(stored)[:actual]
+        self._skip_inline(stored)
+        return b""
 
 
 def _make_absolute_path(path: bytes) -> bytes:
@@ -703,7 +951,8 @@ def _entry_tuple(reader: _ChunkReader, entry: _tarcore.ParsedEntry, hash_name: s
     size = entry.size
     flag = entry.entry_type
     type_name = _tarcore.entry_type_name(flag)
-    content = reader.read_exact(size, _round_up(size))
+    # Inline file content is read (and checked after); any other type's is skipped.
+    content = reader.read_exact(size, _round_up(size), entry.is_file and size <= INLINE_CONTENT_MAX)
     link_target: bytes | None = None
     inline: bytes | None = None
     object_id: bytes | None = None
@@ -718,10 +967,8 @@ def _entry_tuple(reader: _ChunkReader, entry: _tarcore.ParsedEntry, hash_name: s
             raise ValueError(f"Splitstream incorrectly stored a small ({size} byte) file external")
         kind = "file"
     elif entry.is_file:
-        if len(content) > INLINE_CONTENT_MAX:
-            raise ValueError(
-                f"Splitstream incorrectly stored a large ({len(content)} byte) file inline"
-            )
+        if size > INLINE_CONTENT_MAX:
+            raise ValueError(f"Splitstream incorrectly stored a large ({size} byte) file inline")
         kind = "file"
         inline = content
     else:
@@ -755,11 +1002,70 @@ def _entry_tuple(reader: _ChunkReader, entry: _tarcore.ParsedEntry, hash_name: s
     )
 
 
+def _read_metadata(stream_file: splitstream.Buffer) -> tuple[int, list[bytes], bytes]:
+    """``(algorithm_id, object_refs, stream_section)``: what :func:`splitstream.parse` checks
+    and returns, except that the stream section is left compressed."""
+    ss = splitstream
+    view = ss._byte_view(stream_file)
+    if len(view) < ss.HEADER_SIZE:
+        raise ValueError("Incomplete read from splitstream file")
+    magic, version, _, algorithm, lg_blocksize, info_start, info_end = ss._HEADER.unpack_from(view)
+    if magic != ss.MAGIC:
+        # the layout written by bootc <= 1.15.x
+        info_start, info_end, _, magic, version, algorithm, lg_blocksize = (
+            ss._OLD_HEADER.unpack_from(view)
+        )
+        if magic != ss.MAGIC:
+            raise ValueError("Invalid splitstream header magic value")
+    if version != 0:
+        raise ValueError(f"Invalid splitstream version {version}")
+    digest_size = ss._DIGEST_SIZES.get(algorithm)
+    if digest_size is None:
+        raise ValueError("Invalid splitstream fs-verity algorithm type")
+    if lg_blocksize != ss.LG_BLOCKSIZE:
+        raise ValueError("Invalid splitstream fs-verity block size")
+    info = ss._read_range(view, info_start, info_end)
+    if len(info) < ss.INFO_SIZE:
+        raise ValueError(
+            f"Error reading splitstream metadata: info section is {len(info)} bytes, "
+            f"expected {ss.INFO_SIZE}"
+        )
+    (
+        stream_refs_start,
+        stream_refs_end,
+        object_refs_start,
+        object_refs_end,
+        stream_start,
+        stream_end,
+        named_refs_start,
+        named_refs_end,
+        _,
+        _,
+    ) = ss._INFO.unpack_from(info)
+    stream_refs = ss._digests(
+        ss._read_range(view, stream_refs_start, stream_refs_end),
+        digest_size,
+        "splitstream references",
+    )
+    object_refs = ss._digests(
+        ss._read_range(view, object_refs_start, object_refs_end),
+        digest_size,
+        "object references",
+    )
+    ss._named_refs(ss._read_range(view, named_refs_start, named_refs_end), len(stream_refs))
+    # read up to the end of the section or of the file, whichever comes first
+    stream_start, stream_end = ss._range(stream_start, stream_end)
+    stream = bytes(view[stream_start:stream_end]) if stream_start < len(view) else b""
+    return algorithm, object_refs, stream
+
+
 def read_entries(stream_file: splitstream.Buffer) -> list[EntryTuple]:
-    """The tar entries of a layer splitstream file (composefs-rs ``tar::get_entry``)."""
-    algorithm_id, _, _, _, object_refs, _, chunks = splitstream.parse(stream_file)
+    """The tar entries of a layer splitstream file (composefs-rs ``tar::get_entry`` until the
+    end). The stream is decoded as it is read, so that a damaged stream fails (or not) where
+    and as composefs-rs fails."""
+    algorithm_id, object_refs, stream = _read_metadata(stream_file)
     hash_name = "sha256" if algorithm_id == 1 else "sha512"
-    reader = _ChunkReader(chunks, object_refs)
+    reader = _ChunkReader(_StreamDecoder(stream), object_refs)
     entries: list[EntryTuple] = []
     while (entry := _get_entry(reader, hash_name)) is not None:
         entries.append(entry)
