@@ -496,3 +496,21 @@ def test_pull_errors_leave_nothing_tagged(repo: Repository, layout: dict[str, An
     with contextlib.suppress(ComposefsError):
         repo.gc()
     assert repo.fsck().ok
+
+
+def test_gc_after_pull_keeps_the_image(repo: Repository, layout: dict[str, Any]) -> None:
+    """The streams written before the EROFS step are garbage; the image lives through the tag."""
+    result = oci.pull(repo, _ref(layout, ":plain"), "img")
+    assert result.image_id is not None
+    gc = repo.gc()
+    assert gc.objects_removed == 2 and not gc.warnings  # the first manifest and config streams
+    for gone in (result.manifest_verity, result.config_verity):
+        assert not os.path.exists(repo.object_path(gone))
+    assert repo.has_image(result.image_id.hex()) == result.image_id
+    img = oci.OciImage.open_ref(repo, "img")
+    assert img.erofs_image(1) == result.image_id
+    assert repo.fsck().ok and oci.oci_fsck(repo).ok
+    # untagged, everything goes
+    oci.untag_image(repo, "img")
+    repo.gc()
+    assert repo.has_image(result.image_id.hex()) is None
