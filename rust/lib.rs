@@ -8,6 +8,7 @@
 pub mod decompress;
 pub mod dumpfile;
 pub mod erofs;
+pub mod fs;
 pub mod fsverity;
 pub mod objects;
 pub mod sha256x;

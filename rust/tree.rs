@@ -548,6 +548,7 @@ pub(crate) mod py {
     pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add_function(wrap_pyfunction!(merge_layers, m)?)?;
         m.add_function(wrap_pyfunction!(mkfs_layers, m)?)?;
+        crate::fs::py::register(m)?;
         Ok(())
     }
 }

@@ -362,3 +362,8 @@ def mkfs_layers(
             raise ValueError(f"unsupported EROFS format version {v} (expected 0, 1 or 2)")
     fs = merge(streams, xattrs)
     return [erofs.write(fs, v) for v in versions]
+
+
+# Reading a directory on disk (composefs-rs ``read_filesystem``): see ``_pure/fs.py``.
+from composefs._pure.fs import mkfs_directory as mkfs_directory  # noqa: E402
+from composefs._pure.fs import scan_directory as scan_directory  # noqa: E402

@@ -5,8 +5,11 @@ command line, as ``cfsctl mkcomposefs`` offers it)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import stat
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from composefs import erofs
@@ -90,25 +93,66 @@ def _add_fs_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _directory_dumpfile(args: argparse.Namespace, repo: Repository | None, algorithm: str) -> bytes:
-    """The directory's tree (objects stored into ``repo`` if given) as an interchange dumpfile."""
-    from composefs import fs
-    from composefs._pure import dumpfile
+def _scan_errors(path: str) -> contextlib.AbstractContextManager[None]:
+    """The backend's errors as :mod:`composefs.fs` raises them: an ``OSError`` chained under
+    "Reading filesystem from PATH" and "Scanning directory|leaf ENTRY" (cfsctl's chain),
+    anything else (the OCI transform's errors) as a :class:`~composefs.fs.FilesystemError`."""
+    from composefs.fs import FilesystemError
 
-    tree = fs.read_directory(args.path, repo, algorithm=algorithm)
-    if not args.no_propagate_usr_to_root:
-        fs.oci_transform(tree, args.xattrs)
-    return dumpfile.write(tree, raw_modes=True)
+    @contextlib.contextmanager
+    def scope() -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            where = os.fsdecode(e.filename) if e.filename is not None else path
+            is_dir = where == path
+            if not is_dir:
+                with contextlib.suppress(OSError):
+                    is_dir = stat.S_ISDIR(os.lstat(where).st_mode)
+            kind = "directory" if is_dir else "leaf"
+            scanning = FilesystemError(f"Scanning {kind} {where}")
+            scanning.__cause__ = e
+            raise FilesystemError(f"Reading filesystem from {path}") from scanning
+        except ValueError as e:
+            raise FilesystemError(str(e)) from None
+
+    return scope()
+
+
+def _scan_args(args: argparse.Namespace, algorithm: str) -> dict[str, Any]:
+    return {
+        "algorithm": algorithm,
+        "transform": not args.no_propagate_usr_to_root,
+        "xattrs": args.xattrs,
+    }
+
+
+def _directory_images(
+    args: argparse.Namespace, repo: Repository | None, algorithm: str, versions: list[int]
+) -> list[bytes]:
+    """The directory's EROFS images in ``versions`` (its files stored into ``repo`` if
+    given), scanned and written by the active backend."""
+    from composefs import _backend
+
+    path = os.fsdecode(args.path)
+    extra: dict[str, Any] = {}
+    if repo is not None:
+        extra = {"objects_fd": repo.objects_fd(), "secure": repo.secure}
+    with _scan_errors(path):
+        images = _backend.backend().tree.mkfs_directory(
+            path, **_scan_args(args, algorithm), versions=versions, **extra
+        )
+    return [bytes(i) for i in images]
 
 
 def cmd_create_image(args: argparse.Namespace) -> int:
     with open_repo(args) as repo:
         repo.ensure_writable()
-        dump = _directory_dumpfile(args, repo, repo.algorithm.hash_name)
         default, extra = repo.metadata.format_config
+        versions = [default, *sorted(v for v in extra if v != default)]
+        images = _directory_images(args, repo, repo.algorithm.hash_name, versions)
         image_id = b""
-        for version in [default, *sorted(v for v in extra if v != default)]:
-            data = erofs.mkfs(dump, version)
+        for version, data in zip(versions, images, strict=True):
             written = repo.write_image(args.image_name if version == default else None, data)
             if version == default:
                 image_id = written
@@ -132,15 +176,20 @@ def _algorithm_and_version(args: argparse.Namespace) -> tuple[str, int]:
 
 def cmd_compute_id(args: argparse.Namespace) -> int:
     algorithm, version = _algorithm_and_version(args)
-    dump = _directory_dumpfile(args, None, algorithm)
-    print(erofs.image_id(erofs.mkfs(dump, version), algorithm).hex())
+    (image,) = _directory_images(args, None, algorithm, [version])
+    print(erofs.image_id(image, algorithm).hex())
     return 0
 
 
 def cmd_create_dumpfile(args: argparse.Namespace) -> int:
+    from composefs import _backend
+
     algorithm, _ = _algorithm_and_version(args)
+    path = os.fsdecode(args.path)
+    with _scan_errors(path):
+        dump = _backend.backend().tree.scan_directory(path, **_scan_args(args, algorithm))
     out = sys.stdout.buffer
-    out.write(_directory_dumpfile(args, None, algorithm))
+    out.write(dump)
     out.flush()
     return 0
 
