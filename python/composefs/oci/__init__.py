@@ -11,8 +11,9 @@ The entry point is :func:`pull`::
 
 ``oci:`` references are read directly from the layout directory; every other transport
 (``docker://``, ``oci-archive:``, ``containers-storage:``, ...) goes through skopeo's image
-proxy. The repository ends up as ``cfsctl oci pull`` would leave it (before cfsctl's EROFS
-step, which is not implemented yet). See ``docs/oci.md``.
+proxy. The repository ends up as ``cfsctl oci pull`` would leave it, composefs EROFS image
+included (:mod:`composefs.oci.filesystem` builds it; ``PullResult.image_id`` names it). See
+``docs/oci.md``.
 """
 
 from __future__ import annotations
