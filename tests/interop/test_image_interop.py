@@ -4,6 +4,7 @@ backends), directories (``create-image``, ``compute-id``, ``create-dumpfile``) a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_oci_interop import build_layout
 
-from composefs import erofs
+from composefs import erofs, splitstream
 from support import run, tool
 
 pytestmark = pytest.mark.interop
@@ -258,3 +259,33 @@ def test_dump_erofs_lists_the_tree(cfsctl: str, layout: Path, tmp_path: Path, ve
         return n
 
     assert walk(tree.root, "/") > 5
+
+
+def test_dual_format_repository(cfsctl: str, layout: Path, tmp_path: Path) -> None:
+    """``erofs_formats: {"default": 1, "extra": [2]}``: both images are written and linked
+    (``composefs.image.v1`` and ``composefs.image``), as cfsctl does for such a repository."""
+    a, b = tmp_path / "cfsctl", tmp_path / "ours"
+    run(cfsctl, "--repo", a, "init", "--insecure", a)
+    ours("--repo", b, "init", "--insecure", b)
+    for repo in (a, b):
+        meta = json.loads((repo / "meta.json").read_text())
+        meta["erofs_formats"]["extra"] = [2]
+        (repo / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    ref = f"oci:{layout}:multi"
+    run(cfsctl, "--repo", a, "oci", "pull", ref)
+    ours("--repo", b, "oci", "pull", ref)
+    config = json.loads(ours("--repo", b, "oci", "inspect", ref))["config"]
+    digest = "sha256:" + hashlib.sha256(config.encode()).hexdigest()
+    refs, targets = {}, {}
+    for repo in (a, b):
+        targets[repo] = os.readlink(repo / "streams" / f"oci-config-{digest}")
+        stream = splitstream.parse((repo / "streams" / targets[repo]).resolve().read_bytes())
+        refs[repo] = stream.named_ref_ids()
+    # the config stream is byte-identical: same layer refs, same two image ids, same order
+    assert targets[a] == targets[b]
+    assert {"composefs.image", "composefs.image.v1"} <= set(refs[b])
+    for version, key in ((1, "composefs.image.v1"), (2, "composefs.image")):
+        args = ["--erofs-version", str(version), "oci", "compute-id", ref]
+        expected = run(cfsctl, "--repo", a, *args).stdout.decode().strip()
+        assert refs[b][key].hex() == expected
+        assert (b / "images" / expected).exists()
