@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_oci_interop import build_layout
+from test_oci_interop import HOST_ARCH, build_layout
 
 from composefs import erofs, splitstream
 from support import run, tool
@@ -289,3 +289,27 @@ def test_dual_format_repository(cfsctl: str, layout: Path, tmp_path: Path) -> No
         expected = run(cfsctl, "--repo", a, *args).stdout.decode().strip()
         assert refs[b][key].hex() == expected
         assert (b / "images" / expected).exists()
+
+
+def test_pull_without_usr_fails_like_cfsctl(cfsctl: str, tmp_path: Path) -> None:
+    """No ``/usr``: both pulls fail after importing the layers; nothing is tagged, the
+    repository checks clean, and the error is one chain without a traceback."""
+    from composefs.oci.layout import LayoutWriter, TarBuilder
+
+    w = LayoutWriter(tmp_path / "img")
+    blob = w.layer(TarBuilder().dir("etc").file("etc/a", b"a" * 100).build(), "none")
+    w.write_index([w.tagged(w.image([blob], architecture=HOST_ARCH), "nousr")])
+    ref = f"oci:{tmp_path / 'img'}:nousr"
+    for name, cli in (("cfsctl", (cfsctl,)), ("ours", (sys.executable, "-m", "composefs.cli"))):
+        repo = tmp_path / name
+        run(*cli, "--repo", repo, "init", "--insecure", repo)
+        proc = run(*cli, "--repo", repo, "oci", "pull", ref, check=False)
+        assert proc.returncode == 1
+        assert b'Directory entry "usr" does not exist' in proc.stderr
+        tags = repo / "streams/refs/oci"
+        assert not tags.exists() or not any(tags.iterdir())
+        assert run(cfsctl, "--repo", repo, "fsck").stdout.endswith(b"status: ok\n")
+        if name == "ours":
+            assert b"Traceback" not in proc.stderr
+            first = proc.stderr.decode().splitlines()[0]
+            assert first.startswith("Error: Creating the composefs image of manifest sha256:")
