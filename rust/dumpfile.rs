@@ -261,6 +261,69 @@ pub fn debug_bytes(bytes: &[u8]) -> String {
 
 /// composefs-rs `unescape_limited`.
 fn unescape_limited(s: &str, max: usize) -> Result<Vec<u8>, String> {
+    unescape_fast(s.as_bytes(), max).map_or_else(|| unescape_slow(s, max), Ok)
+}
+
+/// [`unescape_slow`] for input it accepts with only `\\`, `\n`, `\r`, `\t` and `\xHH` escapes
+/// (`HH` ASCII hex digits); `None` for anything else, [`unescape_slow`] then decides.
+fn unescape_fast(s: &[u8], max: usize) -> Option<Vec<u8>> {
+    let hex = |c: u8| Some(HEX_DIGIT[usize::from(c)]).filter(|&v| v != 0xff);
+    let mut r = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        // The limit is checked before each character: a run that could reach it is left to
+        // the slow path.
+        let run = s[i..]
+            .iter()
+            .position(|&c| c == b'\\')
+            .unwrap_or(s.len() - i);
+        if r.len() + run > max {
+            return None;
+        }
+        r.extend_from_slice(&s[i..i + run]);
+        i += run;
+        if i == s.len() {
+            break;
+        }
+        if r.len() == max {
+            return None;
+        }
+        let b = match *s.get(i + 1)? {
+            b'\\' => b'\\',
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'x' => {
+                let v = (hex(*s.get(i + 2)?)? << 4) | hex(*s.get(i + 3)?)?;
+                i += 2;
+                v
+            }
+            _ => return None,
+        };
+        r.push(b);
+        i += 2;
+    }
+    Some(r)
+}
+
+/// The value of an ASCII hex digit, 0xff for any other byte.
+const HEX_DIGIT: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+fn unescape_slow(s: &str, max: usize) -> Result<Vec<u8>, String> {
     if !s.contains('\\') && s.is_ascii() {
         let len = s.len();
         if len > max {
@@ -437,9 +500,29 @@ fn parse_xattr(s: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
     Ok((key, value))
 }
 
+/// `line.split(' ')`.
+struct Fields<'a>(Option<&'a str>);
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.0?;
+        match rest.bytes().position(|b| b == b' ') {
+            Some(i) => {
+                self.0 = Some(&rest[i + 1..]);
+                Some(&rest[..i])
+            }
+            None => {
+                self.0 = None;
+                Some(rest)
+            }
+        }
+    }
+}
+
 /// composefs-rs `Entry::parse`.
 fn parse_entry(line: &str) -> Result<Entry, String> {
-    let mut fields = line.split(' ');
+    let mut fields = Fields(Some(line));
     let mut next = |name: &str| fields.next().ok_or_else(|| format!("Missing {name}"));
     let path = unescape_canonical(next("path")?)?;
     let size = num::<u64>(next("size")?)?;
@@ -548,7 +631,7 @@ fn parse_entry(line: &str) -> Result<Entry, String> {
 }
 
 /// composefs-rs `entry_to_stat`.
-fn entry_stat(entry: &Entry) -> Result<Stat, String> {
+fn entry_stat(entry: &mut Entry) -> Result<Stat, String> {
     let nsec = entry.mtime_nsec;
     if nsec >= 1_000_000_000 {
         return Err(format!(
@@ -561,7 +644,9 @@ fn entry_stat(entry: &Entry) -> Result<Stat, String> {
         gid: entry.gid,
         mtime: entry.mtime,
         mtime_nsec: nsec as u32,
-        xattrs: entry.xattrs.iter().cloned().collect::<BTreeMap<_, _>>(),
+        xattrs: std::mem::take(&mut entry.xattrs)
+            .into_iter()
+            .collect::<BTreeMap<_, _>>(),
     })
 }
 
@@ -572,6 +657,19 @@ pub fn decode_hex(hex: &[u8], n: usize) -> Result<Vec<u8>, String> {
     }
     if hex.len() / 2 != n {
         return Err("Invalid string length".into());
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut bad = 0u8;
+    for pair in hex.chunks_exact(2) {
+        let (h, l) = (
+            HEX_DIGIT[usize::from(pair[0])],
+            HEX_DIGIT[usize::from(pair[1])],
+        );
+        bad |= h | l;
+        out.push((h << 4) | (l & 0xf));
+    }
+    if bad & 0xf0 == 0 {
+        return Ok(out);
     }
     let val = |i: usize| -> Result<u8, String> {
         let c = hex[i];
@@ -652,97 +750,129 @@ fn lookup_dir_mut<'a>(root: &'a mut Directory, parent: &[u8]) -> Result<&'a mut 
 /// composefs-rs `add_entry_to_filesystem`.
 fn add_entry(
     fs: &mut FileSystem,
-    entry: Entry,
-    hardlinks: &mut HashMap<Vec<u8>, usize>,
+    mut entry: Entry,
+    hardlinks: &mut HashMap<Vec<u8>, usize, PathHash>,
 ) -> Result<(), String> {
     if entry.path == b"/" {
-        fs.root.stat = entry_stat(&entry)?;
+        fs.root.stat = entry_stat(&mut entry)?;
         return Ok(());
     }
-    let slash = entry.path.iter().rposition(|&b| b == b'/').unwrap_or(0);
-    let parent: &[u8] = if slash == 0 {
-        b"/"
-    } else {
-        &entry.path[..slash]
-    };
-    let name = &entry.path[slash + 1..];
+    let path = std::mem::take(&mut entry.path);
+    let slash = path.iter().rposition(|&b| b == b'/').unwrap_or(0);
+    let parent: &[u8] = if slash == 0 { b"/" } else { &path[..slash] };
+    let name = &path[slash + 1..];
     let push = |fs: &mut FileSystem, stat: Stat, content: Content| {
         fs.leaves.push(Leaf { stat, content });
         fs.leaves.len() - 1
     };
-    let inode = match &entry.item {
+    let item = std::mem::replace(&mut entry.item, Item::Fifo);
+    let inode = match item {
         Item::Directory => Inode::Directory(Box::new(Directory {
-            stat: entry_stat(&entry)?,
+            stat: entry_stat(&mut entry)?,
             entries: BTreeMap::new(),
         })),
-        Item::Hardlink(target) => match hardlinks.get(target) {
+        Item::Hardlink(target) => match hardlinks.get(&target) {
             Some(&id) => Inode::Leaf(id),
             None => {
                 return Err(format!(
                     "Hardlink target not found: {}",
-                    debug_bytes(target)
+                    debug_bytes(&target)
                 ))
             }
         },
         Item::RegularInline { size, content } => {
-            let stat = entry_stat(&entry)?;
-            let content = if content.is_empty() && *size > 0 {
-                Content::Sparse(*size)
+            let stat = entry_stat(&mut entry)?;
+            let content = if content.is_empty() && size > 0 {
+                Content::Sparse(size)
             } else {
-                Content::Inline(content.clone())
+                Content::Inline(content)
             };
             Inode::Leaf(push(fs, stat, content))
         }
         Item::Regular { size, path, digest } => {
-            let stat = entry_stat(&entry)?;
+            let stat = entry_stat(&mut entry)?;
             let content = match digest {
                 Some(d) => Content::External {
-                    id: digest_from_hex(d)?,
-                    size: *size,
+                    id: digest_from_hex(&d)?,
+                    size,
                 },
                 None => Content::ExternalNoVerity {
-                    id: id_from_object_path(path)?,
-                    size: *size,
+                    id: id_from_object_path(&path)?,
+                    size,
                 },
             };
             Inode::Leaf(push(fs, stat, content))
         }
         Item::Device { nlink, rdev } => {
             let is_char = entry.mode & S_IFMT != S_IFBLK;
-            if is_char && *rdev == 0 && *nlink > 1 {
+            if is_char && rdev == 0 && nlink > 1 {
                 return Err(format!(
                     "invalid dumpfile: whiteout entry {} has nlink > 1",
-                    debug_bytes(&entry.path)
+                    debug_bytes(&path)
                 ));
             }
-            let stat = entry_stat(&entry)?;
+            let stat = entry_stat(&mut entry)?;
             let content = if is_char {
-                Content::CharacterDevice(*rdev)
+                Content::CharacterDevice(rdev)
             } else {
-                Content::BlockDevice(*rdev)
+                Content::BlockDevice(rdev)
             };
             Inode::Leaf(push(fs, stat, content))
         }
         Item::Symlink(target) => {
-            let stat = entry_stat(&entry)?;
-            Inode::Leaf(push(fs, stat, Content::Symlink(target.clone())))
+            let stat = entry_stat(&mut entry)?;
+            Inode::Leaf(push(fs, stat, Content::Symlink(target)))
         }
         Item::Fifo => {
-            let stat = entry_stat(&entry)?;
+            let stat = entry_stat(&mut entry)?;
             Inode::Leaf(push(fs, stat, Content::Fifo))
         }
         Item::Socket => {
-            let stat = entry_stat(&entry)?;
+            let stat = entry_stat(&mut entry)?;
             Inode::Leaf(push(fs, stat, Content::Socket))
         }
     };
-    if let Inode::Leaf(id) = inode {
-        hardlinks.insert(entry.path.clone(), id);
-    }
+    let leaf = match inode {
+        Inode::Leaf(id) => Some(id),
+        Inode::Directory(_) => None,
+    };
     let dir = lookup_dir_mut(&mut fs.root, parent)
         .map_err(|e| format!("Parent directory not found: {}: {e}", debug_bytes(parent)))?;
     dir.entries.insert(name.to_vec(), inode);
+    if let Some(id) = leaf {
+        hardlinks.insert(path, id);
+    }
     Ok(())
+}
+
+/// A cheap hasher for the hard link table (FxHash-like; the keys are the file's own paths).
+#[derive(Clone, Copy, Default)]
+struct PathHash;
+
+impl std::hash::BuildHasher for PathHash {
+    type Hasher = PathHasher;
+    fn build_hasher(&self) -> PathHasher {
+        PathHasher(0)
+    }
+}
+
+struct PathHasher(u64);
+
+impl std::hash::Hasher for PathHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let v = u64::from_le_bytes(c.try_into().unwrap_or_default());
+            self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
 }
 
 fn is_blank(line: &str) -> bool {
@@ -758,7 +888,7 @@ pub fn parse(text: &[u8]) -> Result<FileSystem, String> {
     let first = lines
         .next()
         .ok_or("Dumpfile is empty, expected root directory entry")?;
-    let root = parse_entry(first).map_err(|e| line_err(first, e))?;
+    let mut root = parse_entry(first).map_err(|e| line_err(first, e))?;
     if root.path != b"/" {
         return Err(format!(
             "Dumpfile must start with root directory entry, found: {}",
@@ -767,12 +897,12 @@ pub fn parse(text: &[u8]) -> Result<FileSystem, String> {
     }
     let mut fs = FileSystem {
         root: Directory {
-            stat: entry_stat(&root)?,
+            stat: entry_stat(&mut root)?,
             entries: BTreeMap::new(),
         },
         leaves: Vec::new(),
     };
-    let mut hardlinks = HashMap::new();
+    let mut hardlinks = HashMap::with_hasher(PathHash);
     for line in lines {
         let entry = parse_entry(line).map_err(|e| line_err(line, e))?;
         add_entry(&mut fs, entry, &mut hardlinks)?;
@@ -826,6 +956,57 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse(text.as_bytes()).unwrap_err()
+    }
+
+    /// The shortcuts decide only what the slow paths would, and the same way.
+    #[test]
+    fn unescape_and_hex_shortcuts() {
+        let pieces = [
+            "a", "\\", "\\\\", "\\n", "\\t", "\\r", "\\x41", "\\xfF", "\\x4", "\\xg1", "\\x+f",
+            "\\q", "é", "€", "\\xé1", "=", " ", "\u{0}",
+        ];
+        let mut seed = 1u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        for _ in 0..20000 {
+            let s: String = (0..next() % 8)
+                .map(|_| pieces[next() % pieces.len()])
+                .collect();
+            for max in [0, 1, 2, 3, 5, 8, usize::MAX] {
+                let fast = unescape_fast(s.as_bytes(), max);
+                if let Some(f) = &fast {
+                    assert_eq!(Ok(f.clone()), unescape_slow(&s, max), "{s:?} {max}");
+                }
+                assert_eq!(
+                    unescape_limited(&s, max),
+                    unescape_slow(&s, max),
+                    "{s:?} {max}"
+                );
+            }
+            let hex: Vec<u8> = s.bytes().collect();
+            if hex.len().is_multiple_of(2) {
+                let n = hex.len() / 2;
+                let slow: Result<Vec<u8>, String> = (0..n)
+                    .map(|k| {
+                        let v = |i: usize| match hex[i] {
+                            c @ b'0'..=b'9' => Ok(c - b'0'),
+                            c @ b'a'..=b'f' => Ok(c - b'a' + 10),
+                            c @ b'A'..=b'F' => Ok(c - b'A' + 10),
+                            c => Err(format!(
+                                "Invalid character {:?} at position {i}",
+                                char::from(c)
+                            )),
+                        };
+                        Ok((v(2 * k)? << 4) | v(2 * k + 1)?)
+                    })
+                    .collect();
+                assert_eq!(decode_hex(&hex, n), slow, "{s:?}");
+            }
+        }
     }
 
     #[test]

@@ -135,21 +135,29 @@ fn not_a_directory(name: &[u8]) -> String {
 /// components dropped, `..` resolved lexically; climbing above the root is an error.
 pub fn normalize_path(path: &[u8]) -> Result<Vec<&[u8]>, String> {
     let mut out: Vec<&[u8]> = Vec::new();
+    normalize_into(path, &mut out)?;
+    Ok(out)
+}
+
+/// [`normalize_path`], appending the components to `out` (what was there is kept).
+fn normalize_into<'a>(path: &'a [u8], out: &mut Vec<&'a [u8]>) -> Result<(), String> {
+    let start = out.len();
     for c in path.split(|&b| b == b'/') {
         match c {
             b"" | b"." => {}
             b".." => {
-                if out.pop().is_none() {
+                if out.len() == start {
                     return Err(format!(
                         "path escapes the image root: {}",
                         String::from_utf8_lossy(path)
                     ));
                 }
+                out.pop();
             }
             _ => out.push(c),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn join(components: &[&[u8]]) -> Vec<u8> {
@@ -270,22 +278,56 @@ fn entry_content(e: &tar_split::Entry) -> Content {
     }
 }
 
+/// The inode of a directory or leaf entry (a new leaf is added to `leaves`).
+fn new_inode(leaves: &mut Vec<Leaf>, e: &tar_split::Entry) -> Inode {
+    if e.kind == Kind::Dir {
+        return Inode::Directory(Box::new(Directory::new(entry_stat(e))));
+    }
+    leaves.push(Leaf {
+        stat: entry_stat(e),
+        content: entry_content(e),
+    });
+    Inode::Leaf(leaves.len() - 1)
+}
+
+fn unpack_error(e: &tar_split::Entry, m: &str) -> String {
+    format!(
+        "Error unpacking container layer file {}: {m}",
+        debug_bytes(&e.path)
+    )
+}
+
 impl FileSystem {
     /// Applies one layer's entries: pass 1 its whiteouts against the tree of the lower
     /// layers, pass 2 everything else in stream order (composefs-rs `process_entry`).
     fn apply_layer(&mut self, entries: &[tar_split::Entry]) -> Result<(), String> {
-        // Member names and hard link targets are resolved first, in stream order.
-        let mut paths = Vec::with_capacity(entries.len());
-        let mut targets = Vec::with_capacity(entries.len());
+        // Member names and hard link targets are resolved first, in stream order: the
+        // components of all of them in `arena`, each name's as a range of it.
+        let mut arena: Vec<&[u8]> = Vec::with_capacity(entries.len() * 4);
+        let mut spans = Vec::with_capacity(entries.len());
         for e in entries {
-            paths.push(normalize_path(&e.path)?);
-            targets.push(match (e.kind, &e.link_target) {
-                (Kind::Hardlink, Some(t)) => Some(normalize_path(t)?),
+            let start = arena.len();
+            normalize_into(&e.path, &mut arena)?;
+            let mid = arena.len();
+            let target = match (e.kind, &e.link_target) {
+                (Kind::Hardlink, Some(t)) => {
+                    normalize_into(t, &mut arena)?;
+                    Some(arena.len())
+                }
                 _ => None,
-            });
+            };
+            spans.push((start, mid, target));
         }
+        let comps_of = |i: usize| {
+            let (a, b, _) = spans[i];
+            &arena[a..b]
+        };
+        let target_of = |i: usize| {
+            let (_, b, t) = spans[i];
+            t.map(|t| &arena[b..t])
+        };
         // Pass 1: the whiteouts, against the tree of the lower layers.
-        for comps in &paths {
+        for comps in (0..entries.len()).map(comps_of) {
             let Some((name, parent)) = comps.split_last() else {
                 continue;
             };
@@ -300,13 +342,47 @@ impl FileSystem {
                 }
             }
         }
-        // Pass 2: the other entries, in stream order.
-        for ((e, comps), target) in entries.iter().zip(&paths).zip(&targets) {
+        // Pass 2: the other entries, in stream order. After an entry that is not a hard
+        // link, the following such entries in the same directory are added to it without
+        // looking it up again (nothing they do can move it).
+        let mut i = 0;
+        while i < entries.len() {
+            let (e, comps) = (&entries[i], comps_of(i));
+            i += 1;
             if comps.last().is_some_and(|n| is_whiteout(n)) {
                 continue;
             }
-            self.process_entry(e, comps, target.as_deref())
-                .map_err(|m| format!("Processing tar entry: {m}"))?;
+            let Some((name, parent)) = comps.split_last() else {
+                self.process_entry(e, comps, None)
+                    .map_err(|m| format!("Processing tar entry: {m}"))?;
+                continue;
+            };
+            if e.kind == Kind::Hardlink {
+                self.process_entry(e, comps, target_of(i - 1))
+                    .map_err(|m| format!("Processing tar entry: {m}"))?;
+                continue;
+            }
+            let FileSystem { root, leaves } = self;
+            let inode = new_inode(leaves, e);
+            let dir = root
+                .dir_mut(parent)
+                .map_err(|m| format!("Processing tar entry: {}", unpack_error(e, &m)))?;
+            dir.merge(name, inode);
+            while i < entries.len() {
+                let (e, comps) = (&entries[i], comps_of(i));
+                if comps.last().is_some_and(|n| is_whiteout(n)) {
+                    i += 1;
+                    continue;
+                }
+                let Some((name, p)) = comps.split_last() else {
+                    break;
+                };
+                if e.kind == Kind::Hardlink || p != parent {
+                    break;
+                }
+                dir.merge(name, new_inode(leaves, e));
+                i += 1;
+            }
         }
         Ok(())
     }
@@ -347,20 +423,9 @@ impl FileSystem {
                     None => return Err(not_found(tname)),
                 }
             }
-            _ => {
-                self.leaves.push(Leaf {
-                    stat: entry_stat(e),
-                    content: entry_content(e),
-                });
-                Inode::Leaf(self.leaves.len() - 1)
-            }
+            _ => new_inode(&mut self.leaves, e),
         };
-        let dir = self.root.dir_mut(parent).map_err(|m| {
-            format!(
-                "Error unpacking container layer file {}: {m}",
-                debug_bytes(&e.path)
-            )
-        })?;
+        let dir = self.root.dir_mut(parent).map_err(|m| unpack_error(e, &m))?;
         dir.merge(name, inode);
         Ok(())
     }
@@ -687,6 +752,39 @@ mod tests {
 /usr/lib 9 120777 1 0 0 0 1000.0 elsewhere - -
 ";
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn runs_in_one_directory() {
+        // entries of one directory in a row, mixed with replacements, a new sibling, a hard
+        // link and a whiteout (its own layer: whiteouts apply to lower layers only)
+        let l = layer(&[
+            M::Dir("usr"),
+            M::File("usr/a", b"1"),
+            M::Dir("usr/b"),
+            M::Dir("usr/a"),
+            M::File("usr/a/x", b"2"),
+            M::File("usr/c", b"3"),
+            M::Link("usr/h", "usr/c"),
+            M::File("usr/b", b"4"),
+            M::File("usr/.wh.c", b""),
+            M::File("usr/d", b"5"),
+        ]);
+        assert_eq!(
+            paths(&[l]),
+            ["/usr", "/usr/a", "/usr/a/x", "/usr/b", "/usr/c", "/usr/d", "/usr/h"]
+        );
+        let d = dump(&[layer(&[
+            M::Dir("usr"),
+            M::Dir("usr/b"),
+            M::File("usr/b", b"x"),
+        ])]);
+        assert!(d.unwrap().contains("/usr/b 1 100644 1 "));
+        assert_eq!(
+            dump(&[layer(&[M::Dir("usr"), M::File("usr/f", b""), M::File("usr/f/x", b"")])])
+                .unwrap_err(),
+            "Processing tar entry: Error unpacking container layer file \"/usr/f/x\": Directory entry \"f\" is not a subdirectory"
+        );
     }
 
     #[test]
