@@ -25,11 +25,18 @@ def measure(benchmark: Any) -> Callable[..., Any]:
     """Runs ``fn`` under pytest-benchmark and records its median for the ratio report."""
 
     def run(
-        group: str, name: str, fn: Callable[[], Any], *, rounds: int = 5, reference: bool = False
+        group: str,
+        name: str,
+        fn: Callable[[], Any],
+        *,
+        rounds: int = 5,
+        reference: bool = False,
+        setup: Callable[[], None] | None = None,
     ) -> Any:
+        """``setup`` (not timed) runs before every round, the warm-up round included."""
         benchmark.group = group
         benchmark.name = name
-        result = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+        result = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1, setup=setup)
         record(group, name, benchmark.stats.stats.median, reference=reference)
         return result
 

@@ -13,6 +13,10 @@ backend (if ``composefs._pure.tar_split`` exists), and the reference ``cfsctl oc
 For ``files10k`` the "two-core SHA-256 limit" is measured as well: the sha256 of the tar and the
 fs-verity digest of the same bytes, computed at the same time on the two cores.
 
+Each round writes into a fresh repository on tmpfs (``/dev/shm``, when it has room; else
+``/tmp``); the previous round's repository is removed before the round, untimed, so disk
+writeback of earlier rounds does not land in later timings (it made the same code vary by 2.5x).
+
 Every candidate runs in a subprocess, so its peak RSS (``ru_maxrss``) is that of the import
 alone; it is printed after each benchmark. The inputs are generated once and cached in
 ``/tmp/composefs-layer-bench`` (delete it to regenerate).
@@ -148,15 +152,31 @@ def inputs() -> dict[str, Input]:
 # -- running candidates in subprocesses -------------------------------------------------------
 
 
+def _repo_dir() -> str:
+    """tmpfs when it has room for a few repositories (no disk writeback in the timings), else
+    /tmp."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return "/tmp"
+    room = st.f_bavail * st.f_frsize
+    return "/dev/shm" if room > 8 << 30 and os.access("/dev/shm", os.W_OK) else "/tmp"
+
+
 class Repos:
-    """Fresh repository directories, removed when the benchmark is done."""
+    """Fresh repository directories: ``rotate()`` (the benchmark's untimed set-up) removes the
+    previous round's repository and names a new one, ``current`` is it."""
 
     def __init__(self) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="layer-bench-", dir="/tmp"))
+        self.base = Path(tempfile.mkdtemp(prefix="layer-bench-", dir=_repo_dir()))
         self.n = 0
 
-    def new(self) -> Path:
+    def rotate(self) -> None:
+        shutil.rmtree(self.current, ignore_errors=True)
         self.n += 1
+
+    @property
+    def current(self) -> Path:
         return self.base / f"r{self.n}"
 
     def cleanup(self) -> None:
@@ -280,9 +300,10 @@ def test_cfsctl(measure, inputs, repos, peaks, key: str) -> None:  # type: ignor
     measure(
         inp.name,
         label,
-        lambda: peaks.add(_cfsctl_run(cfsctl, inp, repos.new(), False)),
+        lambda: peaks.add(_cfsctl_run(cfsctl, inp, repos.current, False)),
         rounds=ROUNDS[key],
         reference=True,
+        setup=repos.rotate,
     )
     peaks.report(f"{inp.name} / cfsctl")
 
@@ -301,9 +322,10 @@ def test_native(measure, inputs, repos, peaks, key: str) -> None:  # type: ignor
         inp.name,
         "native split_layer",
         lambda: peaks.add(
-            _pipeline((_split_cmd("composefs._native.tar_split", inp, repos.new() / "o"), {}))
+            _pipeline((_split_cmd("composefs._native.tar_split", inp, repos.current / "o"), {}))
         ),
         rounds=ROUNDS[key],
+        setup=repos.rotate,
     )
     peak = peaks.report(f"{inp.name} / native")
     assert peak < 200 * 1024, f"native peak RSS {peak} KiB"
@@ -321,9 +343,10 @@ def test_pure(measure, inputs, repos, peaks, key: str) -> None:  # type: ignore[
         inp.name,
         "pure python split_layer",
         lambda: peaks.add(
-            _pipeline((_split_cmd("composefs._pure.tar_split", inp, repos.new() / "o"), {}))
+            _pipeline((_split_cmd("composefs._pure.tar_split", inp, repos.current / "o"), {}))
         ),
         rounds=1 if key != "files10k" else 3,
+        setup=repos.rotate,
     )
     peaks.report(f"{inp.name} / pure")
 
@@ -353,8 +376,9 @@ def test_cfsctl_on_plain_tar(measure, inputs, repos, peaks, key: str) -> None:  
     measure(
         inp.name,
         "cfsctl on the uncompressed tar (no decompression)",
-        lambda: peaks.add(_cfsctl_run(cfsctl, inp, repos.new(), True)),
+        lambda: peaks.add(_cfsctl_run(cfsctl, inp, repos.current, True)),
         rounds=3,
+        setup=repos.rotate,
     )
     peaks.report(f"{inp.name} / cfsctl on the uncompressed tar")
 
