@@ -27,6 +27,7 @@ import stat as statmod
 from collections.abc import Iterator
 
 from composefs import fsverity
+from composefs._pure.fs import _read_small
 from composefs._pure.tree import Directory, FileSystem, Leaf, Stat
 from composefs.errors import ComposefsError
 from composefs.fsverity import AlgorithmLike
@@ -66,18 +67,6 @@ def _stat(fd: int, st: os.stat_result) -> Stat:
         mtime_nsec=nsec,
         xattrs=_xattrs(fd),
     )
-
-
-def _read_small(fd: int, size: int) -> bytes:
-    chunks: list[bytes] = []
-    remaining = size
-    while remaining > 0:
-        data = os.read(fd, remaining)
-        if not data:
-            break
-        chunks.append(data)
-        remaining -= len(data)
-    return b"".join(chunks)
 
 
 class _Scanner:
