@@ -28,7 +28,14 @@ from collections.abc import Iterator
 
 from composefs import fsverity
 from composefs._pure.fs import _read_small
-from composefs._pure.tree import Directory, FileSystem, Leaf, Stat
+from composefs._pure.tree import (
+    CONTAINER_XATTR_ALLOWLIST,
+    Directory,
+    FileSystem,
+    Leaf,
+    Stat,
+    _transform_for_oci,
+)
 from composefs.errors import ComposefsError
 from composefs.fsverity import AlgorithmLike
 from composefs.repository import Repository
@@ -41,7 +48,6 @@ __all__ = [
 ]
 
 INLINE_CONTENT_MAX = 64
-CONTAINER_XATTR_ALLOWLIST = (b"security.capability",)
 XATTR_MODES = ("allowlist-only", "keep-user-xattrs")
 
 
@@ -210,21 +216,6 @@ def read_directory(
 # -- the OCI transform ---------------------------------------------------------------------
 
 
-def _get_directory(root: Directory, name: bytes) -> Directory | None:
-    entry = root.entries.get(name)
-    if entry is None:
-        return None
-    if not isinstance(entry, Directory):
-        raise FilesystemError(f"Directory entry {_debug(name)} is not a subdirectory")
-    return entry
-
-
-def _debug(name: bytes) -> str:
-    """Rust's ``Debug`` of an ``OsStr`` (for the error texts composefs-rs prints)."""
-    text = name.decode("utf-8", errors="backslashreplace")
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _walk_stats(fs: FileSystem) -> Iterator[Stat]:
     """Every directory's stat, then each leaf's stat once (hard links share one)."""
     seen: set[int] = set()
@@ -255,24 +246,10 @@ def oci_transform(fs: FileSystem, xattrs: str = "allowlist-only") -> FileSystem:
     """
     if xattrs not in XATTR_MODES:
         raise ValueError(f"unknown xattr filtering mode {xattrs!r} (expected one of {XATTR_MODES})")
-    usr = _get_directory(fs.root, b"usr")
-    if usr is None:
-        raise FilesystemError(f"Directory entry {_debug(b'usr')} does not exist")
-    root = fs.root.stat
-    root.mode, root.uid, root.gid = usr.stat.mode, usr.stat.uid, usr.stat.gid
-    root.mtime, root.mtime_nsec = usr.stat.mtime, usr.stat.mtime_nsec
-    root.xattrs = dict(usr.stat.xattrs)
-    run = _get_directory(fs.root, b"run")
-    if run is not None:
-        run.stat.mtime, run.stat.mtime_nsec = usr.stat.mtime, usr.stat.mtime_nsec
-        run.entries.clear()
-    keep_user = xattrs == "keep-user-xattrs"
-    for st in _walk_stats(fs):
-        st.xattrs = {
-            k: v
-            for k, v in st.xattrs.items()
-            if k in CONTAINER_XATTR_ALLOWLIST or (keep_user and k.startswith(b"user."))
-        }
+    try:
+        _transform_for_oci(fs, xattrs)  # the layer merge's own transform
+    except ValueError as e:
+        raise FilesystemError(str(e)) from None
     return fs
 
 
