@@ -359,12 +359,12 @@ def _chunks(data: bytes, n_object_refs: int) -> list[Chunk]:
 ParseResult = tuple[int, int, int, list[bytes], list[bytes], list[tuple[str, int]], list[Chunk]]
 
 
-def parse(data: Buffer) -> ParseResult:
-    """Parses a whole splitstream file (current or legacy header).
-
-    Returns ``(algorithm_id, content_type, stream_size, stream_refs, object_refs, named_refs,
-    chunks)``; see ``docs/internals.md``. Raises :class:`ValueError` on malformed input.
-    """
+def read_metadata(
+    data: Buffer,
+) -> tuple[int, int, int, list[bytes], list[bytes], list[tuple[str, int]], bytes]:
+    """Everything :func:`parse` checks and returns except the chunks: ``(algorithm_id,
+    content_type, stream_size, stream_refs, object_refs, named_refs, stream_section)``, the
+    stream section still compressed (for readers that decode it as they go)."""
     view = _byte_view(data)
     if len(view) < HEADER_SIZE:
         raise ValueError("Incomplete read from splitstream file")
@@ -420,6 +420,18 @@ def parse(data: Buffer) -> ParseResult:
     # whichever comes first: a truncated section shows up as a zstd error.
     stream_start, stream_end = _range(stream_start, stream_end)
     stream = bytes(view[stream_start:stream_end]) if stream_start < len(view) else b""
+    return (algorithm, content_type, stream_size, stream_refs, object_refs, named_refs, stream)
+
+
+def parse(data: Buffer) -> ParseResult:
+    """Parses a whole splitstream file (current or legacy header).
+
+    Returns ``(algorithm_id, content_type, stream_size, stream_refs, object_refs, named_refs,
+    chunks)``; see ``docs/internals.md``. Raises :class:`ValueError` on malformed input.
+    """
+    algorithm, content_type, stream_size, stream_refs, object_refs, named_refs, stream = (
+        read_metadata(data)
+    )
     # composefs-rs reads the stream chunk by chunk, starting with an 8-byte chunk header.
     chunks = _chunks(_decompress(stream, "stream", 8), len(object_refs))
     return (algorithm, content_type, stream_size, stream_refs, object_refs, named_refs, chunks)

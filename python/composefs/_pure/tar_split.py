@@ -1002,68 +1002,11 @@ def _entry_tuple(reader: _ChunkReader, entry: _tarcore.ParsedEntry, hash_name: s
     )
 
 
-def _read_metadata(stream_file: splitstream.Buffer) -> tuple[int, list[bytes], bytes]:
-    """``(algorithm_id, object_refs, stream_section)``: what :func:`splitstream.parse` checks
-    and returns, except that the stream section is left compressed."""
-    ss = splitstream
-    view = ss._byte_view(stream_file)
-    if len(view) < ss.HEADER_SIZE:
-        raise ValueError("Incomplete read from splitstream file")
-    magic, version, _, algorithm, lg_blocksize, info_start, info_end = ss._HEADER.unpack_from(view)
-    if magic != ss.MAGIC:
-        # the layout written by bootc <= 1.15.x
-        info_start, info_end, _, magic, version, algorithm, lg_blocksize = (
-            ss._OLD_HEADER.unpack_from(view)
-        )
-        if magic != ss.MAGIC:
-            raise ValueError("Invalid splitstream header magic value")
-    if version != 0:
-        raise ValueError(f"Invalid splitstream version {version}")
-    digest_size = ss._DIGEST_SIZES.get(algorithm)
-    if digest_size is None:
-        raise ValueError("Invalid splitstream fs-verity algorithm type")
-    if lg_blocksize != ss.LG_BLOCKSIZE:
-        raise ValueError("Invalid splitstream fs-verity block size")
-    info = ss._read_range(view, info_start, info_end)
-    if len(info) < ss.INFO_SIZE:
-        raise ValueError(
-            f"Error reading splitstream metadata: info section is {len(info)} bytes, "
-            f"expected {ss.INFO_SIZE}"
-        )
-    (
-        stream_refs_start,
-        stream_refs_end,
-        object_refs_start,
-        object_refs_end,
-        stream_start,
-        stream_end,
-        named_refs_start,
-        named_refs_end,
-        _,
-        _,
-    ) = ss._INFO.unpack_from(info)
-    stream_refs = ss._digests(
-        ss._read_range(view, stream_refs_start, stream_refs_end),
-        digest_size,
-        "splitstream references",
-    )
-    object_refs = ss._digests(
-        ss._read_range(view, object_refs_start, object_refs_end),
-        digest_size,
-        "object references",
-    )
-    ss._named_refs(ss._read_range(view, named_refs_start, named_refs_end), len(stream_refs))
-    # read up to the end of the section or of the file, whichever comes first
-    stream_start, stream_end = ss._range(stream_start, stream_end)
-    stream = bytes(view[stream_start:stream_end]) if stream_start < len(view) else b""
-    return algorithm, object_refs, stream
-
-
 def read_entries(stream_file: splitstream.Buffer) -> list[EntryTuple]:
     """The tar entries of a layer splitstream file (composefs-rs ``tar::get_entry`` until the
     end). The stream is decoded as it is read, so that a damaged stream fails (or not) where
     and as composefs-rs fails."""
-    algorithm_id, object_refs, stream = _read_metadata(stream_file)
+    algorithm_id, _, _, _, object_refs, _, stream = splitstream.read_metadata(stream_file)
     hash_name = "sha256" if algorithm_id == 1 else "sha512"
     reader = _ChunkReader(_StreamDecoder(stream), object_refs)
     entries: list[EntryTuple] = []
