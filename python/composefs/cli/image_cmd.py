@@ -236,7 +236,13 @@ def cmd_mkcomposefs(args: argparse.Namespace) -> int:
                 text = f.read()
         tree = dumpfile.parse(text)
     else:
-        tree = fs.read_directory(args.source, algorithm="sha256")
+        # the directory is scanned by the active backend (native: digests in parallel)
+        from composefs import _backend
+
+        source = os.fsdecode(args.source)
+        with _scan_errors(source):
+            scanned = _backend.backend().tree.scan_directory(source, "sha256", transform=False)
+        tree = dumpfile.parse(scanned)
         if not args.hardlinks:
             fs.break_hardlinks(tree)
     fs.mkcomposefs_transform(
