@@ -1,0 +1,305 @@
+"""OCI JSON documents: read with a size cap, parsed and type-checked in one place.
+
+Every manifest, index, image configuration and layout file that a pull reads comes from an
+untrusted place (a layout directory, an archive, a registry). This module is the one layer that
+turns their bytes into typed values:
+
+* reads are bounded (:data:`SIZE_LIMITS`, the same caps as containers/image for manifests) and
+  only regular files are read (a FIFO or a device named ``index.json`` is refused, never
+  waited on);
+* JSON that is not UTF-8, not valid, or nested deeper than Python's recursion allows is a
+  :class:`DocumentError`, never a traceback;
+* every field that the code uses is checked for its type (a ``digest`` that is a number, an
+  ``annotations`` that is a list, a ``platform`` that is a string are errors with the field's
+  path), and unknown fields are ignored, as the image spec requires.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import stat
+from collections.abc import Mapping
+from typing import Any, Final
+
+from composefs.errors import ComposefsError
+from composefs.oci.reference import ReferenceError, parse_digest
+from composefs.oci.source import Descriptor
+
+__all__ = [
+    "SIZE_LIMITS",
+    "DocumentError",
+    "ImageIndex",
+    "ImageManifest",
+    "config_diff_ids",
+    "parse_descriptor",
+    "parse_index",
+    "parse_json",
+    "parse_json_object",
+    "parse_manifest",
+    "read_regular_file",
+]
+
+MiB: Final = 1 << 20
+
+#: Largest accepted size of each kind of document, in bytes. Manifests and indexes: 4 MiB, as
+#: containers/image (``manifest.MaxManifestSize``); configs: 8 MiB; ``oci-layout``: 64 KiB.
+SIZE_LIMITS: Final[Mapping[str, int]] = {
+    "manifest": 4 * MiB,
+    "index": 4 * MiB,
+    "config": 8 * MiB,
+    "oci-layout": 64 << 10,
+}
+
+
+class DocumentError(ComposefsError):
+    """An OCI document is unreadable, too large, not JSON, or has a field of the wrong type."""
+
+
+def read_regular_file(
+    path: str | bytes, limit: int, what: str, *, dir_fd: int | None = None
+) -> bytes:
+    """The content of the regular file ``path`` (relative to ``dir_fd`` when given), at most
+    ``limit`` bytes.
+
+    The file is opened non-blocking, so a FIFO is refused instead of waited on; anything but a
+    regular file (FIFO, device, socket, directory) is a :class:`DocumentError`, and so is a
+    file larger than ``limit`` (checked against ``st_size`` and again while reading, since the
+    file may grow).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dir_fd)
+    except OSError as e:
+        raise DocumentError(f"cannot open {what}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DocumentError(f"{what} is not a regular file")
+        if st.st_size > limit:
+            raise DocumentError(f"{what} is too large ({st.st_size} bytes, the limit is {limit})")
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, min(limit + 1 - total, 1 << 20) or 1)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:
+                raise DocumentError(f"{what} is too large (more than {limit} bytes)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as e:
+        raise DocumentError(f"reading {what}") from e
+    finally:
+        os.close(fd)
+
+
+def parse_json(raw: bytes, what: str) -> Any:
+    """``raw`` decoded as UTF-8 JSON; any failure is a :class:`DocumentError`."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise DocumentError(f"{what} is not valid JSON: nested too deeply") from None
+    except UnicodeDecodeError as e:
+        raise DocumentError(f"{what} is not valid JSON: not UTF-8 ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise DocumentError(f"{what} is not valid JSON: {e}") from None
+
+
+def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """``raw`` as a JSON object."""
+    doc = parse_json(raw, what)
+    if not isinstance(doc, dict):
+        raise DocumentError(f"{what} is not a JSON object")
+    return doc
+
+
+# --- field checks -------------------------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _wrong(where: str, expected: str, value: Any) -> DocumentError:
+    return DocumentError(f"{where}: expected {expected}, found {_type_name(value)}")
+
+
+def _str(doc: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> str | None:
+    value = doc.get(key)
+    if value is None:
+        if required:
+            raise DocumentError(f"{where}: missing '{key}'")
+        return None
+    if not isinstance(value, str):
+        raise _wrong(f"{where}.{key}", "a string", value)
+    return value
+
+
+def _str_list(doc: Mapping[str, Any], key: str, where: str) -> list[str] | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise _wrong(f"{where}.{key}", "a list of strings", value)
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise _wrong(f"{where}.{key}[{i}]", "a string", item)
+    return value
+
+
+def _str_map(doc: Mapping[str, Any], key: str, where: str) -> dict[str, str] | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _wrong(f"{where}.{key}", "an object of strings", value)
+    for k, v in value.items():
+        if not isinstance(v, str):
+            raise _wrong(f"{where}.{key}[{json.dumps(k)}]", "a string", v)
+    return value
+
+
+def _list(doc: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    value = doc.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _wrong(f"{where}.{key}", "a list", value)
+    return value
+
+
+def _platform(value: Any, where: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _wrong(where, "an object", value)
+    _str(value, "architecture", where)
+    _str(value, "os", where)
+    _str(value, "variant", where)
+    _str(value, "os.version", where)
+    _str_list(value, "os.features", where)
+    _str_list(value, "features", where)
+    return value
+
+
+def parse_descriptor(doc: Any, where: str) -> Descriptor:
+    """An OCI content descriptor, every field the code reads type-checked.
+
+    ``digest`` must be ``sha256:<64 hex>`` (the only algorithm composefs-rs supports), ``size``
+    a non-negative integer; ``mediaType`` may be absent (composefs-rs tolerates that).
+    """
+    if not isinstance(doc, dict):
+        raise _wrong(where, "a descriptor object", doc)
+    media_type = _str(doc, "mediaType", where) or ""
+    digest = _str(doc, "digest", where, required=True)
+    assert digest is not None
+    try:
+        parse_digest(digest)
+    except ReferenceError as e:
+        raise DocumentError(f"{where}.digest: {e}") from None
+    size = doc.get("size")
+    if size is None:
+        raise DocumentError(f"{where}: missing 'size'")
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise _wrong(f"{where}.size", "an integer", size)
+    if size < 0:
+        raise DocumentError(f"{where}.size: negative ({size})")
+    _str_list(doc, "urls", where)
+    return Descriptor(
+        media_type=media_type,
+        digest=digest,
+        size=size,
+        platform=_platform(doc.get("platform"), f"{where}.platform"),
+        annotations=_str_map(doc, "annotations", where),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageManifest:
+    """An image manifest (OCI or Docker schema 2): what a pull uses of it."""
+
+    media_type: str | None
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+    subject: Descriptor | None
+    annotations: dict[str, str] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageIndex:
+    """An image index (or Docker manifest list): its entries, checked."""
+
+    media_type: str | None
+    manifests: tuple[Descriptor, ...]
+    annotations: dict[str, str] | None
+
+
+def _schema_version(doc: Mapping[str, Any], what: str) -> None:
+    version = doc.get("schemaVersion")
+    if version != 2 or isinstance(version, bool):
+        raise DocumentError(f"{what}: unsupported schemaVersion {json.dumps(version)}")
+
+
+def parse_manifest(doc: Mapping[str, Any], what: str) -> ImageManifest:
+    """The fields of an image manifest document (already parsed as a JSON object)."""
+    _schema_version(doc, what)
+    layers = _list(doc, "layers", what)
+    subject = doc.get("subject")
+    return ImageManifest(
+        media_type=_str(doc, "mediaType", what),
+        config=parse_descriptor(doc.get("config"), f"{what}.config"),
+        layers=tuple(parse_descriptor(d, f"{what}.layers[{i}]") for i, d in enumerate(layers)),
+        subject=None if subject is None else parse_descriptor(subject, f"{what}.subject"),
+        annotations=_str_map(doc, "annotations", what),
+    )
+
+
+def parse_index(doc: Mapping[str, Any], what: str, *, check_version: bool = True) -> ImageIndex:
+    """The fields of an image index document (already parsed as a JSON object).
+
+    ``check_version=False`` for a layout's ``index.json``, whose ``schemaVersion`` composefs-rs
+    does not check.
+    """
+    if check_version:
+        _schema_version(doc, what)
+    entries = _list(doc, "manifests", what)
+    return ImageIndex(
+        media_type=_str(doc, "mediaType", what),
+        manifests=tuple(
+            parse_descriptor(d, f"{what}.manifests[{i}]") for i, d in enumerate(entries)
+        ),
+        annotations=_str_map(doc, "annotations", what),
+    )
+
+
+def config_diff_ids(doc: Mapping[str, Any], what: str) -> list[str]:
+    """``rootfs.diff_ids`` of an image configuration, each a checked ``sha256:`` digest."""
+    rootfs = doc.get("rootfs")
+    if not isinstance(rootfs, dict):
+        raise DocumentError(f"{what}: no rootfs.diff_ids")
+    diff_ids = rootfs.get("diff_ids")
+    if not isinstance(diff_ids, list):
+        raise DocumentError(f"{what}: no rootfs.diff_ids")
+    out = []
+    for i, d in enumerate(diff_ids):
+        if not isinstance(d, str):
+            raise _wrong(f"{what}.rootfs.diff_ids[{i}]", "a string", d)
+        try:
+            out.append(parse_digest(d))
+        except ReferenceError as e:
+            raise DocumentError(f"{what}.rootfs.diff_ids[{i}]: {e}") from None
+    return out
