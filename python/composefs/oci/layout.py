@@ -20,7 +20,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from composefs.errors import ComposefsError
-from composefs.oci.image import CONFIG_MEDIA_TYPE, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE
+from composefs.oci.media_types import (
+    CONFIG_MEDIA_TYPE,
+    INDEX_MEDIA_TYPE,
+    LAYER_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    MAX_INDEX_DEPTH,
+    REF_NAME_ANNOTATION,
+)
 from composefs.oci.platform import (
     Platform,
     format_platforms,
@@ -44,11 +51,6 @@ __all__ = [
 ]
 
 LAYOUT_VERSION = "1.0.0"
-REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
-LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
-
-#: how deep image indexes may nest before we call it a loop
-MAX_INDEX_DEPTH = 16
 
 
 class LayoutError(ComposefsError):
