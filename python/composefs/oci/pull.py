@@ -6,11 +6,13 @@ The pipeline (see ``docs/oci.md``)::
       -> manifest for the platform (indexes resolved) -> config (verified)
       -> layers in parallel, largest first (digest and diff_id verified, present ones skipped)
       -> oci-config-<digest> (refs in diff_id order) -> oci-manifest-<digest>
+      -> EROFS image(s) of the merged layers, one per format of meta.json (container images
+         only), config and manifest streams rewritten with the image refs
+         (:func:`composefs.oci.filesystem.commit_images`)
       -> oci-index-<digest> for every index walked (our extension) -> tag
 
-EROFS generation (cfsctl's last step) is not done yet: the tag points at the manifest stream
-written here, and the manifest and config streams are the ones cfsctl writes *before* its
-EROFS rewrite, byte for byte.
+The repository ends up byte for byte as ``cfsctl oci pull`` leaves it (streams, images, refs).
+Sources are opened through :data:`SOURCES`, one entry per transport.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from composefs.oci.streams import read_external_stream, write_config, write_mani
 from composefs.repository import Repository
 
 __all__ = [
+    "SOURCES",
     "ImportStats",
     "PullError",
     "PullEvent",
@@ -99,10 +102,6 @@ class ImportStats:
     bytes_reflinked: int = 0
     bytes_hardlinked: int = 0
     bytes_inlined: int = 0
-
-    @property
-    def new_objects(self) -> int:
-        return self.objects_copied + self.objects_reflinked + self.objects_hardlinked
 
     def __add__(self, other: ImportStats) -> ImportStats:
         return ImportStats(
@@ -209,18 +208,46 @@ class PullResult:
 # -- sources ---------------------------------------------------------------------------------
 
 
-def open_source(ref: ImageReference, platform: str | None = None) -> ImageSource:
-    """A :class:`LayoutSource` for ``oci:``, skopeo's image proxy for everything else."""
-    if ref.transport == "oci":
-        return LayoutSource(parse_layout_name(ref.name))
+#: Opens an image source for a parsed reference and the wanted platform.
+SourceFactory = Callable[[ImageReference, "str | None"], ImageSource]
+
+
+def _open_layout(ref: ImageReference, platform: str | None) -> ImageSource:
+    """``oci:``: the layout directory, read natively."""
+    return LayoutSource(parse_layout_name(ref.name))
+
+
+def _open_proxy(ref: ImageReference, platform: str | None) -> ImageSource:
+    """Every transport skopeo knows, through its image proxy."""
     try:
         from composefs.oci import proxy
     except ImportError as e:
         raise PullError(
             f"the {ref.transport}: transport needs the skopeo image proxy client"
         ) from e
-    source: ImageSource = proxy.ProxyImageSource(ref.for_skopeo(), platform=platform)
-    return source
+    return proxy.ProxyImageSource(ref.for_skopeo(), platform=platform)
+
+
+#: canonical transport name (:data:`composefs.oci.reference.TRANSPORTS`) -> how to open it; a
+#: new transport is a module with a factory plus one line here
+SOURCES: dict[str, SourceFactory] = {
+    "oci": _open_layout,
+    "docker": _open_proxy,
+    "oci-archive": _open_proxy,
+    "docker-archive": _open_proxy,
+    "containers-storage": _open_proxy,
+    "dir": _open_proxy,
+    "docker-daemon": _open_proxy,
+}
+
+
+def open_source(ref: ImageReference, platform: str | None = None) -> ImageSource:
+    """The :class:`~composefs.oci.source.ImageSource` for ``ref``'s transport (:data:`SOURCES`):
+    a :class:`LayoutSource` for ``oci:``, skopeo's image proxy for everything else."""
+    factory = SOURCES.get(ref.transport)
+    if factory is None:
+        raise PullError(f"no image source for the {ref.transport}: transport")
+    return factory(ref, platform)
 
 
 def _source_context(ref: ImageReference) -> str:
