@@ -36,9 +36,9 @@ import pytest
 from composefs import _backend, erofs
 from composefs.oci import filesystem
 from composefs.oci.image import OciImage
-from composefs.oci.layout import LayoutWriter, TarBuilder
 from composefs.oci.platform import host_platform
 from composefs.repository import Repository
+from composefs.testing import LayoutWriter, TarBuilder
 from support import tool
 
 GROUP = "image id of a 50,000-file OCI image (V1, sha512)"

@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 
 from composefs import _backend, oci
-from composefs.oci.layout import LayoutWriter, TarBuilder
 from composefs.oci.platform import host_platform
 from composefs.repository import Repository
+from composefs.testing import LayoutWriter, TarBuilder
 from support import need, tool
 
 GROUP = "oci pull 6x16MiB gzip layers"

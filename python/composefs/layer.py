@@ -19,6 +19,7 @@ from typing import IO, Any, BinaryIO
 
 from composefs import _backend, dumpfile, splitstream
 from composefs.errors import ComposefsError
+from composefs.oci.media_types import LAYER_MEDIA_TYPE, LAYER_MEDIA_TYPES
 from composefs.repository import Repository
 
 __all__ = [
@@ -35,19 +36,8 @@ __all__ = [
     "layer_tar",
 ]
 
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-LAYER_MEDIA_TYPES: dict[str, str] = {
-    OCI_LAYER: "none",
-    OCI_LAYER + "+gzip": "gzip",
-    OCI_LAYER + "+zstd": "zstd",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar": "none",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
-    "application/vnd.docker.image.rootfs.diff.tar": "none",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
-    "application/vnd.docker.image.rootfs.diff.tar.zstd": "zstd",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
-}
+#: The default layer media type (an uncompressed OCI layer).
+OCI_LAYER = LAYER_MEDIA_TYPE
 
 ProgressCallback = Callable[[int], None]
 

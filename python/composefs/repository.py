@@ -23,31 +23,42 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
-import json
 import os
-import secrets
-import string
 from collections.abc import Iterable, Iterator
-from typing import IO, Any, BinaryIO
+from typing import IO, BinaryIO
 
 from composefs import fsverity, splitstream
-from composefs._linux import rename_noreplace, syncfs
+from composefs._linux import syncfs
+from composefs._pure.objects import ObjectStore, random_suffix
+from composefs.constants import DEFAULT_EROFS_VERSION, EROFS_VERSIONS
 from composefs.errors import (
     ComposefsError,
     FsVerityError,
     ObjectDigestMismatch,
-    OldFormatRepository,
     RepositoryError,
-    RepositoryMetadataInvalid,
-    RepositoryMetadataMissing,
     RepositoryNotWritable,
     SplitStreamError,
     VerityAlreadyEnabled,
     VerityMissing,
     VerityNotSupported,
-    error_chain,
 )
+from composefs.fsck import FsckResult, fsck
 from composefs.fsverity import Algorithm, AlgorithmLike
+from composefs.object_ids import (
+    object_pathname,
+    parse_hex,
+    parse_hex_id,
+    parse_object_pathname,
+    to_id,
+)
+from composefs.repo_metadata import (
+    METADATA_FILENAME,
+    REPO_FORMAT_VERSION,
+    V1_EROFS,
+    RepoMetadata,
+    read_metadata,
+    write_metadata,
+)
 
 __all__ = [
     "REPO_FORMAT_VERSION",
@@ -56,178 +67,12 @@ __all__ = [
     "RepoMetadata",
     "Repository",
     "object_pathname",
+    "parse_hex_id",
     "parse_object_pathname",
     "to_id",
 ]
 
-REPO_FORMAT_VERSION = 1
-METADATA_FILENAME = "meta.json"
-V1_EROFS = "v1_erofs"
-KNOWN_COMPAT: tuple[str, ...] = ()
-KNOWN_RO_COMPAT: tuple[str, ...] = (V1_EROFS,)
-KNOWN_INCOMPAT: tuple[str, ...] = ()
-EROFS_VERSIONS = (0, 1, 2)
-
-_TMP_ALPHABET = string.ascii_letters + string.digits
 _COPY_CHUNK = 1 << 20
-
-
-def _tmpname(prefix: str) -> str:
-    return prefix + "".join(secrets.choice(_TMP_ALPHABET) for _ in range(12))
-
-
-# -- object ids ----------------------------------------------------------------------------
-
-
-def to_id(digest: bytes) -> str:
-    """``sha256:<hex>`` or ``sha512:<hex>``, as cfsctl prints an object id."""
-    return f"{'sha256' if len(digest) == 32 else 'sha512'}:{digest.hex()}"
-
-
-def object_pathname(digest: bytes) -> str:
-    """``xx/<rest>``: the path of an object below ``objects/``."""
-    h = digest.hex()
-    return f"{h[:2]}/{h[2:]}"
-
-
-def parse_object_pathname(target: str, algorithm: Algorithm) -> bytes:
-    """The digest at the end of a symlink target like ``../objects/xx/rest``."""
-    n = 2 * algorithm.digest_size + 1
-    tail = target[-n:]
-    if len(tail) != n or tail[2] != "/":
-        raise RepositoryError(f"invalid object path {target!r}")
-    try:
-        return bytes.fromhex(tail[:2] + tail[3:])
-    except ValueError as e:
-        raise RepositoryError(f"invalid object path {target!r}: {e}") from None
-
-
-def parse_hex_id(text: str, algorithm: Algorithm) -> bytes:
-    """Parses a bare hex digest of the repository's algorithm (cfsctl's messages)."""
-    return _parse_hex(text, algorithm.digest_size)
-
-
-def _parse_hex(text: str, size: int) -> bytes:
-    if len(text) % 2:
-        raise ValueError("Odd number of digits")
-    if len(text) != 2 * size:
-        raise ValueError("Invalid string length")
-    for i, c in enumerate(text):
-        if c not in string.hexdigits:
-            raise ValueError(f"Invalid character {c!r} at position {i}")
-    return bytes.fromhex(text)
-
-
-# -- meta.json -----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class RepoMetadata:
-    """The content of ``meta.json``."""
-
-    algorithm: Algorithm
-    version: int = REPO_FORMAT_VERSION
-    compatible: tuple[str, ...] = ()
-    read_only_compatible: tuple[str, ...] = ()
-    incompatible: tuple[str, ...] = ()
-    erofs_default: int = 1
-    erofs_extra: tuple[int, ...] = ()
-    #: whether the ``erofs_formats`` key was present (absent means the legacy default V2)
-    has_erofs_formats: bool = True
-
-    @classmethod
-    def new(cls, algorithm: Algorithm, erofs_version: int = 1) -> RepoMetadata:
-        """Metadata as ``cfsctl init`` writes it (``v1_erofs`` iff the default format is V1)."""
-        if erofs_version not in EROFS_VERSIONS:
-            raise ValueError(f"unsupported EROFS format version {erofs_version}")
-        ro = (V1_EROFS,) if erofs_version == 1 else ()
-        return cls(algorithm=algorithm, read_only_compatible=ro, erofs_default=erofs_version)
-
-    @property
-    def format_config(self) -> tuple[int, tuple[int, ...]]:
-        """``(default, extra)`` EROFS format versions, as composefs-rs derives them."""
-        explicit = self.has_erofs_formats and (self.erofs_default, self.erofs_extra) != (2, ())
-        if explicit:
-            return self.erofs_default, self.erofs_extra
-        if V1_EROFS in self.read_only_compatible:
-            return 1, ()
-        return 2, ()
-
-    def to_json(self) -> bytes:
-        """Exactly the bytes composefs-rs writes (serde_json pretty printer + newline)."""
-        formats: dict[str, Any] = {"default": self.erofs_default}
-        if self.erofs_extra:
-            formats["extra"] = sorted(self.erofs_extra)
-        doc = {
-            "version": self.version,
-            "algorithm": str(self.algorithm),
-            "features": {
-                "compatible": list(self.compatible),
-                "read-only-compatible": list(self.read_only_compatible),
-                "incompatible": list(self.incompatible),
-            },
-            "erofs_formats": formats,
-        }
-        return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> RepoMetadata:
-        try:
-            doc = json.loads(data)
-            if not isinstance(doc, dict):
-                raise ValueError("expected a JSON object")
-            version = doc["version"]
-            algorithm = Algorithm.parse(doc["algorithm"])
-            if not isinstance(version, int) or version < 0:
-                raise ValueError("version must be an unsigned integer")
-            features = doc.get("features", {}) or {}
-            formats = doc.get("erofs_formats")
-            if formats is None:
-                default, extra, has = 2, (), False
-            else:
-                default = formats["default"]
-                extra = tuple(formats.get("extra", ()))
-                has = True
-                for v in (default, *extra):
-                    if v not in EROFS_VERSIONS:
-                        raise ValueError(f"unknown EROFS format version {v}")
-            return cls(
-                algorithm=algorithm,
-                version=version,
-                compatible=tuple(features.get("compatible", ())),
-                read_only_compatible=tuple(features.get("read-only-compatible", ())),
-                incompatible=tuple(features.get("incompatible", ())),
-                erofs_default=default,
-                erofs_extra=extra,
-                has_erofs_formats=has,
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise RepositoryMetadataInvalid("failed to parse meta.json") from e
-
-    def check_compatible(self, algorithm: Algorithm | None = None) -> None:
-        if self.version > REPO_FORMAT_VERSION:
-            raise RepositoryMetadataInvalid(
-                f"unsupported repository format version {self.version} "
-                f"(this tool supports up to {REPO_FORMAT_VERSION})"
-            )
-        if algorithm is not None and algorithm is not self.algorithm:
-            raise RepositoryMetadataInvalid(
-                f"repository algorithm {self.algorithm} does not match expected {algorithm}"
-            )
-        unknown = [f for f in self.incompatible if f not in KNOWN_INCOMPAT]
-        if unknown:
-            raise RepositoryMetadataInvalid(
-                f"repository requires unknown incompatible features: {unknown!r}".replace("'", '"')
-            )
-
-    @property
-    def unknown_ro_compat(self) -> list[str]:
-        return [f for f in self.read_only_compatible if f not in KNOWN_RO_COMPAT]
-
-    def same_config(self, other: RepoMetadata) -> bool:
-        return dataclasses.replace(self, has_erofs_formats=True) == dataclasses.replace(
-            other, has_erofs_formats=True
-        )
 
 
 # -- results -------------------------------------------------------------------------------
@@ -245,74 +90,7 @@ class GcResult:
     warnings: list[str] = dataclasses.field(default_factory=list)
 
 
-@dataclasses.dataclass
-class FsckResult:
-    """The report of :meth:`Repository.fsck`, with cfsctl's counters and error strings."""
-
-    has_metadata: bool = False
-    objects_checked: int = 0
-    objects_corrupted: int = 0
-    streams_checked: int = 0
-    streams_corrupted: int = 0
-    images_checked: int = 0
-    images_corrupted: int = 0
-    broken_links: int = 0
-    missing_objects: int = 0
-    errors: list[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields of cfsctl's ``fsck --json`` output, in its order."""
-        return {
-            "ok": self.ok,
-            "has_metadata": self.has_metadata,
-            "objects_checked": self.objects_checked,
-            "objects_corrupted": self.objects_corrupted,
-            "streams_checked": self.streams_checked,
-            "streams_corrupted": self.streams_corrupted,
-            "images_checked": self.images_checked,
-            "images_corrupted": self.images_corrupted,
-            "broken_links": self.broken_links,
-            "missing_objects": self.missing_objects,
-            "errors": list(self.errors),
-        }
-
-    def __str__(self) -> str:
-        meta_error = any(
-            e.startswith(("fsck: metadata-parse-failed", "fsck: metadata-algorithm-mismatch"))
-            for e in self.errors
-        )
-        lines = [
-            "meta.json: " + ("error" if meta_error else "ok" if self.has_metadata else "absent"),
-            f"objects: {self.objects_checked - self.objects_corrupted}/{self.objects_checked} ok",
-            f"streams: {self.streams_checked - self.streams_corrupted}/{self.streams_checked} ok",
-            f"images: {self.images_checked - self.images_corrupted}/{self.images_checked} ok",
-        ]
-        if self.broken_links:
-            lines.append(f"broken symlinks: {self.broken_links}")
-        if self.missing_objects:
-            lines.append(f"missing objects: {self.missing_objects}")
-        if self.errors:
-            lines.append(f"status: {len(self.errors)} error(s)")
-            lines.extend(f"  - {e}" for e in self.errors)
-        else:
-            lines.append("status: ok")
-        return "\n".join(lines) + "\n"
-
-
 # -- the repository ------------------------------------------------------------------------
-
-
-def _measure_meta(fd: int, algorithm: Algorithm) -> bool:
-    """Whether ``meta.json`` has fs-verity (the secure bit of the repository)."""
-    try:
-        fsverity.measure_verity(fd, algorithm)
-    except (VerityMissing, VerityNotSupported):
-        return False
-    return True
 
 
 class Repository:
@@ -329,6 +107,7 @@ class Repository:
         self.algorithm = metadata.algorithm
         self._secure = secure
         self._objects_fd: int | None = None
+        self._object_store: _RepoObjectStore | None = None
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -347,7 +126,7 @@ class Repository:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
-            metadata, secure = cls._read_metadata(fd, expected)
+            metadata, secure = read_metadata(fd, expected)
             repo = cls(path, fd, metadata, secure=secure and not insecure)
             if require_verity and not repo.secure:
                 raise RepositoryError(
@@ -359,31 +138,6 @@ class Repository:
             os.close(fd)
             raise
 
-    @staticmethod
-    def _read_metadata(fd: int, expected: Algorithm | None) -> tuple[RepoMetadata, bool]:
-        try:
-            mfd = os.open(METADATA_FILENAME, os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd)
-        except FileNotFoundError:
-            try:
-                os.stat("objects", dir_fd=fd)
-            except FileNotFoundError:
-                raise RepositoryMetadataMissing(
-                    "meta.json not found; this repository must be initialized with `composefs init`"
-                ) from None
-            raise OldFormatRepository(
-                "meta.json not found; this appears to be an old-format repository — "
-                "use `composefs init` to migrate"
-            ) from None
-        try:
-            with os.fdopen(mfd, "rb", closefd=False) as f:
-                data = f.read()
-            metadata = RepoMetadata.from_json(data)
-            metadata.check_compatible(expected)
-            secure = _measure_meta(mfd, metadata.algorithm)
-        finally:
-            os.close(mfd)
-        return metadata, secure
-
     @classmethod
     def init(
         cls,
@@ -391,7 +145,7 @@ class Repository:
         algorithm: AlgorithmLike = Algorithm.SHA512,
         *,
         insecure: bool = False,
-        erofs_version: int = 1,
+        erofs_version: int = DEFAULT_EROFS_VERSION,
     ) -> tuple[Repository, bool]:
         """Creates a repository (or opens an identical existing one).
 
@@ -408,7 +162,7 @@ class Repository:
         try:
             created = True
             try:
-                _write_metadata(dfd, wanted, insecure=insecure)
+                write_metadata(dfd, wanted, insecure=insecure)
             except FileExistsError:
                 created = False
             except ComposefsError:
@@ -434,6 +188,7 @@ class Repository:
         if self._objects_fd is not None:
             os.close(self._objects_fd)
             self._objects_fd = None
+            self._object_store = None
         if self._fd >= 0:
             os.close(self._fd)  # releases the flock
             self._fd = -1
@@ -561,107 +316,35 @@ class Repository:
     def object_size(self, object_id: bytes) -> int:
         return os.stat(f"objects/{object_pathname(object_id)}", dir_fd=self.fd).st_size
 
+    def _store(self) -> _RepoObjectStore:
+        if self._object_store is None:
+            self._object_store = _RepoObjectStore(self)
+        return self._object_store
+
     def ensure_object(self, data: bytes | bytearray | memoryview) -> bytes:
         """Stores ``data`` as an object (if absent) and returns its id."""
         self.ensure_writable()
         object_id = fsverity.digest(data, self.algorithm)
-        self._store_object_with_id(object_id, data)
+        self._store().ensure(object_id, data)
         return object_id
-
-    def _store_object_with_id(self, object_id: bytes, data: bytes | bytearray | memoryview) -> None:
-        objects = self._objects()
-        name = object_pathname(object_id)
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=objects)
-        except FileNotFoundError:
-            pass
-        else:
-            try:
-                self._check_existing(fd, object_id)
-            finally:
-                os.close(fd)
-            return
-        subdir = name[:2]
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(subdir, 0o777, dir_fd=objects)
-        dir_fd = os.open(subdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=objects)
-        try:
-            tmp = _TmpFile(dir_fd, 0o666)
-            try:
-                _write_all(tmp.fd, data)
-                self._enable_and_check(tmp.reopen_readonly(), object_id)
-                tmp.link_as(name[3:], dir_fd)
-            finally:
-                tmp.discard()
-        finally:
-            os.close(dir_fd)
-
-    def _check_existing(self, fd: int, object_id: bytes) -> None:
-        measured = fsverity.measure_verity_opt(fd, self.algorithm)
-        if measured is None:
-            if self._secure:
-                raise FsVerityError(
-                    f"Verifying existing object integrity: objects/{object_pathname(object_id)}"
-                ) from VerityMissing("fs-verity is not enabled on file")
-            return
-        if measured != object_id:
-            raise ObjectDigestMismatch(
-                f"Verifying existing object integrity: Expected digest {object_id.hex()} "
-                f"but found {measured.hex()}"
-            )
-
-    def _enable_and_check(self, ro_fd: int, object_id: bytes) -> None:
-        """Enables fs-verity on a fresh object and double-checks the kernel's digest."""
-        try:
-            fsverity.enable_verity(ro_fd, self.algorithm)
-        except VerityAlreadyEnabled:
-            pass
-        except VerityNotSupported:
-            if self._secure:
-                raise
-            return
-        measured = fsverity.measure_verity_opt(ro_fd, self.algorithm)
-        if measured is None:
-            if self._secure:
-                raise VerityMissing("fs-verity is not enabled on file")
-            return
-        if measured != object_id:
-            raise ObjectDigestMismatch(
-                f"Double-checking verity digest: Expected digest {object_id.hex()} "
-                f"but found {measured.hex()}"
-            )
 
     def ensure_object_from_stream(self, reader: IO[bytes], size: int | None = None) -> bytes:
         """Stores everything ``reader`` yields as an object, streaming (constant memory)."""
         self.ensure_writable()
-        objects = self._objects()
-        tmp = _TmpFile(objects, 0o644)
+        writer = self._store().create()
         try:
-            hasher = fsverity.Hasher(self.algorithm)
-            total = 0
             while True:
                 chunk = reader.read(_COPY_CHUNK)
                 if not chunk:
                     break
-                _write_all(tmp.fd, chunk)
-                hasher.update(chunk)
-                total += len(chunk)
-            if size is not None and total != size:
-                raise RepositoryError(f"Expected {size} bytes, got {total}")
-            object_id = hasher.digest()
-            name = object_pathname(object_id)
-            try:
-                if os.stat(name, dir_fd=objects).st_size == total:
-                    return object_id  # already present (trusted by size, like composefs-rs)
-            except FileNotFoundError:
-                pass
-            self._enable_and_check(tmp.reopen_readonly(), object_id)
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(name[:2], 0o755, dir_fd=objects)
-            tmp.link_as(name, objects)
+                writer.write(chunk)
+            if size is not None and writer.size != size:
+                raise RepositoryError(f"Expected {size} bytes, got {writer.size}")
+            # an object of the same name and size is kept (trusted by size, like composefs-rs)
+            object_id, _ = writer.finish()
             return object_id
         finally:
-            tmp.discard()
+            writer.discard()
 
     def ensure_object_from_file(self, path: str | os.PathLike[str]) -> bytes:
         with open(path, "rb") as f:
@@ -920,7 +603,7 @@ class Repository:
             try:
                 for entry in list(os.scandir(dfd)):
                     try:
-                        object_id = bytes([first]) + _parse_hex(
+                        object_id = bytes([first]) + parse_hex(
                             entry.name, self.algorithm.digest_size - 1
                         )
                     except ValueError:
@@ -1012,217 +695,7 @@ class Repository:
 
     def fsck(self, *, check_objects: bool = True) -> FsckResult:
         """Checks the repository the way ``cfsctl fsck`` does (read-only)."""
-        result = FsckResult()
-        self._fsck_metadata(result)
-        if check_objects:
-            self._fsck_objects(result)
-        self._fsck_category("streams", result)
-        self._fsck_category("images", result)
-        return result
-
-    def _fsck_metadata(self, result: FsckResult) -> None:
-        try:
-            with open(f"/proc/self/fd/{self.fd}/{METADATA_FILENAME}", "rb") as f:
-                meta = RepoMetadata.from_json(f.read())
-        except FileNotFoundError:
-            result.errors.append(
-                "fsck: metadata-parse-failed: meta.json: meta.json not found; expected "
-                "because repository was opened successfully"
-            )
-            return
-        except ComposefsError as e:
-            detail = ": ".join(error_chain(e))
-            result.errors.append(f"fsck: metadata-parse-failed: meta.json: {detail}")
-            return
-        result.has_metadata = True
-        try:
-            meta.check_compatible(self.algorithm)
-        except ComposefsError:
-            result.errors.append(
-                f"fsck: metadata-algorithm-mismatch: meta.json: expected {meta.algorithm}, "
-                f"repository opened as {self.algorithm.hash_name}"
-            )
-
-    def _fsck_objects(self, result: FsckResult) -> None:
-        try:
-            objects = os.open(
-                "objects", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd
-            )
-        except FileNotFoundError:
-            return
-        try:
-            for first in range(256):
-                sub = f"{first:02x}"
-                try:
-                    dfd = os.open(sub, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=objects)
-                except (FileNotFoundError, NotADirectoryError):
-                    continue
-                try:
-                    for entry in sorted(os.scandir(dfd), key=lambda e: e.name):
-                        self._fsck_object(dfd, sub, entry.name, result)
-                finally:
-                    os.close(dfd)
-        finally:
-            os.close(objects)
-
-    def _fsck_object(self, dfd: int, sub: str, name: str, result: FsckResult) -> None:
-        result.objects_checked += 1
-        path = f"objects/{sub}/{name}"
-        try:
-            expected = bytes.fromhex(sub) + _parse_hex(name, self.algorithm.digest_size - 1)
-        except ValueError as e:
-            result.objects_corrupted += 1
-            result.errors.append(f"fsck: object-invalid-name: {path}: {e}")
-            return
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
-        except OSError as e:
-            result.objects_corrupted += 1
-            result.errors.append(f"fsck: object-open-failed: {path}: {_errno_text(e)}")
-            return
-        try:
-            try:
-                measured: bytes | None = fsverity.measure_verity(fd, self.algorithm)
-            except FsVerityError:
-                measured = None
-            if measured is None:
-                if not self._secure:
-                    try:
-                        measured = fsverity.digest_fd(fd, self.algorithm)
-                    except OSError as e:
-                        result.objects_corrupted += 1
-                        result.errors.append(
-                            f"fsck: object-verity-failed: {path}: {_errno_text(e)}"
-                        )
-                        return
-                else:
-                    result.objects_corrupted += 1
-                    result.errors.append(f"fsck: object-verity-missing: {path}")
-                    return
-        finally:
-            os.close(fd)
-        if measured != expected:
-            result.objects_corrupted += 1
-            result.errors.append(f"fsck: object-digest-mismatch: {path}: measured {measured.hex()}")
-
-    def _fsck_category(self, category: str, result: FsckResult) -> None:
-        is_streams = category == "streams"
-        try:
-            cfd = os.open(category, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
-        except FileNotFoundError:
-            return
-        try:
-            entries = sorted(os.scandir(cfd), key=lambda e: e.name)
-        finally:
-            os.close(cfd)
-
-        def corrupted() -> None:
-            if is_streams:
-                result.streams_corrupted += 1
-            else:
-                result.images_corrupted += 1
-
-        for entry in entries:
-            if entry.name == "refs":
-                continue
-            path = f"{category}/{entry.name}"
-            if is_streams:
-                result.streams_checked += 1
-            else:
-                result.images_checked += 1
-            if not entry.is_symlink():
-                corrupted()
-                result.errors.append(f"fsck: entry-not-symlink: {path}")
-                continue
-            try:
-                os.stat(path, dir_fd=self.fd)
-            except FileNotFoundError:
-                result.broken_links += 1
-                corrupted()
-                result.errors.append(f"fsck: broken-symlink: {path}")
-                continue
-            except OSError as e:
-                result.errors.append(f"fsck: stat-failed: {path}: {_errno_text(e)}")
-                continue
-            if is_streams:
-                self._fsck_stream(entry.name, result)
-            else:
-                self._fsck_image(entry.name, result)
-        self._fsck_refs(category, f"{category}/refs", result)
-
-    def _fsck_refs(self, category: str, path: str, result: FsckResult) -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
-        except FileNotFoundError:
-            return
-        try:
-            entries = sorted(os.scandir(fd), key=lambda e: e.name)
-        finally:
-            os.close(fd)
-        for entry in entries:
-            sub = f"{path}/{entry.name}"
-            if entry.is_symlink():
-                try:
-                    os.stat(sub, dir_fd=self.fd)
-                except FileNotFoundError:
-                    result.broken_links += 1
-                    result.errors.append(f"fsck: broken-symlink: {sub}")
-                except OSError as e:
-                    result.errors.append(f"fsck: stat-failed: {sub}: {_errno_text(e)}")
-            elif entry.is_dir(follow_symlinks=False):
-                self._fsck_refs(category, sub, result)
-            else:
-                kind = "RegularFile" if entry.is_file(follow_symlinks=False) else "Unknown"
-                result.errors.append(f"fsck: unexpected-file-type: {sub}: {kind}")
-
-    def _fsck_stream(self, name: str, result: FsckResult) -> None:
-        path = f"streams/{name}"
-        try:
-            with open(f"/proc/self/fd/{self.fd}/{path}", "rb") as f:
-                data = f.read()
-        except OSError as e:
-            result.streams_corrupted += 1
-            result.errors.append(f"fsck: stream-open-failed: {path}: {_errno_text(e)}")
-            return
-        try:
-            stream = splitstream.parse(data, self.algorithm)
-        except SplitStreamError as e:
-            result.streams_corrupted += 1
-            result.errors.append(f"fsck: stream-read-failed: {path}: {e}")
-            return
-        for object_id in stream.object_refs:
-            if not self.has_object(object_id):
-                result.missing_objects += 1
-                result.errors.append(f"fsck: missing-object-ref: {path}: {object_id.hex()}")
-        for ref_name, ref_id in sorted(stream.named_ref_ids().items()):
-            if not self.has_object(ref_id):
-                result.missing_objects += 1
-                result.errors.append(
-                    f"fsck: missing-named-ref: {path}: ref {ref_name}: {ref_id.hex()}"
-                )
-
-    def _fsck_image(self, name: str, result: FsckResult) -> None:
-        from composefs import erofs
-
-        path = f"images/{name}"
-        try:
-            with open(f"/proc/self/fd/{self.fd}/{path}", "rb") as f:
-                data = f.read()
-        except OSError as e:
-            result.images_corrupted += 1
-            result.errors.append(f"fsck: image-open-failed: {path}: {_errno_text(e)}")
-            return
-        try:
-            objects = erofs.collect_objects(data, self.algorithm)
-        except ComposefsError as e:
-            result.images_corrupted += 1
-            result.errors.append(f"fsck: image-invalid: {path}: {e}")
-            return
-        for object_id in sorted(objects):
-            if not self.has_object(object_id):
-                result.missing_objects += 1
-                result.images_corrupted += 1
-                result.errors.append(f"fsck: image-missing-object: {path}: {object_id.hex()}")
+        return fsck(self, check_objects=check_objects)
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -1234,10 +707,6 @@ def _exists(dir_fd: int, path: str) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     return True
-
-
-def _errno_text(e: OSError) -> str:
-    return f"{e.strerror} (os error {e.errno})" if e.errno else str(e)
 
 
 @contextlib.contextmanager
@@ -1255,75 +724,6 @@ def _check_ref(name: str) -> str:
     return name
 
 
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-class _TmpFile:
-    """An anonymous (``O_TMPFILE``) or, where unsupported, named temporary file in a dir.
-
-    ``fd`` is the file's only open descriptor: read-write at first, read-only after
-    :meth:`reopen_readonly` (fs-verity can only be enabled with no writable fd open).
-    """
-
-    def __init__(self, dir_fd: int, mode: int) -> None:
-        self.dir_fd = dir_fd
-        self.name: str | None = None
-        try:
-            self.fd = os.open(".", os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, mode, dir_fd=dir_fd)
-        except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-                raise
-            self.fd = self._named(mode)
-
-    def _named(self, mode: int) -> int:
-        for _ in range(16):
-            name = _tmpname(".tmp-object-")
-            try:
-                fd = os.open(
-                    name,
-                    os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                    mode,
-                    dir_fd=self.dir_fd,
-                )
-            except FileExistsError:
-                continue
-            self.name = name
-            return fd
-        raise FileExistsError(errno.EEXIST, "could not create a temporary file")
-
-    def reopen_readonly(self) -> int:
-        ro = os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC)
-        os.close(self.fd)
-        self.fd = ro
-        return ro
-
-    def link_as(self, name: str, dir_fd: int) -> None:
-        """Gives the file its final name; an existing file of that name wins (dedup)."""
-        with contextlib.suppress(FileExistsError):
-            self.link_new(name, dir_fd)
-
-    def link_new(self, name: str, dir_fd: int) -> None:
-        """Gives the file its final name; ``FileExistsError`` if the name is taken."""
-        if self.name is None:
-            os.link(f"/proc/self/fd/{self.fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
-        else:
-            rename_noreplace(self.dir_fd, self.name, dir_fd, name)
-            self.name = None
-
-    def discard(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self.name is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.name, dir_fd=self.dir_fd)
-            self.name = None
-
-
 def _replace_symlink(dir_fd: int, name: str, target: str) -> None:
     try:
         os.symlink(target, name, dir_fd=dir_fd)
@@ -1336,7 +736,7 @@ def _replace_symlink(dir_fd: int, name: str, target: str) -> None:
     except OSError:
         pass
     for _ in range(16):
-        tmp = _tmpname(".symlink-")
+        tmp = ".symlink-" + random_suffix()
         try:
             os.symlink(target, tmp, dir_fd=dir_fd)
         except FileExistsError:
@@ -1351,19 +751,52 @@ def _replace_symlink(dir_fd: int, name: str, target: str) -> None:
     raise FileExistsError(errno.EEXIST, "could not create a temporary symlink", name)
 
 
-def _write_metadata(dir_fd: int, metadata: RepoMetadata, *, insecure: bool) -> None:
-    """Writes ``meta.json`` atomically, with fs-verity unless insecure; never overwrites."""
-    data = metadata.to_json()
-    tmp = _TmpFile(dir_fd, 0o644)
-    try:
-        _write_all(tmp.fd, data)
-        os.fsync(tmp.fd)
-        ro = tmp.reopen_readonly()
-        if not insecure:
-            try:
-                fsverity.enable_verity(ro, metadata.algorithm)
-            except FsVerityError as e:
-                raise RepositoryError("Enabling fs-verity on meta.json") from e
-        tmp.link_new(METADATA_FILENAME, dir_fd)
-    finally:
-        tmp.discard()
+class _RepoObjectStore(ObjectStore):
+    """The repository's object writer: the backend's hasher, and fs-verity failures raised as
+    the repository's errors (secure follows :attr:`Repository.secure` as it changes)."""
+
+    __slots__ = ("_repo",)
+
+    def __init__(self, repo: Repository) -> None:
+        super().__init__(repo._objects(), repo.algorithm.hash_name, repo.secure)
+        self._repo = repo
+
+    @property
+    def secure(self) -> bool:
+        return self._repo.secure
+
+    def _new_hasher(self) -> fsverity.Hasher:
+        return fsverity.Hasher(self._repo.algorithm)
+
+    def _enable_verity(self, fd: int) -> bool:
+        try:
+            fsverity.enable_verity(fd, self._repo.algorithm)
+        except VerityAlreadyEnabled:
+            pass
+        except VerityNotSupported:
+            if self.secure:
+                raise
+            return False
+        return True
+
+    def _measure_verity(self, fd: int) -> bytes | None:
+        measured = fsverity.measure_verity_opt(fd, self._repo.algorithm)
+        if measured is None and self.secure:
+            raise VerityMissing("fs-verity is not enabled on file")
+        return measured
+
+    def _check_existing(self, fd: int, object_id: bytes) -> None:
+        measured = fsverity.measure_verity_opt(fd, self._repo.algorithm)
+        if measured is None:
+            if self.secure:
+                raise FsVerityError(
+                    f"Verifying existing object integrity: objects/{object_pathname(object_id)}"
+                ) from VerityMissing("fs-verity is not enabled on file")
+            return
+        if measured != object_id:
+            raise self._mismatch("Verifying existing object integrity", object_id, measured)
+
+    def _mismatch(self, what: str, expected: bytes, found: bytes) -> Exception:
+        return ObjectDigestMismatch(
+            f"{what}: Expected digest {expected.hex()} but found {found.hex()}"
+        )

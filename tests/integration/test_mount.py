@@ -29,9 +29,9 @@ import pytest
 from composefs import mount as mount_module
 from composefs.errors import format_error
 from composefs.mount import MountError, mount_image, unmount
-from composefs.oci.layout import LayoutWriter, TarBuilder
 from composefs.oci.platform import host_platform
 from composefs.repository import Repository
+from composefs.testing import LayoutWriter, TarBuilder
 from support import need_root, run, tool
 
 pytestmark = pytest.mark.root

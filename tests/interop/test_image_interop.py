@@ -294,7 +294,7 @@ def test_dual_format_repository(cfsctl: str, layout: Path, tmp_path: Path) -> No
 def test_pull_without_usr_fails_like_cfsctl(cfsctl: str, tmp_path: Path) -> None:
     """No ``/usr``: both pulls fail after importing the layers; nothing is tagged, the
     repository checks clean, and the error is one chain without a traceback."""
-    from composefs.oci.layout import LayoutWriter, TarBuilder
+    from composefs.testing import LayoutWriter, TarBuilder
 
     w = LayoutWriter(tmp_path / "img")
     blob = w.layer(TarBuilder().dir("etc").file("etc/a", b"a" * 100).build(), "none")

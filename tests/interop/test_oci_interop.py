@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from composefs import splitstream
-from composefs.oci.layout import LayoutWriter, TarBuilder
 from composefs.oci.platform import host_platform
+from composefs.testing import LayoutWriter, TarBuilder
 from support import need, run, tool
 
 pytestmark = pytest.mark.interop

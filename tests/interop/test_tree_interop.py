@@ -19,8 +19,8 @@ import pytest
 
 from composefs import _backend
 from composefs._pure import dumpfile, tree
-from composefs.oci.layout import LayoutWriter
 from composefs.oci.platform import host_platform
+from composefs.testing import LayoutWriter
 from support import run, tool
 
 pytestmark = pytest.mark.interop

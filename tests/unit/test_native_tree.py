@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from composefs.oci.layout import LayoutWriter, TarBuilder
 from composefs.oci.platform import host_platform
+from composefs.testing import LayoutWriter, TarBuilder
 from support import load_backend, need, run, tool
 
 OCILAYER = int.from_bytes(b"ocilayer", "little")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from composefs.oci.layout import LayoutWriter, TarBuilder
 from composefs.oci.platform import host_platform
+from composefs.testing import LayoutWriter, TarBuilder
 
 HOST = host_platform().architecture
 OTHER = "s390x" if HOST != "s390x" else "ppc64le"

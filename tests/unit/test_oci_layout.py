@@ -9,16 +9,11 @@ from typing import Any
 
 import pytest
 
-from composefs.oci.layout import (
-    LayoutError,
-    LayoutSource,
-    LayoutWriter,
-    NoMatchingPlatform,
-    TarBuilder,
-)
+from composefs.oci.layout import LayoutError, LayoutSource, NoMatchingPlatform
 from composefs.oci.platform import host_platform
 from composefs.oci.reference import parse_layout_name
 from composefs.oci.source import Descriptor
+from composefs.testing import LayoutWriter, TarBuilder
 
 HOST = host_platform().architecture
 OTHER = "s390x" if HOST != "s390x" else "ppc64le"

@@ -16,11 +16,12 @@ import pytest
 from composefs import _backend, oci, splitstream
 from composefs.errors import ComposefsError, RepositoryNotWritable
 from composefs.oci import image as oci_image
-from composefs.oci.layout import LayoutSource, LayoutWriter, TarBuilder
+from composefs.oci.layout import LayoutSource
 from composefs.oci.platform import host_platform, parse_platform
 from composefs.oci.pull import ImportStats, PullError, PullEvent, human_bytes
 from composefs.oci.reference import parse_layout_name
 from composefs.repository import Repository
+from composefs.testing import LayoutWriter, TarBuilder
 from support import need
 
 HOST = host_platform().architecture

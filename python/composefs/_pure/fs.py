@@ -44,7 +44,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
 
 if TYPE_CHECKING:
-    from composefs._pure.tar_split import _ObjectStore
+    from composefs._pure.objects import ObjectStore
 
 
 def _failed(e: OSError, path: bytes) -> OSError:
@@ -87,7 +87,7 @@ def _changed(path: bytes) -> ValueError:
 
 
 class _Scanner:
-    def __init__(self, algorithm: str, store: _ObjectStore | None) -> None:
+    def __init__(self, algorithm: str, store: ObjectStore | None) -> None:
         self.algorithm = algorithm
         self.store = store
         self.inodes: dict[tuple[int, int], Leaf] = {}
@@ -177,7 +177,7 @@ class _Scanner:
                     return hasher.digest()
                 hasher.update(data)
                 offset += len(data)
-        writer = self.store.begin()
+        writer = self.store.create()
         try:
             offset = 0
             while True:
@@ -186,7 +186,7 @@ class _Scanner:
                     break
                 writer.write(memoryview(data))
                 offset += len(data)
-            return writer.finish()
+            return writer.finish()[0]
         finally:
             writer.discard()
 
@@ -204,7 +204,7 @@ def read_filesystem(
     secure: bool = False,
 ) -> FileSystem:
     """Reads the directory tree at ``path`` (composefs-rs ``read_filesystem``)."""
-    from composefs._pure.tar_split import _ObjectStore
+    from composefs._pure.objects import ObjectStore
 
     fsverity.Hasher(algorithm)  # validates the name
     raw = os.fsencode(path)
@@ -215,7 +215,7 @@ def read_filesystem(
         objects_fd = operator.index(objects_fd)
         if objects_fd < 0:
             raise ValueError("objects_fd must be a file descriptor")
-        store = _ObjectStore(objects_fd, algorithm, bool(secure))
+        store = ObjectStore(objects_fd, algorithm, bool(secure))
     return FileSystem(_Scanner(algorithm, store).directory(None, raw, raw))
 
 

@@ -16,22 +16,19 @@ of the archive) is spilled to an unlinked temporary file until it can be compres
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import operator
 import os
 import queue
-import secrets
-import string
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import zstandard
 
-from composefs._linux import rename_noreplace
-from composefs._pure import _tarcore, decompress, fsverity, splitstream
+from composefs._pure import _tarcore, decompress, splitstream
+from composefs._pure.objects import ObjectStore, open_tmpfile
 
 __all__ = ["read_entries", "split_layer"]
 
@@ -43,9 +40,6 @@ _U64 = (1 << 64) - 1
 _CHUNK = 1 << 20  # read size and unit of body streaming
 _SPILL_THRESHOLD = 16 << 20  # inline runs larger than this go to a temporary file
 _PROGRESS_STEP = 4 << 20
-_TMP_ALPHABET = string.ascii_letters + string.digits
-_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
-_NOT_SUPPORTED = (errno.ENOTTY, errno.EOPNOTSUPP)
 
 SplitResult = tuple[bytes, bytes, bytes, int, int, int, int, int, int, int]
 EntryTuple = tuple[
@@ -68,12 +62,6 @@ EntryTuple = tuple[
 def _round_up(size: int) -> int:
     """``size.next_multiple_of(512)`` as a release build of Rust computes it (wrapping)."""
     return (size + _HEADER - 1) // _HEADER * _HEADER & _U64
-
-
-def _write_all(fd: int, data: memoryview | bytes | bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _available_cores() -> int:
@@ -178,139 +166,7 @@ class _Tar:
 
 
 # --------------------------------------------------------------------------------------------
-# Objects
-
-
-def _open_tmpfile(dir_fd: int) -> tuple[int, str | None]:
-    """A new file in ``dir_fd``: anonymous (``O_TMPFILE``), else ``.tmp-object-XXXXXXXXXXXX``."""
-    try:
-        return os.open(".", os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o644, dir_fd=dir_fd), None
-    except OSError as e:
-        if e.errno not in _NO_TMPFILE:
-            raise
-    for _ in range(16):
-        name = ".tmp-object-" + "".join(secrets.choice(_TMP_ALPHABET) for _ in range(12))
-        try:
-            fd = os.open(
-                name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
-            )
-        except FileExistsError:
-            continue
-        return fd, name
-    raise FileExistsError(errno.EEXIST, "could not create a uniquely-named temporary file")
-
-
-class _ObjectStore:
-    """Writes objects into ``objects/`` as the repository's streaming path does."""
-
-    __slots__ = ("_algorithm", "_dir_fd", "_secure", "present", "written", "written_bytes")
-
-    def __init__(self, objects_fd: int, algorithm: str, secure: bool) -> None:
-        self._dir_fd = objects_fd
-        self._algorithm = algorithm
-        self._secure = secure
-        self.written = 0
-        self.written_bytes = 0
-        self.present = 0
-
-    def begin(self) -> _ObjectWriter:
-        return _ObjectWriter(self, *_open_tmpfile(self._dir_fd))
-
-    def _finalize(self, fd: int, name: str | None, object_id: bytes, size: int) -> None:
-        """Links the temporary file ``fd`` (closed here) in as ``object_id`` unless an object
-        of that name and size exists already."""
-        dir_fd = self._dir_fd
-        hexid = object_id.hex()
-        path = f"{hexid[:2]}/{hexid[2:]}"
-        try:
-            try:
-                st = os.stat(path, dir_fd=dir_fd)
-            except (FileNotFoundError, NotADirectoryError):
-                pass
-            else:
-                if st.st_size == size:
-                    self.present += 1
-                    return
-            # fs-verity can only be enabled with no writable descriptor open
-            ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
-            os.close(fd)
-            fd = ro
-            self._check_verity(fd, object_id)
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(hexid[:2], 0o755, dir_fd=dir_fd)
-            try:
-                if name is None:
-                    os.link(f"/proc/self/fd/{fd}", path, dst_dir_fd=dir_fd, follow_symlinks=True)
-                else:
-                    rename_noreplace(dir_fd, name, dir_fd, path)
-                    name = None
-            except FileExistsError:
-                self.present += 1  # a concurrent writer won
-                return
-            self.written += 1
-            self.written_bytes += size
-        finally:
-            os.close(fd)
-            if name is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=dir_fd)
-
-    def _check_verity(self, fd: int, object_id: bytes) -> None:
-        """Enables fs-verity and double-checks the kernel's digest; without ``secure``, a
-        filesystem that does not support fs-verity is tolerated."""
-        algorithm = self._algorithm
-        try:
-            fsverity.enable_verity(fd, algorithm)
-        except OSError as e:
-            if e.errno in _NOT_SUPPORTED and not self._secure:
-                return
-            if e.errno != errno.EEXIST:
-                raise
-        try:
-            _, measured = fsverity.measure_verity(fd, algorithm)
-        except OSError as e:
-            if e.errno in (errno.ENODATA, *_NOT_SUPPORTED) and not self._secure:
-                return
-            raise
-        if measured != object_id:
-            raise ValueError(
-                f"Double-checking verity digest: Expected digest {object_id.hex()} "
-                f"but found {measured.hex()}"
-            )
-
-
-class _ObjectWriter:
-    """One object being written: a temporary file and its running fs-verity digest."""
-
-    __slots__ = ("_fd", "_hasher", "_name", "_store")
-
-    def __init__(self, store: _ObjectStore, fd: int, name: str | None) -> None:
-        self._store = store
-        self._fd = fd
-        self._name = name
-        self._hasher = fsverity.Hasher(store._algorithm)
-
-    def write(self, data: memoryview) -> None:
-        _write_all(self._fd, data)
-        self._hasher.update(data)
-
-    def finish(self) -> bytes:
-        """Stores the object; returns its id."""
-        object_id = self._hasher.digest()
-        fd, self._fd = self._fd, -1
-        name, self._name = self._name, None
-        self._store._finalize(fd, name, object_id, self._hasher.size)
-        return object_id
-
-    def discard(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        if self._name is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._name, dir_fd=self._store._dir_fd)
-            self._name = None
-
+# Objects: composefs._pure.objects (ObjectStore)
 
 # --------------------------------------------------------------------------------------------
 # Output: the splitstream, with inline runs of any length in bounded memory
@@ -401,7 +257,7 @@ class _InlineRun:
 
 
 def _open_spill_file(dir_fd: int) -> int:
-    fd, name = _open_tmpfile(dir_fd)
+    fd, name = open_tmpfile(dir_fd)
     if name is not None:
         os.unlink(name, dir_fd=dir_fd)
     return fd
@@ -417,7 +273,7 @@ class _Splitter:
     __slots__ = ("_buf", "_external", "_inline", "_pos", "_store", "_tar", "_view", "_writer")
 
     def __init__(
-        self, tar: _Tar, writer: _LayerWriter, store: _ObjectStore, inline: _InlineRun
+        self, tar: _Tar, writer: _LayerWriter, store: ObjectStore, inline: _InlineRun
     ) -> None:
         self._tar = tar
         self._writer = writer
@@ -461,7 +317,7 @@ class _Splitter:
 
     def _large_file(self, size: int, storage: int) -> None:
         """Streams a body into a new object; its padding goes inline."""
-        obj = self._store.begin()
+        obj = self._store.create()
         try:
             remaining = size
             while remaining:
@@ -470,7 +326,7 @@ class _Splitter:
                 take = min(remaining, self._available())
                 obj.write(self._take(take))
                 remaining -= take
-            object_id = obj.finish()
+            object_id, _ = obj.finish()
         finally:
             obj.discard()
         self._inline.flush(self._writer)
@@ -545,7 +401,7 @@ def split_layer(
     hashing = _Hashing(threaded=threads > 1)
     blob = _Blob(source_fd, hashing, progress)
     tar = _Tar(decompress.open_decoder(compression, blob.read), hashing, compression != "none")
-    store = _ObjectStore(objects_fd, algorithm, bool(secure))
+    store = ObjectStore(objects_fd, algorithm, bool(secure))
     inline = _InlineRun(objects_fd)
     try:
         splitter = _Splitter(tar, writer, store, inline)

@@ -6,6 +6,7 @@ import argparse
 import os
 from typing import Any
 
+from composefs.constants import EROFS_VERSIONS
 from composefs.errors import (
     ComposefsError,
     RepositoryError,
@@ -41,7 +42,7 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--erofs-version",
         type=int,
-        choices=[0, 1, 2],
+        choices=EROFS_VERSIONS,
         help="the EROFS format of images written or computed (default: the repository's, V1)",
     )
     parser.add_argument(

@@ -14,6 +14,7 @@ from typing import Any
 
 from composefs import erofs
 from composefs.cli._common import add_command, add_mount_options, open_repo
+from composefs.constants import ALLOWLIST_ONLY, XATTR_MODES
 from composefs.errors import ComposefsError
 from composefs.repository import Repository
 
@@ -87,8 +88,8 @@ def _add_fs_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--xattrs",
-        choices=["allowlist-only", "keep-user-xattrs"],
-        default="allowlist-only",
+        choices=XATTR_MODES,
+        default=ALLOWLIST_ONLY,
         help="which extended attributes to keep (default: only security.capability)",
     )
 

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 from composefs import layer
 from composefs.cli._common import add_command, add_mount_options, open_repo
+from composefs.constants import ALLOWLIST_ONLY, XATTR_MODES
 from composefs.errors import ComposefsError
 
 
@@ -236,8 +237,8 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--xattrs",
-        choices=["allowlist-only", "keep-user-xattrs"],
-        default="allowlist-only",
+        choices=XATTR_MODES,
+        default=ALLOWLIST_ONLY,
         help="which extended attributes to keep (default: only security.capability)",
     )
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from composefs.cli._common import add_command, open_repo, repo_path
+from composefs.constants import EROFS_VERSIONS
 from composefs.errors import ComposefsError
 from composefs.fsverity import Algorithm
 from composefs.repository import Repository, to_id
@@ -29,7 +30,7 @@ def register(sub: Any) -> None:
         "--erofs-version",
         dest="init_erofs_version",
         type=int,
-        choices=[0, 1, 2],
+        choices=EROFS_VERSIONS,
         default=None,
         help="default EROFS image format (default: the global --erofs-version, else 1)",
     )

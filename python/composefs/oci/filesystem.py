@@ -5,8 +5,9 @@ them to the config, rewrite the manifest and tag it (composefs-rs 0.9
 The merge reads the layer splitstreams named by the config stream's ``<diff_id>`` refs, in the
 config's ``rootfs.diff_ids`` order, and applies them as composefs-rs does, except where it
 departs from the OCI image spec (whiteouts of a layer hide only lower layers; see
-``docs/differences.md``). The merged tree travels between the merge and the EROFS writer as a
-composefs dumpfile, so every step can be inspected with ``composefs oci dump``.
+``docs/differences.md``). The backend's layer merge writes the EROFS images straight from the
+merged tree (``mkfs_layers``, one merge for every format asked for); the same tree as a
+composefs dumpfile (``merge_layers``) is what ``composefs oci dump`` prints.
 
 After a pull, :func:`commit_images` writes one image per format the repository is configured
 for (``meta.json`` ``erofs_formats``: the default first), stores the config stream again with
@@ -23,9 +24,19 @@ import json
 from collections.abc import Sequence
 
 from composefs import _backend, erofs, splitstream
+from composefs.constants import ALLOWLIST_ONLY, EROFS_VERSIONS, XATTR_MODES
 from composefs.errors import ComposefsError
-from composefs.oci import image as _image
 from composefs.oci.image import OciImage
+from composefs.oci.names import (
+    BOOT_IMAGE_REF_KEY,
+    IMAGE_REF_KEY,
+    IMAGE_REF_KEY_V1,
+    config_identifier,
+    manifest_identifier,
+    sha256_digest,
+    tag_image,
+)
+from composefs.oci.streams import read_external_stream, write_external_stream, write_manifest
 from composefs.repository import Repository
 
 __all__ = [
@@ -42,9 +53,6 @@ __all__ = [
     "layer_streams",
     "merge_layer_streams",
 ]
-
-#: composefs-rs ``XattrFiltering``: keep only ``security.capability``, or also ``user.*``
-XATTR_MODES = ("allowlist-only", "keep-user-xattrs")
 
 
 class FilesystemError(ComposefsError):
@@ -74,14 +82,14 @@ def image_layers(repo: Repository, image: OciImage | str) -> ImageLayers:
     if isinstance(image, str):
         if image.startswith("@"):
             digest = image[1:]
-            if repo.has_stream(_image.config_identifier(digest)) is None:
-                if repo.has_stream(_image.manifest_identifier(digest)) is None:
+            if repo.has_stream(config_identifier(digest)) is None:
+                if repo.has_stream(manifest_identifier(digest)) is None:
                     raise FilesystemError(f"no config or manifest {digest} in the repository")
                 return image_layers(repo, OciImage.open(repo, digest))
-            raw, refs = _image.read_external_stream(
-                repo, _image.config_identifier(digest), None, splitstream.CONFIG_CONTENT_TYPE
+            raw, refs = read_external_stream(
+                repo, config_identifier(digest), None, splitstream.CONFIG_CONTENT_TYPE
             )
-            found = _image.sha256_digest(raw)
+            found = sha256_digest(raw)
             if found != digest:
                 raise FilesystemError(f"Config integrity failed: expected {digest}, got {found}")
             try:
@@ -138,7 +146,7 @@ def create_dumpfile(
     repo: Repository,
     image: OciImage | str,
     *,
-    xattrs: str = "allowlist-only",
+    xattrs: str = ALLOWLIST_ONLY,
     raw_modes: bool = True,
 ) -> bytes:
     """The merged root filesystem of ``image`` as a composefs dumpfile (``cfsctl oci dump``).
@@ -160,13 +168,13 @@ def create_images(
     image: OciImage | str,
     versions: Sequence[int],
     *,
-    xattrs: str = "allowlist-only",
+    xattrs: str = ALLOWLIST_ONLY,
 ) -> list[bytes]:
     """The EROFS image bytes of ``image`` in each format of ``versions``, from one merge."""
     if xattrs not in XATTR_MODES:
         raise FilesystemError(f"unknown xattr filtering mode {xattrs!r}")
     for version in versions:
-        if version not in erofs.FORMAT_VERSIONS:
+        if version not in EROFS_VERSIONS:
             raise FilesystemError(f"unsupported EROFS format version {version}")
     streams = layer_streams(repo, image)
     try:
@@ -181,7 +189,7 @@ def create_image(
     image: OciImage | str,
     version: int | None = None,
     *,
-    xattrs: str = "allowlist-only",
+    xattrs: str = ALLOWLIST_ONLY,
 ) -> bytes:
     """The EROFS image bytes of ``image`` (format: the repository's default when ``None``)."""
     return create_images(
@@ -194,7 +202,7 @@ def compute_id(
     image: OciImage | str,
     version: int | None = None,
     *,
-    xattrs: str = "allowlist-only",
+    xattrs: str = ALLOWLIST_ONLY,
 ) -> bytes:
     """The image id ``image`` would get (``cfsctl oci compute-id``), without storing anything."""
     return erofs.image_id(create_image(repo, image, version, xattrs=xattrs), repo.algorithm)
@@ -232,23 +240,23 @@ def commit_images(repo: Repository, image: OciImage, tag: str | None = None) -> 
     # the boot image refs already present (we do not build boot images)
     refs = [(d, image.layer_refs[d]) for d in dict.fromkeys(image.diff_ids)]
     if 2 in images:
-        refs.append((_image.IMAGE_REF_KEY, images[2]))
+        refs.append((IMAGE_REF_KEY, images[2]))
     if 1 in images:
-        refs.append((_image.IMAGE_REF_KEY_V1, images[1]))
+        refs.append((IMAGE_REF_KEY_V1, images[1]))
     for key in sorted(image.image_refs):
-        if key.startswith(_image.BOOT_IMAGE_REF_KEY):
+        if key.startswith(BOOT_IMAGE_REF_KEY):
             refs.append((key, image.image_refs[key]))
-    config_verity = _image.write_external_stream(
+    config_verity = write_external_stream(
         repo,
         splitstream.CONFIG_CONTENT_TYPE,
         image.config_raw,
         refs,
-        _image.config_identifier(image.config_digest),
+        config_identifier(image.config_digest),
     )
     # manifest: config:<digest> first, then the layer refs in name order (composefs-rs uses a
     # hash map's order here, so its manifest streams are not reproducible for several layers)
     layer_refs = sorted((d, image.layer_refs[d]) for d in set(image.diff_ids))
-    manifest_verity = _image.write_manifest(
+    manifest_verity = write_manifest(
         repo,
         image.manifest_digest,
         image.manifest_raw,
@@ -257,12 +265,12 @@ def commit_images(repo: Repository, image: OciImage, tag: str | None = None) -> 
         layer_refs,
     )
     if tag is not None:
-        _image.tag_image(repo, image.manifest_digest, tag)
+        tag_image(repo, image.manifest_digest, tag)
     return CommitResult(images[default], images, config_verity, manifest_verity)
 
 
 def merge_layer_streams(
-    streams: Sequence[bytes], *, xattrs: str = "allowlist-only", raw_modes: bool = True
+    streams: Sequence[bytes], *, xattrs: str = ALLOWLIST_ONLY, raw_modes: bool = True
 ) -> bytes:
     """Merges layer splitstream files (bottom first) into a dumpfile, outside any repository."""
     if xattrs not in XATTR_MODES:

@@ -6,11 +6,13 @@ The pipeline (see ``docs/oci.md``)::
       -> manifest for the platform (indexes resolved) -> config (verified)
       -> layers in parallel, largest first (digest and diff_id verified, present ones skipped)
       -> oci-config-<digest> (refs in diff_id order) -> oci-manifest-<digest>
+      -> EROFS image(s) of the merged layers, one per format of meta.json (container images
+         only), config and manifest streams rewritten with the image refs
+         (:func:`composefs.oci.filesystem.commit_images`)
       -> oci-index-<digest> for every index walked (our extension) -> tag
 
-EROFS generation (cfsctl's last step) is not done yet: the tag points at the manifest stream
-written here, and the manifest and config streams are the ones cfsctl writes *before* its
-EROFS rewrite, byte for byte.
+The repository ends up byte for byte as ``cfsctl oci pull`` leaves it (streams, images, refs).
+Sources are opened through :data:`SOURCES`, one entry per transport.
 """
 
 from __future__ import annotations
@@ -26,13 +28,22 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from composefs import layer as _layer
 from composefs import splitstream
 from composefs.errors import ComposefsError
-from composefs.layer import LAYER_MEDIA_TYPES, LayerImportResult, import_layer, layer_identifier
-from composefs.oci import image as _image
 from composefs.oci.filesystem import CommitResult, commit_images
-from composefs.oci.image import CONFIG_MEDIA_TYPE, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE
+from composefs.oci.image import OciImage
+from composefs.oci.index import write_index
 from composefs.oci.layout import LayoutSource
+from composefs.oci.media_types import (
+    CONFIG_MEDIA_TYPE,
+    DOCKER_CONFIG_MEDIA_TYPE,
+    DOCKER_MANIFEST_MEDIA_TYPE,
+    INDEX_MEDIA_TYPE,
+    LAYER_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPE,
+)
+from composefs.oci.names import config_identifier, manifest_identifier, tag_image
 from composefs.oci.platform import Platform, parse_platform
 from composefs.oci.reference import (
     ImageReference,
@@ -42,9 +53,11 @@ from composefs.oci.reference import (
     parse_reference,
 )
 from composefs.oci.source import Descriptor, ImageSource, ResolvedManifest
+from composefs.oci.streams import read_external_stream, write_config, write_manifest
 from composefs.repository import Repository
 
 __all__ = [
+    "SOURCES",
     "ImportStats",
     "PullError",
     "PullEvent",
@@ -53,9 +66,6 @@ __all__ = [
     "open_source",
     "pull",
 ]
-
-DOCKER_MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
 
 
 class PullError(ComposefsError):
@@ -93,10 +103,6 @@ class ImportStats:
     bytes_hardlinked: int = 0
     bytes_inlined: int = 0
 
-    @property
-    def new_objects(self) -> int:
-        return self.objects_copied + self.objects_reflinked + self.objects_hardlinked
-
     def __add__(self, other: ImportStats) -> ImportStats:
         return ImportStats(
             *(
@@ -106,7 +112,7 @@ class ImportStats:
         )
 
     @classmethod
-    def from_layer(cls, result: LayerImportResult) -> ImportStats:
+    def from_layer(cls, result: _layer.LayerImportResult) -> ImportStats:
         if result.skipped:
             return cls(layers=1, layers_already_present=1)
         written_bytes = result.bytes_written
@@ -202,18 +208,46 @@ class PullResult:
 # -- sources ---------------------------------------------------------------------------------
 
 
-def open_source(ref: ImageReference, platform: str | None = None) -> ImageSource:
-    """A :class:`LayoutSource` for ``oci:``, skopeo's image proxy for everything else."""
-    if ref.transport == "oci":
-        return LayoutSource(parse_layout_name(ref.name))
+#: Opens an image source for a parsed reference and the wanted platform.
+SourceFactory = Callable[[ImageReference, "str | None"], ImageSource]
+
+
+def _open_layout(ref: ImageReference, platform: str | None) -> ImageSource:
+    """``oci:``: the layout directory, read natively."""
+    return LayoutSource(parse_layout_name(ref.name))
+
+
+def _open_proxy(ref: ImageReference, platform: str | None) -> ImageSource:
+    """Every transport skopeo knows, through its image proxy."""
     try:
         from composefs.oci import proxy
     except ImportError as e:
         raise PullError(
             f"the {ref.transport}: transport needs the skopeo image proxy client"
         ) from e
-    source: ImageSource = proxy.ProxyImageSource(ref.for_skopeo(), platform=platform)
-    return source
+    return proxy.ProxyImageSource(ref.for_skopeo(), platform=platform)
+
+
+#: canonical transport name (:data:`composefs.oci.reference.TRANSPORTS`) -> how to open it; a
+#: new transport is a module with a factory plus one line here
+SOURCES: dict[str, SourceFactory] = {
+    "oci": _open_layout,
+    "docker": _open_proxy,
+    "oci-archive": _open_proxy,
+    "docker-archive": _open_proxy,
+    "containers-storage": _open_proxy,
+    "dir": _open_proxy,
+    "docker-daemon": _open_proxy,
+}
+
+
+def open_source(ref: ImageReference, platform: str | None = None) -> ImageSource:
+    """The :class:`~composefs.oci.source.ImageSource` for ``ref``'s transport (:data:`SOURCES`):
+    a :class:`LayoutSource` for ``oci:``, skopeo's image proxy for everything else."""
+    factory = SOURCES.get(ref.transport)
+    if factory is None:
+        raise PullError(f"no image source for the {ref.transport}: transport")
+    return factory(ref, platform)
 
 
 def _source_context(ref: ImageReference) -> str:
@@ -266,18 +300,16 @@ def pull(
     stored_verity = result.manifest_verity
     committed: CommitResult | None = None
     try:
-        img = _image.OciImage.open(repo, result.manifest_digest, result.manifest_verity)
+        img = OciImage.open(repo, result.manifest_digest, result.manifest_verity)
         if img.is_container_image:
             emit(PullEvent("message", message="Creating composefs image"))
             committed = commit_images(repo, img)
             stored_verity = committed.manifest_verity
     except (ComposefsError, OSError) as e:
         raise PullError(f"Creating the composefs image of manifest {result.manifest_digest}") from e
-    index_verity = _image.write_index(
-        repo, resolved.indexes, result.manifest_digest, stored_verity, name
-    )
+    index_verity = write_index(repo, resolved.indexes, result.manifest_digest, stored_verity, name)
     if name is not None:
-        _image.tag_image(repo, result.manifest_digest, name)
+        tag_image(repo, result.manifest_digest, name)
     return dataclasses.replace(
         result,
         tag=name,
@@ -379,10 +411,10 @@ def _import(
     except ComposefsError as e:
         raise PullError(f"Failed to import image content for manifest {resolved.digest}") from e
     emit(PullEvent("message", message="Storing manifest"))
-    identifier = _image.manifest_identifier(resolved.digest)
+    identifier = manifest_identifier(resolved.digest)
     manifest_verity = repo.has_stream(identifier)
     if manifest_verity is None:
-        manifest_verity = _image.write_manifest(
+        manifest_verity = write_manifest(
             repo, resolved.digest, resolved.raw, config_digest, config_verity, layer_refs
         )
     platform = None
@@ -409,12 +441,12 @@ def _import_config_and_layers(
     threads: int,
 ) -> tuple[str, bytes, bytes, list[tuple[str, bytes]], ImportStats]:
     config_digest = config_desc.digest
-    identifier = _image.config_identifier(config_digest)
+    identifier = config_identifier(config_digest)
     existing = repo.has_stream(identifier)
     if existing is not None:
         # cfsctl: a config stream already present means its layers are too
         try:
-            raw, refs = _image.read_external_stream(
+            raw, refs = read_external_stream(
                 repo, identifier, existing, splitstream.CONFIG_CONTENT_TYPE
             )
         except ComposefsError as e:
@@ -461,7 +493,7 @@ def _import_config_and_layers(
     stats = ImportStats()
     for diff_id in dict.fromkeys(diff_ids):
         stats = stats + results[diff_id][1]
-    config_verity = _image.write_config(repo, config_digest, raw, layer_refs)
+    config_verity = write_config(repo, config_digest, raw, layer_refs)
     return config_digest, config_verity, raw, layer_refs, stats
 
 
@@ -524,7 +556,7 @@ def _import_one(
     threads: int,
     cancelled: threading.Event,
 ) -> tuple[bytes, ImportStats]:
-    existing = repo.has_stream(layer_identifier(diff_id))
+    existing = repo.has_stream(_layer.layer_identifier(diff_id))
     if existing is not None:
         emit(PullEvent("skipped", id=diff_id))
         return existing, ImportStats(layers=1, layers_already_present=1)
@@ -538,7 +570,7 @@ def _import_one(
             verity, stats = _store_blob(repo, fd, desc, diff_id)
     else:
         with source.open_blob(desc) as fd:
-            result = import_layer(
+            result = _layer.import_layer(
                 repo,
                 fd,
                 diff_id,
@@ -561,7 +593,7 @@ def _store_blob(repo: Repository, fd: int, desc: Descriptor, key: str) -> tuple[
         raise PullError(f"blob digest mismatch: expected {desc.digest}, got {found}")
     writer = splitstream.Writer(repo.algorithm, splitstream.BLOB_CONTENT_TYPE)
     writer.write_external(object_id, desc.size)
-    verity = repo.write_stream(writer, layer_identifier(key))
+    verity = repo.write_stream(writer, _layer.layer_identifier(key))
     return verity, ImportStats(layers=1, objects_copied=1, bytes_copied=desc.size)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
 from typing import Any, Protocol
 
 __all__ = ["Descriptor", "ImageSource", "ResolvedManifest"]
@@ -71,11 +70,3 @@ class ImageSource(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-@contextlib.contextmanager
-def closing_source(source: ImageSource) -> Iterator[ImageSource]:
-    try:
-        yield source
-    finally:
-        source.close()

@@ -1,0 +1,241 @@
+"""How OCI images are named in a repository: stream identifiers, tags, referrers.
+
+::
+
+    streams/oci-manifest-sha256:<hex>      manifest_identifier(digest)
+    streams/oci-config-sha256:<hex>        config_identifier(digest)
+    streams/oci-index-sha256:<hex>         index_identifier(digest) (our extension)
+    streams/refs/oci/<encoded tag>         a tag (encode_tag) -> ../../oci-manifest-...
+    streams/refs/oci-index/<encoded tag>   the index a tag was pulled through (our extension)
+    streams/refs/oci-referrers/<subject>/<artifact>   referrers of a manifest
+
+(Layer streams are ``oci-layer-<diff_id>``: :func:`composefs.layer.layer_identifier`.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from typing import TYPE_CHECKING
+
+from composefs.errors import ComposefsError
+from composefs.oci.reference import ReferenceError, parse_digest
+
+if TYPE_CHECKING:
+    from composefs.repository import Repository
+
+__all__ = [
+    "BOOT_IMAGE_REF_KEY",
+    "BOOT_IMAGE_REF_KEY_V1",
+    "IMAGE_REF_KEY",
+    "IMAGE_REF_KEY_V1",
+    "INDEX_REF_PREFIX",
+    "OCI_REF_PREFIX",
+    "REFERRER_REF_PREFIX",
+    "SEAL_LABEL",
+    "ImageError",
+    "config_identifier",
+    "decode_tag",
+    "encode_tag",
+    "find_stream_digest",
+    "index_identifier",
+    "list_index_refs",
+    "list_referrers",
+    "list_refs",
+    "manifest_identifier",
+    "ref_path",
+    "resolve_index_ref",
+    "resolve_ref",
+    "sha256_digest",
+    "tag_image",
+    "untag_image",
+]
+
+OCI_REF_PREFIX = "oci/"
+INDEX_REF_PREFIX = "oci-index/"
+REFERRER_REF_PREFIX = "oci-referrers/"
+
+IMAGE_REF_KEY = "composefs.image"
+IMAGE_REF_KEY_V1 = "composefs.image.v1"
+BOOT_IMAGE_REF_KEY = "composefs.image.boot"
+BOOT_IMAGE_REF_KEY_V1 = "composefs.image.boot.v1"
+SEAL_LABEL = "containers.composefs.fsverity"
+
+
+class ImageError(ComposefsError):
+    """An OCI image in the repository is missing, incomplete or corrupt."""
+
+
+# -- stream identifiers and tag encoding ---------------------------------------------------------
+
+
+def manifest_identifier(digest: str) -> str:
+    return f"oci-manifest-{digest}"
+
+
+def config_identifier(digest: str) -> str:
+    return f"oci-config-{digest}"
+
+
+def index_identifier(digest: str) -> str:
+    return f"oci-index-{digest}"
+
+
+def encode_tag(name: str) -> str:
+    """Tag -> file name: ``%`` becomes ``%25`` (first), then ``/`` becomes ``%2F``."""
+    return name.replace("%", "%25").replace("/", "%2F")
+
+
+def decode_tag(encoded: str) -> str:
+    """File name -> tag, single pass; unknown ``%xx`` sequences are kept as they are."""
+    out: list[str] = []
+    i = 0
+    while i < len(encoded):
+        c = encoded[i]
+        if c == "%":
+            code = encoded[i + 1 : i + 3]
+            out.append({"2F": "/", "25": "%"}.get(code, "%" + code))
+            i += 1 + len(code)
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def ref_path(name: str, prefix: str = OCI_REF_PREFIX) -> str:
+    """The path of a tag below ``streams/refs/``."""
+    return prefix + encode_tag(name)
+
+
+# -- tags ------------------------------------------------------------------------------------
+
+
+def _validate_ref_name(name: str) -> None:
+    if name.startswith("@"):
+        raise ImageError(
+            f"Invalid ref name {json.dumps(name)}: leading '@' is reserved for digest references"
+        )
+
+
+def tag_image(repo: Repository, digest: str, name: str) -> None:
+    """Tags a manifest (or, our extension, a stored index) under ``name``.
+
+    Like cfsctl, a manifest tag is written even when the manifest is not in the repository.
+    """
+    _validate_ref_name(name)
+    if (
+        repo.has_stream(manifest_identifier(digest)) is None
+        and repo.has_stream(index_identifier(digest)) is not None
+    ):
+        repo.name_stream(index_identifier(digest), ref_path(name, INDEX_REF_PREFIX))
+        return
+    repo.name_stream(manifest_identifier(digest), ref_path(name))
+
+
+def untag_image(repo: Repository, name: str) -> None:
+    """Removes the tag ``name`` (and the index tag of the same name, if any)."""
+    repo.ensure_writable()
+    removed = False
+    try:
+        os.unlink(f"streams/refs/{ref_path(name)}", dir_fd=repo.fd)
+        removed = True
+    except FileNotFoundError as e:
+        missing: OSError = e
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"streams/refs/{ref_path(name, INDEX_REF_PREFIX)}", dir_fd=repo.fd)
+        removed = True
+    if not removed:
+        raise ImageError(f"Failed to remove tag {name}") from FileNotFoundError(
+            missing.errno, missing.strerror
+        )
+
+
+def _digest_of_target(target: str, prefix: str) -> str | None:
+    last = target.rsplit("/", 1)[-1]
+    if not last.startswith(prefix):
+        return None
+    try:
+        return parse_digest(last[len(prefix) :])
+    except ReferenceError:
+        return None
+
+
+def resolve_ref(repo: Repository, name: str) -> tuple[str, bytes]:
+    """A tag's ``(manifest digest, manifest verity)``."""
+    try:
+        target = os.readlink(f"streams/refs/{ref_path(name)}", dir_fd=repo.fd)
+    except FileNotFoundError:
+        raise ImageError(f"OCI reference not found: {name}") from None
+    digest = _digest_of_target(target, "oci-manifest-")
+    if digest is None:
+        raise ImageError(f"Invalid manifest reference: {target.rsplit('/', 1)[-1]}")
+    verity = repo.has_stream(manifest_identifier(digest))
+    if verity is None:
+        raise ImageError(f"Manifest {digest} not found")
+    return digest, verity
+
+
+def resolve_index_ref(repo: Repository, name: str) -> tuple[str, bytes] | None:
+    """The ``(digest, verity)`` of the index a tag was pulled through, if it was kept."""
+    try:
+        target = os.readlink(f"streams/refs/{ref_path(name, INDEX_REF_PREFIX)}", dir_fd=repo.fd)
+    except FileNotFoundError:
+        return None
+    digest = _digest_of_target(target, "oci-index-")
+    if digest is None:
+        return None
+    verity = repo.has_stream(index_identifier(digest))
+    return None if verity is None else (digest, verity)
+
+
+def list_refs(repo: Repository) -> list[tuple[str, str]]:
+    """``(tag, manifest digest)`` for every tag (sorted by file name)."""
+    out = []
+    for encoded, target in repo.list_stream_refs("oci"):
+        digest = _digest_of_target(target, "oci-manifest-")
+        if digest is not None:
+            out.append((decode_tag(encoded), digest))
+    return out
+
+
+def list_index_refs(repo: Repository) -> list[tuple[str, str]]:
+    """``(tag, index digest)`` for every index tag."""
+    out = []
+    for encoded, target in repo.list_stream_refs("oci-index"):
+        digest = _digest_of_target(target, "oci-index-")
+        if digest is not None:
+            out.append((decode_tag(encoded), digest))
+    return out
+
+
+def list_referrers(repo: Repository, subject: str) -> list[tuple[str, bytes]]:
+    """``(artifact manifest digest, verity)`` of the referrers recorded for ``subject``."""
+    out = []
+    for encoded, target in repo.list_stream_refs(REFERRER_REF_PREFIX + encode_tag(subject)):
+        artifact = decode_tag(encoded)
+        last = target.rsplit("/", 1)[-1]
+        if last.startswith("oci-manifest-") and last[len("oci-manifest-") :] != artifact:
+            continue
+        try:
+            digest = parse_digest(artifact)
+        except ReferenceError as e:
+            raise ImageError(f"Parsing referrer digest '{artifact}'") from e
+        verity = repo.has_stream(manifest_identifier(digest))
+        if verity is not None:
+            out.append((digest, verity))
+    return out
+
+
+def find_stream_digest(repo: Repository, digest: str) -> str | None:
+    """``manifest``, ``index`` or ``None``: what the repository holds under ``digest``."""
+    if repo.has_stream(manifest_identifier(digest)) is not None:
+        return "manifest"
+    if repo.has_stream(index_identifier(digest)) is not None:
+        return "index"
+    return None

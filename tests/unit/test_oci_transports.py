@@ -1,0 +1,28 @@
+"""Every transport that reference parsing accepts has an entry in pull's transport table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from composefs.oci.layout import LayoutSource
+from composefs.oci.pull import SOURCES, open_source
+from composefs.oci.reference import PROXY_TRANSPORTS, TRANSPORTS, parse_reference
+from composefs.testing import LayoutWriter
+
+
+def test_every_transport_has_a_source() -> None:
+    assert set(TRANSPORTS.values()) == set(SOURCES)
+    for prefix in TRANSPORTS:
+        text = f"{prefix}://x" if prefix == "docker" else f"{prefix}:x"
+        assert parse_reference(text).transport in SOURCES
+
+
+def test_oci_is_native_the_rest_proxied(tmp_path: Path) -> None:
+    assert set(SOURCES) - PROXY_TRANSPORTS == {"oci"}
+    w = LayoutWriter(tmp_path)
+    w.write_index([])
+    source = open_source(parse_reference(f"oci:{tmp_path}"))
+    try:
+        assert isinstance(source, LayoutSource)
+    finally:
+        source.close()
