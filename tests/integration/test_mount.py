@@ -33,6 +33,7 @@ from composefs.oci.platform import host_platform
 from composefs.repository import Repository
 from composefs.testing import LayoutWriter, TarBuilder
 from support import need_root, run, tool
+from support.tars import seeded_bytes
 
 pytestmark = pytest.mark.root
 
@@ -41,12 +42,7 @@ T1, T2, T3 = 1_700_000_000, 1_700_000_100, 1_700_000_200
 
 
 def _data(seed: str, size: int) -> bytes:
-    out = bytearray()
-    i = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}/{i}".encode()).digest()
-        i += 1
-    return bytes(out[:size])
+    return seeded_bytes(seed, size, "sha256")
 
 
 # -- the image ---------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The skopeo image proxy client against the real skopeo, a real local registry and oci-archive.
 
-Nothing is mocked: images are written as OCI layouts by hand (see conftest), copied with
+Nothing is mocked: images are written as OCI layouts by hand (``support.registry``), copied with
 ``skopeo copy`` into Debian's ``docker-registry`` or into an ``oci-archive:`` tarball, and read
 back through ``skopeo experimental-image-proxy`` with :class:`ProxyImageSource`.
 """
@@ -23,7 +23,8 @@ from composefs.oci import proxy
 from composefs.oci.platform import host_platform
 from composefs.oci.proxy import ProxyError, ProxyImageSource
 from composefs.oci.source import Descriptor
-from conftest import (
+from support import run, tool
+from support.registry import (
     OCI_MANIFEST,
     Blob,
     LayoutWriter,
@@ -32,7 +33,6 @@ from conftest import (
     Registry,
     image_files,
 )
-from support import run, tool
 
 TLS = ("--tls-verify=false",)
 

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_oci_interop import HOST_ARCH, build_layout
 
 from composefs import erofs, splitstream
 from support import run, tool
+from support.oci import HOST_ARCH, build_layout
 
 pytestmark = pytest.mark.interop
 

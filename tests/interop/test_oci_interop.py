@@ -22,104 +22,12 @@ from typing import Any
 import pytest
 
 from composefs import splitstream
-from composefs.oci.platform import host_platform
 from composefs.testing import LayoutWriter, TarBuilder
 from support import need, run, tool
+from support.oci import HOST_ARCH, OTHER_ARCH, build_layout
+from support.tars import seeded_bytes
 
 pytestmark = pytest.mark.interop
-
-HOST = host_platform()
-# cfsctl (ocidir) compares the exact architecture string: give it the host's canonical name
-HOST_ARCH = HOST.architecture
-OTHER_ARCH = "s390x" if HOST_ARCH != "s390x" else "ppc64le"
-
-
-def _data(seed: str, size: int) -> bytes:
-    out = bytearray()
-    i = 0
-    while len(out) < size:
-        out += hashlib.sha512(f"{seed}/{i}".encode()).digest()
-        i += 1
-    return bytes(out[:size])
-
-
-def _base() -> bytes:
-    t = TarBuilder()
-    for d in ("etc", "usr", "usr/bin", "usr/lib", "usr/share", "opt", "opt/old", "var"):
-        t.dir(d)
-    t.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n" * 3)
-    t.file("usr/bin/tool", _data("tool", 70_000), mode=0o755, uid=1000, gid=100)
-    t.file("usr/bin/small", b"tiny\n")
-    t.file("usr/bin/sixty-five", b"6" * 65)
-    t.file("usr/lib/big", _data("big", 300_000))
-    t.symlink("usr/bin/link", "tool")
-    t.hardlink("usr/bin/hard", "usr/bin/tool")
-    t.file("opt/old/a", _data("a", 1000))
-    t.file("opt/old/b", b"b" * 10)
-    t.file("var/gone", b"will be whited out\n" * 8)
-    t.fifo("var/fifo")
-    t.file(
-        "usr/lib/xattr", _data("x", 500), xattrs={"user.comment": "hello=world", "trusted.k": "v"}
-    )
-    t.file("usr/share/" + "n" * 150, b"long name" * 20)
-    return t.build()
-
-
-def _whiteouts() -> bytes:
-    t = TarBuilder(mtime=1_700_000_100)
-    t.dir("var")
-    t.whiteout("var/gone")
-    t.dir("opt")
-    t.dir("opt/old")
-    t.opaque("opt/old")
-    t.file("opt/old/c", _data("c", 4000))
-    t.dir("usr")
-    t.dir("usr/bin")
-    t.file("usr/bin/tool", _data("tool2", 80_000), mode=0o755)  # replaces the lower one
-    t.hardlink("usr/bin/hard2", "opt/old/c")
-    return t.build()
-
-
-def _plain() -> bytes:
-    t = TarBuilder(mtime=1_700_000_200)
-    t.dir("usr")
-    t.dir("usr/share")
-    t.file("usr/share/doc", b"uncompressed layer\n" * 10, xattrs={"user.x": "1"})
-    return t.build()
-
-
-def build_layout(path: Path) -> dict[str, str]:
-    """The test images; returns tag -> what it exercises."""
-    w = LayoutWriter(path)
-    base = w.layer(_base(), "gzip")
-    whiteouts = w.layer(_whiteouts(), "zstd")
-    plain = w.layer(_plain(), "none")
-    small = w.layer(TarBuilder().dir("usr").file("usr/only", _data("o", 2000)).build(), "gzip")
-
-    multi = w.image([base, whiteouts, plain], architecture=HOST_ARCH, platform_in_descriptor=False)
-    host = w.image([base, small], architecture=HOST_ARCH)
-    other = w.image([small], architecture=OTHER_ARCH)
-    arm = w.image([small], architecture="arm", variant="v7")
-    index = w.index([other, arm, host])
-    # an index entry without platform: the config says the architecture
-    noplat = w.image([plain, small], architecture=HOST_ARCH, platform_in_descriptor=False)
-    index2 = w.index([other, noplat])
-    # `skopeo copy --all`: one index.json entry pointing at an index
-    nested = w.index([other, w.image([small, whiteouts], architecture=HOST_ARCH)])
-    w.write_index(
-        [
-            w.tagged(multi, "multi"),
-            w.tagged(index, "index"),
-            w.tagged(index2, "noplatform"),
-            w.tagged(nested, "nested"),
-        ]
-    )
-    return {
-        "multi": "gzip/zstd/none layers, whiteouts, opaque dir, hardlinks, xattrs, no platform",
-        "index": "multi-platform index",
-        "noplatform": "index entry without platform",
-        "nested": "skopeo --all style single nested index",
-    }
 
 
 def ours(*args: str | os.PathLike[str], check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -258,7 +166,7 @@ def test_summary_with_shared_objects(cfsctl: str, tmp_path: Path) -> None:
     """Objects already in the repository do not count as stored bytes (cfsctl's summary)."""
     layout = tmp_path / "img"
     w = LayoutWriter(layout)
-    big = _data("big", 300_000)
+    big = seeded_bytes("big", 300_000)
     one = w.layer(TarBuilder().dir("usr").file("usr/a", big).file("usr/b", b"x" * 100).build())
     two = w.layer(
         TarBuilder(mtime=5).dir("usr").file("usr/c", big).file("usr/d", b"y" * 90).build()

@@ -8,12 +8,9 @@ no PAX global headers, no ``..`` in names), where both tools must agree byte for
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import tarfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,95 +19,13 @@ from composefs._pure import dumpfile, tree
 from composefs.oci.platform import host_platform
 from composefs.testing import LayoutWriter
 from support import run, tool
+from support.tars import Tar, seeded_bytes
 
 pytestmark = pytest.mark.interop
 
 ARCH = host_platform().architecture
 ALGORITHMS = ["fsverity-sha256-12", "fsverity-sha512-12"]
 XATTR_MODES = ["allowlist-only", "keep-user-xattrs"]
-
-
-def _data(seed: str, size: int) -> bytes:
-    out = bytearray()
-    i = 0
-    while len(out) < size:
-        out += hashlib.sha512(f"{seed}/{i}".encode()).digest()
-        i += 1
-    return bytes(out[:size])
-
-
-class Tar:
-    """A PAX tar with per-entry PAX records, and raw header patches for what tarfile cannot
-    write (modes with file-type bits, negative base-256 mtimes)."""
-
-    def __init__(self, mtime: int = 1_700_000_000) -> None:
-        self.mtime = mtime
-        self.buf = io.BytesIO()
-        self.tar = tarfile.TarFile(fileobj=self.buf, mode="w", format=tarfile.PAX_FORMAT)
-        self.patches: list[tuple[str, int, bytes]] = []
-
-    def add(
-        self,
-        name: str,
-        kind: bytes = tarfile.REGTYPE,
-        data: bytes | None = None,
-        *,
-        mode: int = 0o644,
-        uid: int = 0,
-        gid: int = 0,
-        link: str = "",
-        xattrs: dict[str, str] | None = None,
-        pax: dict[str, str] | None = None,
-        major: int = 0,
-        minor: int = 0,
-    ) -> Tar:
-        info = tarfile.TarInfo(name)
-        info.type = kind
-        info.mode = mode
-        info.uid, info.gid = uid, gid
-        info.uname = info.gname = ""
-        info.mtime = self.mtime
-        info.linkname = link
-        info.devmajor, info.devminor = major, minor
-        headers = {f"SCHILY.xattr.{k}": v for k, v in (xattrs or {}).items()}
-        headers.update(pax or {})
-        info.pax_headers = headers
-        if data is not None:
-            info.size = len(data)
-        self.tar.addfile(info, io.BytesIO(data) if data is not None else None)
-        return self
-
-    def dir(self, name: str, mode: int = 0o755, **kw: Any) -> Tar:
-        return self.add(name, tarfile.DIRTYPE, mode=mode, **kw)
-
-    def file(self, name: str, data: bytes = b"", **kw: Any) -> Tar:
-        return self.add(name, tarfile.REGTYPE, data, **kw)
-
-    def link(self, name: str, target: str) -> Tar:
-        return self.add(name, tarfile.LNKTYPE, link=target)
-
-    def symlink(self, name: str, target: str) -> Tar:
-        return self.add(name, tarfile.SYMTYPE, link=target, mode=0o777)
-
-    def patch(self, name: str, offset: int, value: bytes) -> Tar:
-        self.patches.append((name, offset, value))
-        return self
-
-    def build(self) -> bytes:
-        self.tar.close()
-        data = bytearray(self.buf.getvalue())
-        for name, start, value in self.patches:
-            for offset in range(0, len(data), 512):
-                block = data[offset : offset + 512]
-                if block[:100].rstrip(b"\0") == name.encode() and block[257:262] == b"ustar":
-                    data[offset + start : offset + start + len(value)] = value
-                    data[offset + 148 : offset + 156] = b" " * 8
-                    checksum = sum(data[offset : offset + 512])
-                    data[offset + 148 : offset + 156] = b"%06o\0 " % checksum
-                    break
-            else:
-                raise AssertionError(f"no header {name}")
-        return bytes(data)
 
 
 XATTRS = {
@@ -128,7 +43,9 @@ def base_layer() -> bytes:
     for d in ("etc", "usr", "usr/bin", "usr/lib", "opt", "opt/old", "var", "dev", "run"):
         t.dir(d)
     t.dir("usr/lib/caps", xattrs=XATTRS)
-    t.file("usr/bin/tool", _data("tool", 70_000), mode=0o755, uid=1000, gid=100, xattrs=XATTRS)
+    t.file(
+        "usr/bin/tool", seeded_bytes("tool", 70_000), mode=0o755, uid=1000, gid=100, xattrs=XATTRS
+    )
     t.link("usr/bin/tool-hard", "usr/bin/tool")
     t.file("usr/bin/small", b"tiny\n", pax={"mtime": "1700000000.123456789"})
     t.file("usr/bin/sixty-four", b"6" * 64)
@@ -141,7 +58,7 @@ def base_layer() -> bytes:
     t.file("usr/lib/" + "d" * 120 + "/" + "f" * 120, b"deep")
     t.file("usr/lib/sp ace\tand\\back=slash", b"odd names\n")
     t.file("usr/lib/caf\u00e9", b"utf8")
-    t.file("opt/old/a", _data("a", 1000))
+    t.file("opt/old/a", seeded_bytes("a", 1000))
     t.file("opt/old/b", b"b")
     t.file("var/gone", b"will be whited out\n" * 8)
     t.link("var/gone-hard", "var/gone")
@@ -168,10 +85,10 @@ def upper_layer() -> bytes:
     t.dir("opt")
     t.dir("opt/old", mode=0o750)
     t.file("opt/old/.wh..wh..opq")
-    t.file("opt/old/c", _data("c", 4000))
+    t.file("opt/old/c", seeded_bytes("c", 4000))
     t.dir("usr", mode=0o755, uid=1, gid=2, pax={"mtime": "1700000100.5"}, xattrs=XATTRS)
     t.dir("usr/bin")
-    t.file("usr/bin/tool", _data("tool2", 80_000), mode=0o755)  # the hard link keeps the old
+    t.file("usr/bin/tool", seeded_bytes("tool2", 80_000), mode=0o755)  # the hard link keeps the old
     t.link("usr/bin/hard2", "opt/old/c")
     t.link("usr/bin/hard-lower", "usr/bin/small")  # across layers
     t.dir("usr/lib/caps", mode=0o700, xattrs={"user.new": "1"})  # dir over dir: stat only

@@ -25,7 +25,7 @@ from composefs._pure.tree import (
     Stat,
 )
 
-DATA = Path(__file__).parent.parent / "data"
+DATA = Path(__file__).parents[2] / "data"
 
 # composefs-rs tests/mkfs.rs, test_erofs_digest_stability (SHA-256 fs-verity of the image)
 PINNED = {

@@ -12,7 +12,6 @@ are checked directly, and the native merge is compared with the pure twin
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tarfile
@@ -28,6 +27,7 @@ import pytest
 from composefs.oci.platform import host_platform
 from composefs.testing import LayoutWriter, TarBuilder
 from support import load_backend, need, run, tool
+from support.tars import seeded_bytes
 
 OCILAYER = int.from_bytes(b"ocilayer", "little")
 XATTR_MODES = ("allowlist-only", "keep-user-xattrs")
@@ -48,15 +48,6 @@ def cfsctl() -> str:
 
 
 # -- layers -----------------------------------------------------------------------------------
-
-
-def _data(seed: str, size: int) -> bytes:
-    out = bytearray()
-    i = 0
-    while len(out) < size:
-        out += hashlib.sha512(f"{seed}/{i}".encode()).digest()
-        i += 1
-    return bytes(out[:size])
 
 
 def _patch_mode(tar: bytes, name: str, mode: int) -> bytes:
@@ -103,16 +94,16 @@ def _base() -> bytes:
     for d in ("etc", "usr", "usr/bin", "usr/lib", "usr/share", "opt", "opt/old", "var", "run"):
         t.dir(d, mode=0o755 if d != "usr" else 0o750, uid=0 if d != "usr" else 12)
     t.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n" * 3)
-    t.file("usr/bin/tool", _data("tool", 70_000), mode=0o755, uid=1000, gid=100)
+    t.file("usr/bin/tool", seeded_bytes("tool", 70_000), mode=0o755, uid=1000, gid=100)
     t.file("usr/bin/small", b"tiny\n")
     t.file("usr/bin/sixty-four", b"6" * 64)
     t.file("usr/bin/sixty-five", b"6" * 65)
     t.file("usr/bin/empty", b"")
-    t.file("usr/lib/big", _data("big", 300_000))
+    t.file("usr/lib/big", seeded_bytes("big", 300_000))
     t.symlink("usr/bin/link", "tool")
     t.symlink("usr/bin/dash", "-")
     t.hardlink("usr/bin/hard", "usr/bin/tool")
-    t.file("opt/old/a", _data("a", 1000))
+    t.file("opt/old/a", seeded_bytes("a", 1000))
     t.file("opt/old/b", b"b" * 10)
     t.file("var/gone", b"will be whited out\n" * 8)
     t.fifo("var/fifo")
@@ -123,7 +114,7 @@ def _base() -> bytes:
     t.file("run/sub/f", b"x")
     t.file(
         "usr/share/xattr",
-        _data("x", 500),
+        seeded_bytes("x", 500),
         xattrs={
             "user.comment": "hello=world",
             "user.empty": "",
@@ -150,10 +141,10 @@ def _whiteouts() -> bytes:
     t.dir("opt")
     t.dir("opt/old")
     t.opaque("opt/old")
-    t.file("opt/old/c", _data("c", 4000))
+    t.file("opt/old/c", seeded_bytes("c", 4000))
     t.dir("usr", mode=0o700)  # dir over dir: only the stat changes
     t.dir("usr/bin")
-    t.file("usr/bin/tool", _data("tool2", 80_000), mode=0o755)  # usr/bin/hard keeps the old
+    t.file("usr/bin/tool", seeded_bytes("tool2", 80_000), mode=0o755)  # usr/bin/hard keeps the old
     t.hardlink("usr/bin/hard2", "opt/old/c")
     t.hardlink("etc/passwd-link", "etc/passwd")  # target from the lower layer
     t.file("usr/lib", b"a file replaces a directory")

@@ -42,7 +42,7 @@ from composefs._pure.tree import (
 )
 from support import load_backend, need, run, tool
 
-DATA = Path(__file__).parent.parent / "data"
+DATA = Path(__file__).parents[2] / "data"
 
 EMPTY = b"/ 0 40755 2 0 0 0 0.0 - - -\n"
 SIMPLE = (

@@ -41,6 +41,7 @@ from composefs._pure.tree import (
 from composefs.layer import import_layer
 from composefs.repository import Repository
 from support import load_backend, need
+from support.tars import Tar
 
 VERSIONS = (0, 1, 2)
 XATTR_MODES = ("allowlist-only", "keep-user-xattrs")
@@ -528,52 +529,6 @@ def test_mkfs_random_trees_all_versions(
 
 # --------------------------------------------------------------------------------------------
 # layers: merge_layers and mkfs_layers
-
-
-class Tar:
-    """A deterministic PAX tar."""
-
-    def __init__(self) -> None:
-        self.buf = io.BytesIO()
-        self.tar = tarfile.TarFile(fileobj=self.buf, mode="w", format=tarfile.PAX_FORMAT)
-
-    def add(
-        self,
-        name: str,
-        kind: bytes = tarfile.REGTYPE,
-        data: bytes | None = None,
-        *,
-        mode: int = 0o644,
-        uid: int = 0,
-        link: str = "",
-        major: int = 0,
-        minor: int = 0,
-        xattrs: dict[str, str] | None = None,
-        mtime: int = 1_700_000_000,
-    ) -> Tar:
-        info = tarfile.TarInfo(name)
-        info.type = kind
-        info.mode = mode
-        info.uid = uid
-        info.uname = info.gname = ""
-        info.mtime = mtime
-        info.linkname = link
-        info.devmajor, info.devminor = major, minor
-        info.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in (xattrs or {}).items()}
-        if data is not None:
-            info.size = len(data)
-        self.tar.addfile(info, io.BytesIO(data) if data is not None else None)
-        return self
-
-    def dir(self, name: str, **kw: Any) -> Tar:
-        return self.add(name, tarfile.DIRTYPE, mode=kw.pop("mode", 0o755), **kw)
-
-    def file(self, name: str, data: bytes = b"", **kw: Any) -> Tar:
-        return self.add(name, tarfile.REGTYPE, data, **kw)
-
-    def build(self) -> bytes:
-        self.tar.close()
-        return self.buf.getvalue()
 
 
 def _layers() -> list[bytes]:

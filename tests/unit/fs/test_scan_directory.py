@@ -14,11 +14,11 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from test_fs import build_tree
 
 from composefs import fsverity
 from composefs._pure import erofs as pure_erofs
 from support import need_root, run, tool
+from support.trees import build_tree
 
 XATTR_CASES = {
     "raw": ({"transform": False}, ("--no-propagate-usr-to-root",)),

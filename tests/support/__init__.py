@@ -1,4 +1,12 @@
-"""Helpers shared by the test suites: external tools, CI strictness, tar building."""
+"""Helpers shared by the test suites: external tools, CI strictness, the two backends.
+
+The rest is in submodules, imported by name:
+
+* ``support.tars``: the ``Tar`` builder of layers for the merge, seeded file contents;
+* ``support.trees``: a directory tree on disk with every kind of entry (scanner tests);
+* ``support.oci``: the host's and another architecture, the OCI layout of the interop tests;
+* ``support.registry``: OCI layouts written by hand and the local registry (integration).
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Kernel mounts and a local registry (root, external tools)."""

@@ -1,0 +1,1 @@
+"""Comparisons with the reference tool cfsctl (``interop`` marker)."""

@@ -1,0 +1,1 @@
+"""The two backends (native and pure Python) compared call by call."""

@@ -1,0 +1,1 @@
+"""The ``composefs`` command line (repository commands)."""

@@ -1,0 +1,1 @@
+"""The composefs dumpfile format: writer and parser."""

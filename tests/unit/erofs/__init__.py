@@ -1,0 +1,1 @@
+"""EROFS images: the writers (pure and native) and the reader."""

@@ -1,0 +1,1 @@
+"""Directories read into the tree model (``composefs.fs``, the backends' scanners)."""

@@ -1,0 +1,1 @@
+"""fs-verity digests and the kernel ioctls."""

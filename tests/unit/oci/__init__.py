@@ -1,0 +1,1 @@
+"""OCI: references, platforms, layouts, ``oci pull`` and the ``oci`` commands."""

@@ -1,0 +1,1 @@
+"""The composefs repository: objects, streams, images, refs, fsck."""

@@ -1,0 +1,1 @@
+"""Splitstream files: writer and parser."""

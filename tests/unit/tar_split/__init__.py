@@ -1,0 +1,1 @@
+"""Tar layers split into a splitstream and objects."""

@@ -1,0 +1,1 @@
+"""The layer merge: layer splitstreams to one tree (pure and native)."""
