@@ -1,4 +1,4 @@
-"""The exception hierarchy of composefs, and helpers to chain context onto errors.
+"""The exception hierarchy of composefs, and how a chain of errors is printed.
 
 Every error raised by the package derives from :class:`ComposefsError`. Each layer of the
 code adds what it was doing by raising a new error ``from`` the cause, so that the chain reads
@@ -12,9 +12,6 @@ like cfsctl's (anyhow) output::
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
 
 __all__ = [
     "ComposefsError",
@@ -31,7 +28,6 @@ __all__ = [
     "VerityInvalidDigest",
     "VerityMissing",
     "VerityNotSupported",
-    "context",
     "error_chain",
     "format_error",
 ]
@@ -91,18 +87,6 @@ class OldFormatRepository(RepositoryError):
 
 class RepositoryMetadataInvalid(RepositoryError):
     """``meta.json`` cannot be parsed or is not compatible with this tool."""
-
-
-@contextlib.contextmanager
-def context(message: str, error: type[ComposefsError] = ComposefsError) -> Iterator[None]:
-    """Re-raises any exception from the block as ``error(message)`` chained to it.
-
-    ``KeyboardInterrupt`` and other non-``Exception`` exceptions pass through untouched.
-    """
-    try:
-        yield
-    except Exception as e:
-        raise error(message) from e
 
 
 def error_chain(exc: BaseException) -> list[str]:
