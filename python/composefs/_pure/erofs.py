@@ -63,7 +63,9 @@ from composefs.erofs_format import (
     inode_format,
 )
 
-__all__ = ["mkfs", "write", "xxh32"]
+# The backend contract (``write`` and ``xxh32`` are pure-only helpers, for the merge, the
+# scanner and the tests).
+__all__ = ["mkfs"]
 
 Buffer = bytes | bytearray | memoryview
 

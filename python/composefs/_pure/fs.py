@@ -35,7 +35,8 @@ from composefs._pure.tree import (
 )
 from composefs.constants import ALLOWLIST_ONLY, INLINE_CONTENT_MAX
 
-__all__ = ["mkfs_directory", "read_filesystem", "scan_directory"]
+# The backend contract (``read_filesystem`` is a pure-only helper).
+__all__ = ["mkfs_directory", "scan_directory"]
 
 _CHUNK = 128 << 10
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -26,15 +26,9 @@ from composefs._pure.tree import (
 )
 from composefs.constants import ALLOWLIST_ONLY, EROFS_VERSIONS, KEEP_USER_XATTRS, XATTR_MODES
 
-__all__ = [
-    "CONTAINER_XATTR_ALLOWLIST",
-    "check_versions",
-    "check_xattrs_mode",
-    "merge",
-    "merge_layers",
-    "mkfs_layers",
-    "transform_for_oci",
-]
+# The backend contract; ``merge``, ``transform_for_oci`` and the checks are pure-only helpers
+# (used by the directory scanner and ``composefs.fs``).
+__all__ = ["merge_layers", "mkfs_layers"]
 
 # --------------------------------------------------------------------------------------------
 # OCI layer merge (composefs-rs ``create_filesystem``: ``process_entry`` for every tar entry of
