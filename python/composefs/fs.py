@@ -43,7 +43,6 @@ __all__ = [
 ]
 
 
-
 class FilesystemError(ComposefsError, ValueError):
     """Reading a directory failed, or a tree cannot be transformed (no ``/usr`` directory)."""
 

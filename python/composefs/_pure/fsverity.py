@@ -416,7 +416,7 @@ class Hasher:
         return _descriptor_digest(self._alg_id, new, root, self._size)
 
     def __repr__(self) -> str:
-        name = "sha256" if self._alg_id == 1 else "sha512"
+        name = "sha256" if self._alg_id == ALGORITHM_IDS["sha256"] else "sha512"
         return f"<composefs._pure.fsverity.Hasher {name} size={self._size}>"
 
 

@@ -33,7 +33,7 @@ import zstandard
 from composefs._contract import LayerSplit, TarEntry
 from composefs._linux import rename_noreplace
 from composefs._pure import _tarcore, decompress, fsverity, splitstream
-from composefs.constants import INLINE_CONTENT_MAX
+from composefs.constants import ALGORITHM_IDS, INLINE_CONTENT_MAX
 
 __all__ = ["read_entries", "split_layer"]
 
@@ -989,7 +989,7 @@ def read_entries(stream_file: splitstream.Buffer) -> list[TarEntry]:
     end). The stream is decoded as it is read, so that a damaged stream fails (or not) where
     and as composefs-rs fails."""
     algorithm_id, _, _, _, object_refs, _, stream = splitstream.read_metadata(stream_file)
-    hash_name = "sha256" if algorithm_id == 1 else "sha512"
+    hash_name = "sha256" if algorithm_id == ALGORITHM_IDS["sha256"] else "sha512"
     reader = _ChunkReader(_StreamDecoder(stream), object_refs)
     entries: list[TarEntry] = []
     while (entry := _get_entry(reader, hash_name)) is not None:
