@@ -9,9 +9,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import types
 from collections.abc import Iterator
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from composefs._contract import (
@@ -70,7 +69,7 @@ def _adapt_legacy_native(b: Backend) -> None:
     :mod:`composefs._contract`, as both backends do after the restructuring."""
 
     def wrapped(module: Any, **functions: Any) -> Any:
-        ns = types.SimpleNamespace(**{n: getattr(module, n) for n in module.__all__})
+        ns = SimpleNamespace(**{n: getattr(module, n) for n in module.__all__})
         for n, f in functions.items():
             setattr(ns, n, f)
         return ns
