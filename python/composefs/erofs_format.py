@@ -27,6 +27,7 @@ __all__ = [
     "EROFS_SUPER_OFFSET",
     "EXTENDED_INODE",
     "EXTENDED_INODE_SIZE",
+    "FEATURE_COMPAT",
     "FEATURE_COMPAT_MTIME",
     "FEATURE_COMPAT_SB_CHKSUM",
     "FEATURE_COMPAT_XATTR_FILTER",
@@ -85,6 +86,8 @@ SUPERBLOCK_SIZE: Final = 128
 FEATURE_COMPAT_SB_CHKSUM: Final = 0x1
 FEATURE_COMPAT_MTIME: Final = 0x2
 FEATURE_COMPAT_XATTR_FILTER: Final = 0x4
+#: The ``feature_compat`` flags a composefs image carries (mtime, xattr name filter).
+FEATURE_COMPAT: Final = FEATURE_COMPAT_MTIME | FEATURE_COMPAT_XATTR_FILTER
 FEATURE_INCOMPAT_CHUNKED_FILE: Final = 0x4
 
 # -- inodes -------------------------------------------------------------------------------------

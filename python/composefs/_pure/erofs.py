@@ -40,8 +40,7 @@ from composefs.erofs_format import (
     EROFS_SUPER_OFFSET,
     EXTENDED_INODE,
     EXTENDED_INODE_SIZE,
-    FEATURE_COMPAT_MTIME,
-    FEATURE_COMPAT_XATTR_FILTER,
+    FEATURE_COMPAT,
     FT_BLK,
     FT_CHR,
     FT_DIR,
@@ -75,8 +74,6 @@ _BLOCK: Final = 1 << BLOCK_BITS
 _SLOT: Final = INODE_SLOT_SIZE
 _M32: Final = 0xFFFFFFFF
 _M64: Final = 0xFFFFFFFFFFFFFFFF
-
-_FEATURE_COMPAT: Final = FEATURE_COMPAT_MTIME | FEATURE_COMPAT_XATTR_FILTER
 
 _FT_OF_KIND: Final = {
     _tree.FILE: FT_REG,
@@ -791,7 +788,7 @@ def write(fs: FileSystem, version: int) -> bytes:
         EROFS_SUPER_OFFSET,
         EROFS_MAGIC,
         0,
-        _FEATURE_COMPAT,
+        FEATURE_COMPAT,
         BLOCK_BITS,
         0,
         nids[0] & 0xFFFF,
