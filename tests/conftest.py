@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from types import ModuleType
 
 import pytest
 from hypothesis import HealthCheck, settings
 
+from composefs._backend import Backend
 from support import load_backend
 
 # No per-example deadline: timings on a loaded 2-core machine are noise, not failures.
@@ -18,18 +18,18 @@ BACKENDS = ("python", "native")
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def backend_module(request: pytest.FixtureRequest) -> ModuleType:
-    """Each backend package in turn: ``composefs._pure``, then ``composefs._native``."""
+def backend_module(request: pytest.FixtureRequest) -> Backend:
+    """Each backend in turn: ``composefs._pure``, then ``composefs._native``."""
     return load_backend(request.param)
 
 
 @pytest.fixture(scope="session")
-def pure_backend() -> ModuleType:
-    """The pure-Python backend package."""
+def pure_backend() -> Backend:
+    """The pure-Python backend."""
     return load_backend("python")
 
 
 @pytest.fixture(scope="session")
-def native_backend() -> ModuleType:
-    """The native backend package (skipped if not built, failed in CI)."""
+def native_backend() -> Backend:
+    """The native backend (skipped if not built, failed in CI)."""
     return load_backend("native")

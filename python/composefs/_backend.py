@@ -10,7 +10,21 @@ import contextlib
 import importlib
 import os
 from collections.abc import Iterator
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from composefs._contract import (
+    ErofsModule,
+    FsModule,
+    FsverityModule,
+    LayerSplit,
+    MergeModule,
+    SplitstreamContents,
+    SplitstreamModule,
+    TarEntry,
+    TarSplitModule,
+    VerityMeasurement,
+)
 
 __all__ = ["Backend", "backend", "name", "use"]
 
@@ -18,21 +32,58 @@ _CHOICES = ("auto", "native", "python")
 
 
 class Backend:
-    """The modules of one backend, as attributes named after the formats."""
+    """The modules of one backend, as attributes named after the formats, each typed with its
+    Protocol of :mod:`composefs._contract`."""
+
+    fsverity: FsverityModule
+    splitstream: SplitstreamModule
+    tar_split: TarSplitModule
+    merge: MergeModule
+    erofs: ErofsModule
+    fs: FsModule
 
     def __init__(self, name: str, package: ModuleType) -> None:
         self.name = name
         self.package = package
         # both packages expose their format modules as attributes (the native one registers
         # them as submodules of the extension module)
-        self.fsverity: ModuleType = getattr(package, "fsverity")  # noqa: B009
-        self.splitstream: ModuleType = getattr(package, "splitstream")  # noqa: B009
-        self.tar_split: ModuleType = getattr(package, "tar_split")  # noqa: B009
-        self.tree: ModuleType = getattr(package, "tree")  # noqa: B009
-        self.erofs: ModuleType = getattr(package, "erofs")  # noqa: B009
+        self.fsverity = getattr(package, "fsverity")  # noqa: B009
+        self.splitstream = getattr(package, "splitstream")  # noqa: B009
+        self.tar_split = getattr(package, "tar_split")  # noqa: B009
+        self.erofs = getattr(package, "erofs")  # noqa: B009
+        # TODO(merge): remove this fallback once the native build has `merge` and `fs` (the
+        # Rust restructuring of issue 9); until then both live in the old native `tree`.
+        legacy = getattr(package, "tree", None) if not hasattr(package, "merge") else None
+        self.merge = getattr(package, "merge") if legacy is None else legacy  # noqa: B009
+        self.fs = getattr(package, "fs") if legacy is None else legacy  # noqa: B009
+        if legacy is not None:
+            _adapt_legacy_native(self)
 
     def __repr__(self) -> str:
         return f"<composefs backend {self.name!r}>"
+
+
+def _adapt_legacy_native(b: Backend) -> None:
+    """TODO(merge): remove with the fallback above. A native build from before issue 9 returns
+    plain tuples; this wraps its functions so that they return the named results of
+    :mod:`composefs._contract`, as both backends do after the restructuring."""
+
+    def wrapped(module: Any, **functions: Any) -> Any:
+        ns = SimpleNamespace(**{n: getattr(module, n) for n in module.__all__})
+        for n, f in functions.items():
+            setattr(ns, n, f)
+        return ns
+
+    fsv: Any = b.fsverity
+    sst: Any = b.splitstream
+    tsp: Any = b.tar_split
+    b.fsverity = wrapped(fsv, measure_verity=lambda *a: VerityMeasurement(*fsv.measure_verity(*a)))
+    b.splitstream = wrapped(sst, parse=lambda *a: SplitstreamContents(*sst.parse(*a)))
+    b.tar_split = wrapped(
+        tsp,
+        split_layer=lambda *a, **k: LayerSplit(*tsp.split_layer(*a, **k)),
+        read_entries=lambda *a: [TarEntry(*e) for e in tsp.read_entries(*a)],
+    )
 
 
 def load(choice: str) -> Backend:
@@ -80,3 +131,22 @@ def use(choice: str) -> Iterator[Backend]:
         yield _active
     finally:
         _active = previous
+
+
+if TYPE_CHECKING:
+    # mypy checks each backend module against its Protocol of composefs._contract: the pure
+    # modules themselves and the stubs of the native ones (composefs/_native/*.pyi).
+    from composefs import _native, _pure
+
+    _pure_fsverity: FsverityModule = _pure.fsverity
+    _pure_splitstream: SplitstreamModule = _pure.splitstream
+    _pure_tar_split: TarSplitModule = _pure.tar_split
+    _pure_merge: MergeModule = _pure.merge
+    _pure_erofs: ErofsModule = _pure.erofs
+    _pure_fs: FsModule = _pure.fs
+    _native_fsverity: FsverityModule = _native.fsverity
+    _native_splitstream: SplitstreamModule = _native.splitstream
+    _native_tar_split: TarSplitModule = _native.tar_split
+    _native_merge: MergeModule = _native.merge
+    _native_erofs: ErofsModule = _native.erofs
+    _native_fs: FsModule = _native.fs

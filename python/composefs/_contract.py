@@ -4,24 +4,45 @@ Defined once, here:
 
 * the named results that cross the boundary (both backends build these classes: the Rust side
   imports this module, as pyca/cryptography's Rust code builds Python-defined types);
-* one :class:`typing.Protocol` per backend module (added with the backend restructuring).
+* one :class:`typing.Protocol` per backend module (:class:`FsverityModule`,
+  :class:`SplitstreamModule`, :class:`TarSplitModule`, :class:`MergeModule`,
+  :class:`ErofsModule`, :class:`FsModule`): the functions and classes each backend exposes under
+  that module name, with their signatures. ``composefs._backend.Backend`` is typed with them and
+  mypy checks both ``composefs._pure.<name>`` and the stubs of ``composefs._native.<name>``
+  against them; a unit test compares names and signatures of the two backends at run time.
 
-This module imports nothing of ours, so any backend module may import it.
+The behaviour behind the signatures (errors, GIL, byte-for-byte rules) is described in
+``docs/internals.md``. This module imports nothing of ours, so any backend module may import it.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol, TypeAlias
 
 __all__ = [
+    "BACKEND_MODULES",
+    "Buffer",
+    "Chunk",
+    "ErofsModule",
+    "FsModule",
+    "FsverityModule",
+    "HasherLike",
     "LayerSplit",
+    "MergeModule",
     "SplitstreamContents",
+    "SplitstreamModule",
     "TarEntry",
+    "TarSplitModule",
     "VerityMeasurement",
+    "WriterLike",
 ]
 
+#: Byte arguments: any contiguous buffer.
+Buffer: TypeAlias = bytes | bytearray | memoryview
+
 #: An item of :attr:`SplitstreamContents.chunks`: inline bytes, or an index into ``object_refs``.
-Chunk = bytes | int
+Chunk: TypeAlias = bytes | int
 
 
 class VerityMeasurement(NamedTuple):
@@ -100,3 +121,127 @@ class TarEntry(NamedTuple):
     """Inline file content."""
     object_id: bytes | None
     """Raw digest of the external file content."""
+
+
+# -- the backend modules --------------------------------------------------------------------------
+# Defaults are written ``...`` here: the values are the backends' (``xattrs`` defaults to
+# ``composefs.constants.ALLOWLIST_ONLY``, ``versions`` to ``(DEFAULT_EROFS_VERSION,)``, ``threads``
+# to 0: one per core); the contract test checks that both backends agree.
+
+
+class HasherLike(Protocol):
+    """An instance of ``fsverity.Hasher``: incremental fs-verity digest."""
+
+    def update(self, data: Buffer) -> None: ...
+    def digest(self) -> bytes: ...
+    @property
+    def size(self) -> int:
+        """Bytes fed so far."""
+        ...
+
+
+class FsverityModule(Protocol):
+    """Backend module ``fsverity``."""
+
+    @property
+    def Hasher(self) -> Callable[[str], HasherLike]:
+        """The class; ``Hasher(algorithm)``."""
+        ...
+
+    def digest(self, data: Buffer, algorithm: str) -> bytes: ...
+    def digest_fd(self, fd: int, algorithm: str, threads: int = ...) -> bytes: ...
+    def enable_verity(self, fd: int, algorithm: str) -> None: ...
+    def measure_verity(self, fd: int, algorithm: str) -> VerityMeasurement: ...
+
+
+class WriterLike(Protocol):
+    """An instance of ``splitstream.Writer``."""
+
+    def write_inline(self, data: Buffer) -> None: ...
+    def write_external(self, object_id: Buffer, size: int) -> None: ...
+    def add_named_ref(self, name: str, stream_id: Buffer) -> None: ...
+    @property
+    def stream_size(self) -> int: ...
+    def finish(self) -> bytes: ...
+
+
+class SplitstreamModule(Protocol):
+    """Backend module ``splitstream``."""
+
+    @property
+    def Writer(self) -> Callable[[str, int], WriterLike]:
+        """The class; ``Writer(algorithm, content_type)``."""
+        ...
+
+    def parse(self, data: Buffer) -> SplitstreamContents: ...
+
+
+class TarSplitModule(Protocol):
+    """Backend module ``tar_split``."""
+
+    def split_layer(
+        self,
+        source_fd: int,
+        compression: str,
+        objects_fd: int,
+        algorithm: str,
+        content_type: int,
+        secure: bool,
+        threads: int = ...,
+        progress: Callable[[int], object] | None = ...,
+    ) -> LayerSplit: ...
+    def read_entries(self, stream_file: Buffer) -> list[TarEntry]: ...
+
+
+class MergeModule(Protocol):
+    """Backend module ``merge``: the OCI layer merge."""
+
+    def merge_layers(
+        self, streams: Sequence[Buffer], xattrs: str = ..., raw_modes: bool = ...
+    ) -> bytes: ...
+    def mkfs_layers(
+        self, streams: Sequence[Buffer], xattrs: str = ..., versions: Sequence[int] = ...
+    ) -> list[bytes]: ...
+
+
+class ErofsModule(Protocol):
+    """Backend module ``erofs``: the image writer."""
+
+    def mkfs(self, dumpfile: Buffer, version: int) -> bytes: ...
+
+
+class FsModule(Protocol):
+    """Backend module ``fs``: the directory scanner."""
+
+    def scan_directory(
+        self,
+        path: str | bytes,
+        algorithm: str,
+        objects_fd: int | None = ...,
+        transform: bool = ...,
+        xattrs: str = ...,
+        threads: int = ...,
+        secure: bool = ...,
+    ) -> bytes: ...
+    def mkfs_directory(
+        self,
+        path: str | bytes,
+        algorithm: str,
+        objects_fd: int | None = ...,
+        transform: bool = ...,
+        xattrs: str = ...,
+        versions: Sequence[int] = ...,
+        threads: int = ...,
+        secure: bool = ...,
+    ) -> list[bytes]: ...
+
+
+#: Backend module name -> its Protocol (what ``composefs._backend.Backend`` exposes).
+BACKEND_MODULES: dict[str, type] = {
+    "fsverity": FsverityModule,
+    "splitstream": SplitstreamModule,
+    "tar_split": TarSplitModule,
+    "merge": MergeModule,
+    "erofs": ErofsModule,
+    "fs": FsModule,
+}

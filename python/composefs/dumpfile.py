@@ -15,10 +15,9 @@ backend has its own copy for the merge and the EROFS writer.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from composefs._pure.tree import FileSystem
+from composefs._pure import dumpfile as _dumpfile
+from composefs._pure.tree import FileSystem
 
 __all__ = ["entry_line", "escape", "escape_raw", "hardlink_line", "parse", "write"]
 
@@ -104,14 +103,10 @@ def hardlink_line(path: bytes, target: bytes) -> str:
 def parse(data: bytes | bytearray | memoryview) -> FileSystem:
     """Reads a dumpfile into a tree (composefs-rs's parser rules; negative mtimes accepted).
     Raises ``ValueError`` with composefs-rs's message."""
-    from composefs._pure import dumpfile
-
-    return dumpfile.parse(data)
+    return _dumpfile.parse(data)
 
 
 def write(fs: FileSystem, raw_modes: bool = True) -> bytes:
     """The dumpfile of ``fs``, exactly as composefs-rs ``write_dumpfile`` writes it (with
     ``raw_modes`` False the mode field is the type plus the permission bits only)."""
-    from composefs._pure import dumpfile
-
-    return dumpfile.write(fs, raw_modes)
+    return _dumpfile.write(fs, raw_modes)

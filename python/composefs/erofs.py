@@ -24,12 +24,40 @@ from __future__ import annotations
 import binascii
 import dataclasses
 import struct
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
+from composefs import _backend, constants, fsverity
+from composefs import erofs_format as _format
+from composefs.erofs_format import (
+    BLOCK_BITS,
+    BLOCK_SIZE,
+    COMPACT_INODE,
+    COMPACT_INODE_SIZE,
+    COMPOSEFS_HEADER,
+    COMPOSEFS_HEADER_VERSION,
+    COMPOSEFS_MAGIC,
+    DIRENT,
+    DIRENT_SIZE,
+    EROFS_MAGIC,
+    EROFS_SUPER_OFFSET,
+    EXTENDED_INODE,
+    EXTENDED_INODE_SIZE,
+    FEATURE_INCOMPAT_CHUNKED_FILE,
+    FT_OF_IFMT,
+    INODE_SLOT_SIZE,
+    LAYOUT_CHUNK_BASED,
+    LAYOUT_FLAT_INLINE,
+    LAYOUT_FLAT_PLAIN,
+    SUPERBLOCK,
+    SUPERBLOCK_SIZE,
+    XATTR_ENTRY,
+    XATTR_HEADER_SIZE,
+    XATTR_PREFIX_TRUSTED,
+    XATTR_PREFIXES,
+    inode_layout,
+)
 from composefs.errors import ComposefsError
-
-if TYPE_CHECKING:
-    from composefs.fsverity import Algorithm
+from composefs.fsverity import Algorithm
 
 BufferLike = bytes | bytearray | memoryview
 
@@ -50,67 +78,27 @@ class ErofsError(ComposefsError):
     """A composefs EROFS image is malformed or not a composefs image."""
 
 
-# -- on-disk constants --------------------------------------------------------------------------
+# -- on-disk constants (the layout itself is in composefs.erofs_format) ------------------------
 
-COMPOSEFS_MAGIC: Final = 0xD078629A
-COMPOSEFS_HEADER_VERSION: Final = 1
-EROFS_MAGIC: Final = 0xE0F5E1E2
-SUPERBLOCK_OFFSET: Final = 1024
-BLOCK_BITS: Final = 12
-BLOCK_SIZE: Final = 1 << BLOCK_BITS
 MAX_IMAGE_SIZE: Final = 1 << 30
 """composefs-rs refuses to open larger images (they are metadata only)."""
 
-_FEATURE_COMPAT_KNOWN: Final = 0x1 | 0x2 | 0x4  # SB_CHKSUM | MTIME | XATTR_FILTER
-_FEATURE_INCOMPAT_CHUNKED_FILE: Final = 0x4
-
-# Inode data layouts (format bits 1-3).
-_FLAT_PLAIN: Final = 0
-_FLAT_INLINE: Final = 2
-_CHUNK_BASED: Final = 4
+_FEATURE_COMPAT_KNOWN: Final = (
+    _format.FEATURE_COMPAT_SB_CHKSUM
+    | _format.FEATURE_COMPAT_MTIME
+    | _format.FEATURE_COMPAT_XATTR_FILTER
+)
 
 _S_IFMT: Final = 0o170000
 _S_IFDIR: Final = 0o040000
 _S_IFREG: Final = 0o100000
 _S_IFCHR: Final = 0o020000
 _S_IFLNK: Final = 0o120000
-# Inode file type -> directory entry file type.
-_DIRENT_TYPE: Final = {
-    0o100000: 1,  # regular
-    0o040000: 2,  # directory
-    0o020000: 3,  # character device
-    0o060000: 4,  # block device
-    0o010000: 5,  # fifo
-    0o140000: 6,  # socket
-    0o120000: 7,  # symlink
-}
 
-XATTR_PREFIXES: Final = (
-    b"",
-    b"user.",
-    b"system.posix_acl_access",
-    b"system.posix_acl_default",
-    b"trusted.",
-    b"lustre.",
-    b"security.",
-)
-_TRUSTED: Final = 4
 _METACOPY_SUFFIX: Final = b"overlay.metacopy"
 _REDIRECT_SUFFIX: Final = b"overlay.redirect"
 _ESCAPED_WHITEOUT: Final = b"trusted.overlay.overlay.whiteout"
 
-_HEADER = struct.Struct("<IIII")  # magic, version, flags, composefs_version
-# magic, checksum, feature_compat, blkszbits, extslots, root_nid, inos, build_time,
-# build_time_nsec, blocks, meta_blkaddr, xattr_blkaddr, (uuid, volume_name), feature_incompat,
-# available_compr_algs, extra_devices, devt_slotoff, dirblkbits, xattr_prefix_count,
-# xattr_prefix_start, packed_nid
-_SUPERBLOCK = struct.Struct("<IIIBBHQQIIII32xIHHHBBIQ")
-_SUPERBLOCK_SIZE: Final = 128
-# format, xattr_icount, mode, size, u
-_COMPACT = struct.Struct("<HHH2xI4xI")
-_EXTENDED = struct.Struct("<HHH2xQI")
-_XATTR_ENTRY = struct.Struct("<BBH")  # name_len, name_index, value_size
-_DIRENT = struct.Struct("<QHBx")  # nid, name_offset, file_type
 _U32 = struct.Struct("<I")
 
 # Where a directory's entries are: (layout, size, u, inline start, inline end).
@@ -160,9 +148,9 @@ def _parse_superblock(buf: memoryview | bytes) -> ImageInfo:
     size = len(buf)
     if size > MAX_IMAGE_SIZE:
         raise ErofsError(f"image size {size} exceeds the maximum of {MAX_IMAGE_SIZE} bytes")
-    if size < SUPERBLOCK_OFFSET + _SUPERBLOCK_SIZE:
+    if size < EROFS_SUPER_OFFSET + SUPERBLOCK_SIZE:
         raise ErofsError(f"image too small for a composefs header and superblock ({size} bytes)")
-    magic, version, flags, composefs_version = _HEADER.unpack_from(buf, 0)
+    magic, version, flags, composefs_version = COMPOSEFS_HEADER.unpack_from(buf, 0)
     if magic != COMPOSEFS_MAGIC:
         raise ErofsError(f"bad composefs magic: expected {COMPOSEFS_MAGIC:#x}, got {magic:#x}")
     if version != COMPOSEFS_HEADER_VERSION:
@@ -170,7 +158,7 @@ def _parse_superblock(buf: memoryview | bytes) -> ImageInfo:
             f"bad EROFS format version in composefs header: expected "
             f"{COMPOSEFS_HEADER_VERSION}, got {version}"
         )
-    if composefs_version not in (0, 1, 2):
+    if composefs_version not in constants.EROFS_VERSIONS:
         raise ErofsError(f"unknown composefs_version {composefs_version} (expected 0, 1, or 2)")
     (
         sb_magic,
@@ -193,7 +181,8 @@ def _parse_superblock(buf: memoryview | bytes) -> ImageInfo:
         xattr_prefix_count,
         _xattr_prefix_start,
         packed_nid,
-    ) = _SUPERBLOCK.unpack_from(buf, SUPERBLOCK_OFFSET)
+        _xattr_filter_reserved,
+    ) = SUPERBLOCK.unpack_from(buf, EROFS_SUPER_OFFSET)
     if sb_magic != EROFS_MAGIC:
         raise ErofsError(f"bad EROFS magic: expected {EROFS_MAGIC:#x}, got {sb_magic:#x}")
     if blkszbits != BLOCK_BITS:
@@ -201,8 +190,8 @@ def _parse_superblock(buf: memoryview | bytes) -> ImageInfo:
     if feature_compat & ~_FEATURE_COMPAT_KNOWN:
         unknown = feature_compat & ~_FEATURE_COMPAT_KNOWN
         raise ErofsError(f"unsupported feature_compat flags: {unknown:#x}")
-    if feature_incompat & ~_FEATURE_INCOMPAT_CHUNKED_FILE:
-        unknown = feature_incompat & ~_FEATURE_INCOMPAT_CHUNKED_FILE
+    if feature_incompat & ~FEATURE_INCOMPAT_CHUNKED_FILE:
+        unknown = feature_incompat & ~FEATURE_INCOMPAT_CHUNKED_FILE
         raise ErofsError(f"unsupported feature_incompat flags: {unknown:#x}")
     if compr_algs:
         raise ErofsError("composefs does not support compression")
@@ -320,7 +309,7 @@ class _Walker:
                     )
                 else:
                     itype, flags = known
-                if ftype != _DIRENT_TYPE[itype]:
+                if ftype != FT_OF_IFMT[itype]:
                     raise ErofsError(
                         f"directory entry {name!r} in inode {nid} has file type {ftype}, "
                         f"but inode {child} has mode {itype:#o}"
@@ -349,40 +338,40 @@ class _Walker:
         read its entries later: (layout, size, u, inline start, inline end).
         """
         buf = self.buf
-        off = nid * 32
+        off = nid * INODE_SLOT_SIZE
         if off >= self.size:
             raise ErofsError(f"inode {nid} lies past the end of the image")
         if buf[off] & 1:
-            hsize = 64
+            hsize = EXTENDED_INODE_SIZE
             if off + hsize > self.size:
                 raise ErofsError(f"inode {nid} lies past the end of the image")
-            fmt, icount, mode, size, u = _EXTENDED.unpack_from(buf, off)
+            fmt, icount, mode, _, size, u = EXTENDED_INODE.unpack_from(buf, off)[:6]
         else:
-            hsize = 32
+            hsize = COMPACT_INODE_SIZE
             if off + hsize > self.size:
                 raise ErofsError(f"inode {nid} lies past the end of the image")
-            fmt, icount, mode, size, u = _COMPACT.unpack_from(buf, off)
-        layout = (fmt >> 1) & 7
+            fmt, icount, mode, _, size, _, u = COMPACT_INODE.unpack_from(buf, off)[:7]
+        layout = inode_layout(fmt)
         itype = mode & _S_IFMT
-        if itype not in _DIRENT_TYPE:
+        if itype not in FT_OF_IFMT:
             raise ErofsError(f"inode {nid} has an invalid file type in mode {mode:#o}")
         xattr_start = off + hsize
-        xattr_size = 12 + 4 * (icount - 1) if icount else 0
+        xattr_size = XATTR_HEADER_SIZE + 4 * (icount - 1) if icount else 0
         inline_start = xattr_start + xattr_size
-        if layout == _FLAT_PLAIN:
+        if layout == LAYOUT_FLAT_PLAIN:
             inline_end = inline_start
-        elif layout == _FLAT_INLINE:
+        elif layout == LAYOUT_FLAT_INLINE:
             inline_end = inline_start + size % BLOCK_SIZE
-        elif layout == _CHUNK_BASED:
+        elif layout == LAYOUT_CHUNK_BASED:
             inline_end = inline_start + 4
         else:
             raise ErofsError(f"inode {nid} has an invalid data layout in format {fmt:#x}")
         if inline_end > self.size:
             raise ErofsError(f"inode {nid} (with its xattrs and inline data) exceeds the image")
-        if layout != _CHUNK_BASED:
+        if layout != LAYOUT_CHUNK_BASED:
             self._check_blocks(nid, layout, size, u)
         # the chunk index may be absent (files without chunks), so it is not claimed here
-        last = (inline_end if layout != _CHUNK_BASED else inline_start) - 1
+        last = (inline_end if layout != LAYOUT_CHUNK_BASED else inline_start) - 1
         slots = self.slots
         if slots.find(1, nid, last // 32 + 1) >= 0:
             raise ErofsError(f"inode {nid} overlaps another inode")
@@ -397,7 +386,7 @@ class _Walker:
             flags |= _IS_WHITEOUT
         if (
             itype == _S_IFLNK
-            and layout == _FLAT_INLINE
+            and layout == LAYOUT_FLAT_INLINE
             and self.info.composefs_version < 2
             and size % BLOCK_SIZE
             and off % BLOCK_SIZE + (inline_end - off) > BLOCK_SIZE
@@ -414,7 +403,7 @@ class _Walker:
     def _check_blocks(self, nid: int, layout: int, size: int, u: int) -> None:
         if size > self.size:
             raise ErofsError(f"inode {nid} size {size} exceeds the image size {self.size}")
-        nblocks = -(-size // BLOCK_SIZE) if layout == _FLAT_PLAIN else size // BLOCK_SIZE
+        nblocks = -(-size // BLOCK_SIZE) if layout == LAYOUT_FLAT_PLAIN else size // BLOCK_SIZE
         if nblocks and (u + nblocks) * BLOCK_SIZE > self.size:
             raise ErofsError(
                 f"inode {nid} data blocks {u}..{u + nblocks} lie past the end of the image "
@@ -426,10 +415,10 @@ class _Walker:
     def _entries(
         self, nid: int, layout: int, size: int, u: int, inline_start: int, inline_end: int
     ) -> list[tuple[bytes, int, int]]:
-        if layout == _CHUNK_BASED:
+        if layout == LAYOUT_CHUNK_BASED:
             raise ErofsError(f"directory inode {nid} has a chunk-based layout")
         entries: list[tuple[bytes, int, int]] = []
-        nblocks = -(-size // BLOCK_SIZE) if layout == _FLAT_PLAIN else size // BLOCK_SIZE
+        nblocks = -(-size // BLOCK_SIZE) if layout == LAYOUT_FLAT_PLAIN else size // BLOCK_SIZE
         owners = self.dir_blocks
         for block in range(u, u + nblocks):
             if owners[block]:
@@ -446,19 +435,20 @@ class _Walker:
     ) -> None:
         """Appends the (name, nid, file type) entries of one directory block or inline tail."""
         buf = self.buf
-        if end - start < 12:
+        if end - start < DIRENT_SIZE:
             raise ErofsError(f"directory inode {nid}: block at {start} too short for an entry")
-        first = _DIRENT.unpack_from(buf, start)[1]
-        if first == 0 or first % 12:
+        first = DIRENT.unpack_from(buf, start)[1]
+        if first == 0 or first % DIRENT_SIZE:
             raise ErofsError(
                 f"directory inode {nid}: invalid name offset {first} of the first entry at {start}"
             )
         headers_end = start + first
         if headers_end > end:
             raise ErofsError(
-                f"directory inode {nid}: {first // 12} entries do not fit the block at {start}"
+                f"directory inode {nid}: {first // DIRENT_SIZE} entries do not fit the block "
+                f"at {start}"
             )
-        headers = list(_DIRENT.iter_unpack(buf[start:headers_end]))
+        headers = list(DIRENT.iter_unpack(buf[start:headers_end]))
         last = len(headers) - 1
         for i, (child, name_off, ftype) in enumerate(headers):
             name_start = start + name_off
@@ -487,7 +477,7 @@ class _Walker:
         """
         buf = self.buf
         shared_count = buf[start + 4]
-        pos = start + 12
+        pos = start + XATTR_HEADER_SIZE
         local = pos + 4 * shared_count
         if local > end:
             raise ErofsError(
@@ -512,7 +502,7 @@ class _Walker:
         if pos + 4 > end:
             where = "shared xattr" if shared else "xattr"
             raise ErofsError(f"inode {nid}: {where} entry at {pos} exceeds its area")
-        name_len, index, value_size = _XATTR_ENTRY.unpack_from(self.buf, pos)
+        name_len, index, value_size = XATTR_ENTRY.unpack_from(self.buf, pos)
         name_start = pos + 4
         value_start = name_start + name_len
         value_end = value_start + value_size
@@ -522,7 +512,7 @@ class _Walker:
             raise ErofsError(f"inode {nid}: {where} entry at {pos} exceeds its area")
         if index >= len(XATTR_PREFIXES):
             raise ErofsError(f"inode {nid}: xattr name index {index} out of range")
-        if index == _TRUSTED:
+        if index == XATTR_PREFIX_TRUSTED:
             suffix = self.buf[name_start:value_start]
             if suffix == _METACOPY_SUFFIX:
                 self._metacopy(nid, self.buf[value_start:value_end])
@@ -571,9 +561,10 @@ def parse_object_path(path: bytes, digest_size: int) -> bytes | None:
 
 # -- writing ------------------------------------------------------------------------------------
 
-#: the EROFS formats composefs-rs 0.9 writes; V1 is the default (``cfsctl init``)
-FORMAT_VERSIONS: Final = (0, 1, 2)
-DEFAULT_FORMAT_VERSION: Final = 1
+#: The EROFS formats composefs-rs 0.9 writes and the default one (``cfsctl init``), from
+#: :mod:`composefs.constants`.
+FORMAT_VERSIONS: Final = constants.EROFS_VERSIONS
+DEFAULT_FORMAT_VERSION: Final = constants.DEFAULT_EROFS_VERSION
 
 
 def mkfs(dumpfile: BufferLike, version: int = DEFAULT_FORMAT_VERSION) -> bytes:
@@ -581,8 +572,6 @@ def mkfs(dumpfile: BufferLike, version: int = DEFAULT_FORMAT_VERSION) -> bytes:
     dumpfile describes; byte-identical to composefs-rs 0.9 (V1 and V0 also to C
     ``mkcomposefs``). Runs in the active backend; raises :class:`ErofsError` for a dumpfile
     that is malformed or describes a tree no image can hold."""
-    from composefs import _backend
-
     if version not in FORMAT_VERSIONS:
         raise ErofsError(f"unsupported EROFS format version {version} (expected 0, 1 or 2)")
     try:
@@ -593,6 +582,4 @@ def mkfs(dumpfile: BufferLike, version: int = DEFAULT_FORMAT_VERSION) -> bytes:
 
 def image_id(data: BufferLike, algorithm: Algorithm | str) -> bytes:
     """An image's id: the fs-verity digest of its bytes."""
-    from composefs import fsverity
-
     return fsverity.digest(data, algorithm)

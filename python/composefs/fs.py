@@ -10,9 +10,9 @@
   attribute (read through ``/proc/self/fd/N``, so a symlink's own xattrs);
 * every non-directory is keyed by ``(st_dev, st_ino)``, whatever its link count: a second
   name for the same inode gets the *same* :class:`Leaf` (a hard link);
-* regular files of at most 64 bytes are stored inline; larger ones are external, named by
-  their fs-verity digest, and copied into the repository's object store when a repository is
-  given;
+* regular files of at most ``INLINE_CONTENT_MAX`` (64) bytes are stored inline; larger ones
+  are external, named by their fs-verity digest, and copied into the repository's object
+  store when a repository is given;
 * symlinks keep their target, devices their ``st_rdev``; fifos and sockets are kept.
 
 :func:`oci_transform` then makes the tree what ``cfsctl create-image`` commits by default.
@@ -28,14 +28,9 @@ from collections.abc import Iterator
 
 from composefs import fsverity
 from composefs._pure.fs import _read_small
-from composefs._pure.tree import (
-    CONTAINER_XATTR_ALLOWLIST,
-    Directory,
-    FileSystem,
-    Leaf,
-    Stat,
-    _transform_for_oci,
-)
+from composefs._pure.merge import CONTAINER_XATTR_ALLOWLIST, transform_for_oci
+from composefs._pure.tree import Directory, FileSystem, Leaf, Stat
+from composefs.constants import ALLOWLIST_ONLY, INLINE_CONTENT_MAX, XATTR_MODES
 from composefs.errors import ComposefsError
 from composefs.fsverity import AlgorithmLike
 from composefs.repository import Repository
@@ -46,9 +41,6 @@ __all__ = [
     "oci_transform",
     "read_directory",
 ]
-
-INLINE_CONTENT_MAX = 64
-XATTR_MODES = ("allowlist-only", "keep-user-xattrs")
 
 
 class FilesystemError(ComposefsError, ValueError):
@@ -234,7 +226,7 @@ def _walk_stats(fs: FileSystem) -> Iterator[Stat]:
         yield leaf.stat
 
 
-def oci_transform(fs: FileSystem, xattrs: str = "allowlist-only") -> FileSystem:
+def oci_transform(fs: FileSystem, xattrs: str = ALLOWLIST_ONLY) -> FileSystem:
     """composefs-rs ``transform_for_oci``, in place (``fs`` is also returned):
 
     1. the root directory takes ``/usr``'s mode, uid, gid, mtime and xattrs (``/usr`` must
@@ -247,7 +239,7 @@ def oci_transform(fs: FileSystem, xattrs: str = "allowlist-only") -> FileSystem:
     if xattrs not in XATTR_MODES:
         raise ValueError(f"unknown xattr filtering mode {xattrs!r} (expected one of {XATTR_MODES})")
     try:
-        _transform_for_oci(fs, xattrs)  # the layer merge's own transform
+        transform_for_oci(fs, xattrs)  # the layer merge's own transform
     except ValueError as e:
         raise FilesystemError(str(e)) from None
     return fs

@@ -13,9 +13,11 @@ from __future__ import annotations
 import enum
 import errno
 import os
-from typing import Literal, Protocol
+from typing import Literal
 
 from composefs import _backend
+from composefs._contract import HasherLike
+from composefs.constants import ALGORITHM_IDS
 from composefs.errors import (
     FsVerityError,
     VerityAlreadyEnabled,
@@ -55,7 +57,7 @@ class Algorithm(enum.Enum):
     @property
     def kernel_id(self) -> int:
         """The kernel's ``FS_VERITY_HASH_ALG_*`` number."""
-        return 1 if self is Algorithm.SHA256 else 2
+        return ALGORITHM_IDS[self.hash_name]
 
     @property
     def digest_size(self) -> int:
@@ -110,7 +112,7 @@ def _name(algorithm: AlgorithmLike) -> HashName:
 
 def digest(data: BufferLike, algorithm: AlgorithmLike = Algorithm.SHA256) -> bytes:
     """The fs-verity digest of ``data``."""
-    return _backend.backend().fsverity.digest(data, _name(algorithm))  # type: ignore[no-any-return]
+    return _backend.backend().fsverity.digest(data, _name(algorithm))
 
 
 def digest_fd(fd: int, algorithm: AlgorithmLike = Algorithm.SHA256, threads: int = 0) -> bytes:
@@ -120,7 +122,7 @@ def digest_fd(fd: int, algorithm: AlgorithmLike = Algorithm.SHA256, threads: int
     """
     if threads < 0:
         raise ValueError("threads must be >= 0")
-    return _backend.backend().fsverity.digest_fd(fd, _name(algorithm), threads)  # type: ignore[no-any-return]
+    return _backend.backend().fsverity.digest_fd(fd, _name(algorithm), threads)
 
 
 def digest_file(
@@ -134,14 +136,6 @@ def digest_file(
         os.close(fd)
 
 
-class _BackendHasher(Protocol):
-    size: int
-
-    def update(self, data: BufferLike, /) -> None: ...
-
-    def digest(self) -> bytes: ...
-
-
 class Hasher:
     """Incremental fs-verity digest: feed data in any pieces, ask for the digest at any time."""
 
@@ -150,7 +144,7 @@ class Hasher:
     def __init__(self, algorithm: AlgorithmLike = Algorithm.SHA256) -> None:
         name = _name(algorithm)
         self.algorithm = Algorithm(name)
-        self._inner: _BackendHasher = _backend.backend().fsverity.Hasher(name)
+        self._inner: HasherLike = _backend.backend().fsverity.Hasher(name)
 
     def update(self, data: BufferLike) -> None:
         self._inner.update(data)
@@ -185,7 +179,7 @@ def measure_verity(fd: int, algorithm: AlgorithmLike = Algorithm.SHA256) -> byte
     """The kernel's fs-verity digest of the file; errors if verity is missing or unsupported."""
     alg = Algorithm(_name(algorithm))
     try:
-        kernel_id, value = _backend.backend().fsverity.measure_verity(fd, alg.hash_name)
+        measured = _backend.backend().fsverity.measure_verity(fd, alg.hash_name)
     except OSError as e:
         if e.errno == errno.ENODATA:
             raise VerityMissing("fs-verity is not enabled on file") from e
@@ -194,11 +188,13 @@ def measure_verity(fd: int, algorithm: AlgorithmLike = Algorithm.SHA256) -> byte
         if e.errno == errno.EOVERFLOW:
             raise VerityInvalidDigest(f"Expected digest size {alg.digest_size}") from e
         raise FsVerityError("Failed to measure fs-verity") from e
-    if kernel_id != alg.kernel_id:
-        raise VerityInvalidDigest(f"Expected algorithm {alg.kernel_id}, found {kernel_id}")
-    if len(value) != alg.digest_size:
+    if measured.algorithm_id != alg.kernel_id:
+        raise VerityInvalidDigest(
+            f"Expected algorithm {alg.kernel_id}, found {measured.algorithm_id}"
+        )
+    if len(measured.digest) != alg.digest_size:
         raise VerityInvalidDigest(f"Expected digest size {alg.digest_size}")
-    return bytes(value)
+    return bytes(measured.digest)
 
 
 def measure_verity_opt(fd: int, algorithm: AlgorithmLike = Algorithm.SHA256) -> bytes | None:

@@ -10,7 +10,6 @@ and only if both match is the stream stored and ``streams/oci-layer-<diff_id>`` 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import threading
@@ -122,18 +121,7 @@ def import_layer(
 
     with _source_fd(source) as fd:
         try:
-            (
-                stream_file,
-                blob_sha,
-                tar_sha,
-                blob_size,
-                tar_size,
-                written,
-                present,
-                ext,
-                inline,
-                written_bytes,
-            ) = _backend.backend().tar_split.split_layer(
+            split = _backend.backend().tar_split.split_layer(
                 fd,
                 compression,
                 repo.objects_fd(),
@@ -145,27 +133,29 @@ def import_layer(
             )
         except ValueError as e:
             raise LayerError(str(e)) from None
-    if digest_hex is not None and blob_sha.hex() != digest_hex:
+    blob_hex = split.blob_sha256.hex()
+    if digest_hex is not None and blob_hex != digest_hex:
         raise LayerDigestMismatch(
-            f"layer blob digest mismatch: expected {digest}, got sha256:{blob_sha.hex()}"
+            f"layer blob digest mismatch: expected {digest}, got sha256:{blob_hex}"
         )
-    if tar_sha.hex() != diff_hex:
+    tar_hex = split.tar_sha256.hex()
+    if tar_hex != diff_hex:
         raise LayerDigestMismatch(
-            f"layer content does not match diff_id: expected {diff_id}, got sha256:{tar_sha.hex()}"
+            f"layer content does not match diff_id: expected {diff_id}, got sha256:{tar_hex}"
         )
-    verity = repo.ensure_object(stream_file)
+    verity = repo.ensure_object(split.stream_file)
     repo.register_stream(verity, identifier, name)
     return LayerImportResult(
         diff_id,
         verity,
         skipped=False,
-        blob_size=blob_size,
-        tar_size=tar_size,
-        objects_written=written,
-        objects_present=present,
-        external_bytes=ext,
-        inline_bytes=inline,
-        bytes_written=written_bytes,
+        blob_size=split.blob_size,
+        tar_size=split.tar_size,
+        objects_written=split.objects_written,
+        objects_present=split.objects_present,
+        external_bytes=split.external_bytes,
+        inline_bytes=split.inline_bytes,
+        bytes_written=split.written_bytes,
     )
 
 
@@ -307,21 +297,20 @@ def _entries(stream_file: bytes, diff_id: str) -> Iterator[TarEntry]:
     except ValueError as e:
         raise LayerError(f"reading layer {diff_id}: {e}") from None
     for item in raw:
-        (path, kind, mode, uid, gid, mtime, nsec, size, link, rdev, xattrs, inline, oid) = item
         yield TarEntry(
-            bytes(path),
-            kind,
-            mode,
-            uid,
-            gid,
-            mtime,
-            nsec,
-            size,
-            None if link is None else bytes(link),
-            rdev,
-            tuple((bytes(k), bytes(v)) for k, v in xattrs),
-            None if inline is None else bytes(inline),
-            None if oid is None else bytes(oid),
+            bytes(item.path),
+            item.kind,
+            item.mode,
+            item.uid,
+            item.gid,
+            item.mtime,
+            item.mtime_nsec,
+            item.size,
+            None if item.link_target is None else bytes(item.link_target),
+            item.rdev,
+            tuple((bytes(k), bytes(v)) for k, v in item.xattrs),
+            None if item.inline is None else bytes(item.inline),
+            None if item.object_id is None else bytes(item.object_id),
         )
 
 
@@ -349,12 +338,3 @@ def layer_info(repo: Repository, diff_id: str) -> dict[str, Any]:
 
 def layer_info_json(repo: Repository, diff_id: str) -> str:
     return json.dumps(layer_info(repo, diff_id), indent=2)
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """``sha256:<hex>`` of a file (a helper for callers computing a diff_id)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return "sha256:" + h.hexdigest()

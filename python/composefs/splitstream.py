@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from composefs import _backend
+from composefs._contract import Chunk, WriterLike
+from composefs.constants import (
+    ALGORITHM_IDS,
+    BLOB_CONTENT_TYPE,
+    CONFIG_CONTENT_TYPE,
+    INDEX_CONTENT_TYPE,
+    LAYER_CONTENT_TYPE,
+    MANIFEST_CONTENT_TYPE,
+)
 from composefs.errors import SplitStreamError
 from composefs.fsverity import Algorithm, AlgorithmLike, BufferLike, _name
 
@@ -29,21 +37,10 @@ __all__ = [
 ]
 
 
-def _ascii_type(text: bytes) -> int:
-    return int.from_bytes(text, "little")
-
-
-#: A tar layer (``ocilayer``).
-LAYER_CONTENT_TYPE = _ascii_type(b"ocilayer")
-#: An OCI image configuration (``ociconfg``).
-CONFIG_CONTENT_TYPE = _ascii_type(b"ociconfg")
-#: An OCI image manifest (``ocimanif``).
-MANIFEST_CONTENT_TYPE = _ascii_type(b"ocimanif")
-#: A non-tar blob (``oci_blob``).
-BLOB_CONTENT_TYPE = _ascii_type(b"oci_blob")
-#: An OCI image index (``ociindx\0``, as planned upstream): our extension, composefs-rs 0.9
-#: stores no indexes.
-INDEX_CONTENT_TYPE = _ascii_type(b"ociindx\0")
+#: The content types (the u64 at offset 96 of the header), defined in :mod:`composefs.constants`:
+#: ``ocilayer`` (a tar layer), ``ociconfg`` (an image configuration), ``ocimanif`` (a manifest),
+#: ``oci_blob`` (a non-tar blob) and ``ociindx\0`` (an image index: our extension, as planned
+#: upstream; composefs-rs 0.9 stores no indexes).
 
 
 def content_type_name(content_type: int) -> str:
@@ -52,9 +49,6 @@ def content_type_name(content_type: int) -> str:
     if raw and all(0x20 < b < 0x7F for b in raw):
         return raw.decode("ascii")
     return f"0x{content_type:016x}"
-
-
-Chunk = bytes | int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +116,7 @@ class Writer:
     def __init__(self, algorithm: AlgorithmLike, content_type: int) -> None:
         self.algorithm = Algorithm(_name(algorithm))
         self.content_type = content_type
-        self._inner: Any = _backend.backend().splitstream.Writer(
+        self._inner: WriterLike = _backend.backend().splitstream.Writer(
             self.algorithm.hash_name, content_type
         )
 
@@ -145,10 +139,10 @@ class Writer:
 
     @property
     def stream_size(self) -> int:
-        return int(self._inner.stream_size)
+        return self._inner.stream_size
 
     def finish(self) -> bytes:
-        return bytes(self._inner.finish())
+        return self._inner.finish()
 
 
 def parse(
@@ -158,24 +152,22 @@ def parse(
 ) -> SplitStream:
     """Parses a splitstream file, checking its algorithm and content type when given."""
     try:
-        alg_id, ctype, size, srefs, orefs, named, chunks = _backend.backend().splitstream.parse(
-            data
-        )
+        contents = _backend.backend().splitstream.parse(data)
     except ValueError as e:
         raise SplitStreamError(str(e)) from None
-    if alg_id not in (1, 2):
+    if contents.algorithm_id not in ALGORITHM_IDS.values():
         raise SplitStreamError("Invalid splitstream fs-verity algorithm type")
-    alg = Algorithm.from_kernel_id(alg_id)
+    alg = Algorithm.from_kernel_id(contents.algorithm_id)
     if algorithm is not None and alg is not Algorithm(_name(algorithm)):
         raise SplitStreamError("Invalid splitstream fs-verity algorithm type")
-    if content_type is not None and ctype != content_type:
+    if content_type is not None and contents.content_type != content_type:
         raise SplitStreamError("Invalid splitstream content type")
     return SplitStream(
         algorithm=alg,
-        content_type=ctype,
-        stream_size=size,
-        stream_refs=tuple(bytes(r) for r in srefs),
-        object_refs=tuple(bytes(r) for r in orefs),
-        named_refs=dict(named),
-        chunks=tuple(chunks),
+        content_type=contents.content_type,
+        stream_size=contents.stream_size,
+        stream_refs=tuple(bytes(r) for r in contents.stream_refs),
+        object_refs=tuple(bytes(r) for r in contents.object_refs),
+        named_refs=dict(contents.named_refs),
+        chunks=tuple(contents.chunks),
     )

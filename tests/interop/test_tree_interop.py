@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from composefs import _backend
-from composefs._pure import dumpfile, tree
+from composefs._pure import dumpfile, merge
 from composefs.oci.platform import host_platform
 from composefs.testing import LayoutWriter
 from support import run, tool
@@ -174,13 +174,13 @@ def test_merge_matches_cfsctl_dump(
     theirs = run(cfsctl, "--repo", repo, "oci", "dump", "--xattrs", mode, tag).stdout
     streams = layer_streams(repo, tags[tag])
     with _backend.use("python"):
-        ours = tree.merge_layers(streams, mode)
+        ours = merge.merge_layers(streams, mode)
     assert (
         ours.decode(errors="replace").splitlines() == theirs.decode(errors="replace").splitlines()
     )
     assert ours == theirs
     # the dumpfile reads back into the same tree (the parser keeps only mode & 0o7777)
-    clean = tree.merge_layers(streams, mode, raw_modes=False)
+    clean = merge.merge_layers(streams, mode, raw_modes=False)
     assert dumpfile.write(dumpfile.parse(ours)) == clean
 
 
@@ -195,7 +195,7 @@ def test_whiteout_after_own_entry_differs_from_cfsctl(cfsctl: str, tmp_path: Pat
     run(cfsctl, "--repo", repo, "init", "--insecure", "--algorithm", "fsverity-sha256-12")
     run(cfsctl, "--repo", repo, "oci", "pull", f"oci:{tmp_path / 'img'}:late", "late")
     theirs = run(cfsctl, "--repo", repo, "oci", "dump", "late").stdout.decode().splitlines()
-    ours = tree.merge_layers(layer_streams(repo, [blob.diff_id])).decode().splitlines()
+    ours = merge.merge_layers(layer_streams(repo, [blob.diff_id])).decode().splitlines()
     assert [x.split()[0] for x in theirs] == ["/", "/usr"]
     assert [x.split()[0] for x in ours] == ["/", "/usr", "/usr/a"]
 
@@ -211,7 +211,7 @@ def test_missing_usr_fails_in_both(cfsctl: str, tmp_path: Path) -> None:
     assert b'Directory entry "usr" does not exist' in proc.stderr
     streams = layer_streams(repo, [blob.diff_id])
     with pytest.raises(ValueError, match='Directory entry "usr" does not exist'):
-        tree.merge_layers(streams)
+        merge.merge_layers(streams)
 
 
 def test_layer_streams_exist(pulled: tuple[Path, dict[str, list[str]]]) -> None:

@@ -15,9 +15,10 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from composefs._backend import Backend
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -66,14 +67,15 @@ def run(
     return proc
 
 
-def load_backend(name: str) -> ModuleType:
-    """The package of backend ``name`` (``composefs._pure`` or ``composefs._native``).
+def load_backend(name: str) -> Backend:
+    """Backend ``name`` (``python``: ``composefs._pure``, ``native``: ``composefs._native``), as
+    :class:`composefs._backend.Backend` shows it: its modules typed by the contract.
 
     The native extension is required in CI (``CI=true``: a missing module fails the test);
     elsewhere its tests are skipped with the reason.
     """
     if name == "python":
-        return importlib.import_module("composefs._pure")
+        return Backend("python", importlib.import_module("composefs._pure"))
     try:
         native = importlib.import_module("composefs._native")
         # An unbuilt tree can leave an empty ``_native/`` directory, which imports as a
@@ -84,4 +86,4 @@ def load_backend(name: str) -> ModuleType:
     except ImportError as e:
         need(False, f"native backend unavailable ({e}); build it with `pip install -e .`")
         raise  # not reached: need() skips or fails
-    return native
+    return Backend("native", native)

@@ -1,5 +1,7 @@
-"""Pure-Python backend: the same functions as ``composefs._native``, byte for byte."""
+"""Pure-Python backend: the same modules, functions and results as ``composefs._native``, byte
+for byte. Each backend module satisfies its Protocol in :mod:`composefs._contract` (checked by
+mypy in ``composefs._backend``)."""
 
-from composefs._pure import erofs, fsverity, splitstream, tar_split, tree
+from composefs._pure import erofs, fs, fsverity, merge, splitstream, tar_split
 
-__all__ = ["erofs", "fsverity", "splitstream", "tar_split", "tree"]
+__all__ = ["erofs", "fs", "fsverity", "merge", "splitstream", "tar_split"]

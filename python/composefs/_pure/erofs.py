@@ -23,71 +23,71 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Final
 
+from composefs import constants
+from composefs._pure import dumpfile as _dumpfile
 from composefs._pure import tree as _tree
 from composefs._pure.tree import Directory, FileSystem, Leaf, Stat
-from composefs.erofs import XATTR_PREFIXES
+from composefs.erofs_format import (
+    BLOCK_BITS,
+    COMPACT_INODE,
+    COMPACT_INODE_SIZE,
+    COMPOSEFS_FLAGS_HAS_ACL,
+    COMPOSEFS_HEADER,
+    COMPOSEFS_HEADER_VERSION,
+    COMPOSEFS_MAGIC,
+    DIRENT,
+    EROFS_MAGIC,
+    EROFS_SUPER_OFFSET,
+    EXTENDED_INODE,
+    EXTENDED_INODE_SIZE,
+    FEATURE_COMPAT,
+    FT_BLK,
+    FT_CHR,
+    FT_DIR,
+    FT_FIFO,
+    FT_LNK,
+    FT_REG,
+    FT_SOCK,
+    IFMT_OF_FT,
+    INODE_SLOT_SIZE,
+    LAYOUT_CHUNK_BASED,
+    LAYOUT_FLAT_INLINE,
+    LAYOUT_FLAT_PLAIN,
+    SUPERBLOCK,
+    SUPERBLOCK_SIZE,
+    XATTR_ENTRY,
+    XATTR_FILTER_SEED,
+    XATTR_HEADER,
+    XATTR_PREFIXES,
+    inode_format,
+)
 
-__all__ = ["mkfs", "write", "xxh32"]
+# The backend contract (``write`` and ``xxh32`` are pure-only helpers, for the merge, the
+# scanner and the tests).
+__all__ = ["mkfs"]
 
 Buffer = bytes | bytearray | memoryview
 
 # -- constants ----------------------------------------------------------------------------------
 
-_BLOCK: Final = 4096
-_SLOT: Final = 32
+_BLOCK: Final = 1 << BLOCK_BITS
+_SLOT: Final = INODE_SLOT_SIZE
 _M32: Final = 0xFFFFFFFF
 _M64: Final = 0xFFFFFFFFFFFFFFFF
 
-_COMPOSEFS_MAGIC: Final = 0xD078629A
-_EROFS_MAGIC: Final = 0xE0F5E1E2
-_FEATURE_COMPAT: Final = 0x2 | 0x4  # MTIME | XATTR_FILTER
-_FLAGS_HAS_ACL: Final = 1
-
-# data layouts (format field value, inode layout bit 0 added separately)
-_FLAT_PLAIN: Final = 0
-_FLAT_INLINE: Final = 4
-_CHUNK_BASED: Final = 8
-
-# directory entry file types and the matching S_IFMT bits
-_FT_REG: Final = 1
-_FT_DIR: Final = 2
-_FT_CHR: Final = 3
-_FT_BLK: Final = 4
-_FT_FIFO: Final = 5
-_FT_SOCK: Final = 6
-_FT_LNK: Final = 7
-_IFMT_OF: Final = {
-    _FT_REG: 0o100000,
-    _FT_DIR: 0o040000,
-    _FT_CHR: 0o020000,
-    _FT_BLK: 0o060000,
-    _FT_FIFO: 0o010000,
-    _FT_SOCK: 0o140000,
-    _FT_LNK: 0o120000,
-}
 _FT_OF_KIND: Final = {
-    _tree.FILE: _FT_REG,
-    _tree.CHAR: _FT_CHR,
-    _tree.BLOCK: _FT_BLK,
-    _tree.FIFO: _FT_FIFO,
-    _tree.SOCKET: _FT_SOCK,
-    _tree.SYMLINK: _FT_LNK,
+    _tree.FILE: FT_REG,
+    _tree.CHAR: FT_CHR,
+    _tree.BLOCK: FT_BLK,
+    _tree.FIFO: FT_FIFO,
+    _tree.SOCKET: FT_SOCK,
+    _tree.SYMLINK: FT_LNK,
 }
-
-_PREFIXES: Final = XATTR_PREFIXES  # the EROFS xattr name prefix table (index -> prefix)
-_FILTER_SEED: Final = 0x25BBE08F
 
 _OVERLAY_PREFIX: Final = b"trusted.overlay."
 _OVERLAY_ESCAPED_PREFIX: Final = b"trusted.overlay.overlay."
 _SELINUX: Final = b"security.selinux"
 
-_COMPACT: Final = struct.Struct("<HHHHIIIIHH4x")
-_EXTENDED: Final = struct.Struct("<HHHHQIIIIQII16x")
-_SUPERBLOCK: Final = struct.Struct("<IIIBBHQQIIII")
-_CFS_HEADER: Final = struct.Struct("<IIII16x")
-_XATTR_HEADER: Final = struct.Struct("<IB7x")
-_XATTR_ENTRY: Final = struct.Struct("<BBH")
-_DIRENT: Final = struct.Struct("<QHBx")
 
 # -- xxh32 --------------------------------------------------------------------------------------
 
@@ -162,10 +162,10 @@ class _XattrNamer:
         hit = self._cache.get(name)
         if hit is None:
             for idx in self._order:
-                prefix = _PREFIXES[idx]
+                prefix = XATTR_PREFIXES[idx]
                 if name.startswith(prefix):
                     suffix = name[len(prefix) :]
-                    bit = 1 << (xxh32(suffix, _FILTER_SEED + idx) % 32)
+                    bit = 1 << (xxh32(suffix, XATTR_FILTER_SEED + idx) % 32)
                     hit = (idx, suffix, bit)
                     break
             assert hit is not None  # the empty prefix always matches
@@ -331,22 +331,22 @@ class _Collector:
     # V2: depth-first, pre-order
     def collect_dfs(self) -> None:
         root = self.fs.root
-        me = self.push(root.stat, None, _FT_DIR, 0)
+        me = self.push(root.stat, None, FT_DIR, 0)
         stack: list[tuple[int, Iterator[tuple[bytes, Directory | Leaf]], list[_DirEnt]]] = []
         entries: list[_DirEnt] = [
-            _DirEnt(b".", me, _FT_DIR, None),
-            _DirEnt(b"..", me, _FT_DIR, None),
+            _DirEnt(b".", me, FT_DIR, None),
+            _DirEnt(b"..", me, FT_DIR, None),
         ]
         stack.append((me, _sorted_items(root), entries))
         while stack:
             me, it, entries = stack[-1]
             for name, child in it:
                 if isinstance(child, Directory):
-                    sub = self.push(child.stat, None, _FT_DIR, 0)
-                    entries.append(_DirEnt(name, sub, _FT_DIR, None))
+                    sub = self.push(child.stat, None, FT_DIR, 0)
+                    entries.append(_DirEnt(name, sub, FT_DIR, None))
                     sub_entries: list[_DirEnt] = [
-                        _DirEnt(b".", sub, _FT_DIR, None),
-                        _DirEnt(b"..", me, _FT_DIR, None),
+                        _DirEnt(b".", sub, FT_DIR, None),
+                        _DirEnt(b"..", me, FT_DIR, None),
                     ]
                     stack.append((sub, _sorted_items(child), sub_entries))
                     break
@@ -377,30 +377,30 @@ class _Collector:
                 and st.xattrs == stub_xattrs
             )
 
-        root_idx = self.push(root_stat, None, _FT_DIR, 0)
+        root_idx = self.push(root_stat, None, FT_DIR, 0)
         queue: deque[tuple[Directory, int, int]] = deque([(root, root_idx, root_idx)])
         deferred: list[_DirEnt] = []
         while queue:
             d, parent, me = queue.popleft()
             entries: list[_DirEnt] = [
-                _DirEnt(b".", me, _FT_DIR, None),
-                _DirEnt(b"..", parent, _FT_DIR, None),
+                _DirEnt(b".", me, FT_DIR, None),
+                _DirEnt(b"..", parent, FT_DIR, None),
             ]
             has_whiteout = False
             items = root_entries if me == root_idx else d.entries
             for name in sorted(items):
                 child = items[name]
                 if isinstance(child, Directory):
-                    sub = self.push(child.stat, None, _FT_DIR, 0)
+                    sub = self.push(child.stat, None, FT_DIR, 0)
                     queue.append((child, me, sub))
-                    entries.append(_DirEnt(name, sub, _FT_DIR, None))
+                    entries.append(_DirEnt(name, sub, FT_DIR, None))
                     continue
                 key = id(child)
                 nlink = self.nlinks[key]
                 is_canonical = nlink <= 1 or canonical.get(key) is d
                 idx = self.leaf(child) if is_canonical else self.hardlinks.get(key)
                 if idx is None:
-                    ent = _DirEnt(name, None, _FT_REG, child)
+                    ent = _DirEnt(name, None, FT_REG, child)
                     deferred.append(ent)
                     entries.append(ent)
                     continue
@@ -413,7 +413,7 @@ class _Collector:
                     and not (me == root_idx and is_stub(name, child))
                 ):
                     inode.escaped = True
-                    inode.ftype = _FT_REG
+                    inode.ftype = FT_REG
                     self.add_xattr(inode, b"trusted.overlay.overlay.whiteout", b"")
                     self.add_xattr(inode, b"user.overlay.whiteout", b"")
                     has_whiteout = True
@@ -572,7 +572,7 @@ def _pack_dir(inode: _Inode) -> int:
     nlink = 0
     for e in entries:
         size = 12 + len(e.name)
-        if e.ftype == _FT_DIR:
+        if e.ftype == FT_DIR:
             nlink += 1
         n += size
         if n <= _BLOCK:
@@ -593,12 +593,12 @@ def _pack_dir(inode: _Inode) -> int:
 
 
 def _write_dir_block(out: bytearray, pos: int, block: list[_DirEnt], nids: list[int]) -> None:
-    nameofs = 12 * len(block)
+    nameofs = DIRENT.size * len(block)
     for e in block:
         idx = e.idx
         assert idx is not None
-        _DIRENT.pack_into(out, pos, nids[idx], nameofs & 0xFFFF, e.ftype)
-        pos += 12
+        DIRENT.pack_into(out, pos, nids[idx], nameofs & 0xFFFF, e.ftype)
+        pos += DIRENT.size
         nameofs += len(e.name)
     names = b"".join(e.name for e in block)
     out[pos : pos + len(names)] = names
@@ -618,7 +618,7 @@ def _fits_compact(stat: Stat, min_mtime: tuple[int, int], size: int, nlink: int)
 
 
 def _check_version(version: int) -> None:
-    if version not in (0, 1, 2):
+    if version not in constants.EROFS_VERSIONS:
         raise ValueError(f"unsupported EROFS format version {version} (expected 0, 1 or 2)")
 
 
@@ -663,7 +663,7 @@ def write(fs: FileSystem, version: int) -> bytes:
     if epoch1:
         col.add_xattr(inodes[0], b"trusted.overlay.opaque", b"y")
         if any(x[1] in (2, 3) for inode in inodes for x in inode.local):
-            flags = _FLAGS_HAS_ACL
+            flags = COMPOSEFS_FLAGS_HAS_ACL
     shared = _share(inodes, epoch1)
     min_mtime = min((i.stat.mtime & _M64, i.stat.mtime_nsec) for i in inodes)
 
@@ -678,9 +678,9 @@ def write(fs: FileSystem, version: int) -> bytes:
             sizes[i] = _pack_dir(inode)
             inode.nlink = inode.dir_nlink
             if not inode.dir_tail:
-                layouts[i] = _FLAT_PLAIN
+                layouts[i] = LAYOUT_FLAT_PLAIN
             else:
-                layouts[i] = _FLAT_INLINE
+                layouts[i] = LAYOUT_FLAT_INLINE
             continue
         kind = leaf.kind
         if kind == _tree.FILE:
@@ -689,48 +689,49 @@ def write(fs: FileSystem, version: int) -> bytes:
                 assert leaf.inline is not None
                 sizes[i] = len(leaf.inline)
                 plain = not leaf.inline or (inode.data_blocks and not inode.tail)
-                layouts[i] = _FLAT_PLAIN if plain else _FLAT_INLINE
+                layouts[i] = LAYOUT_FLAT_PLAIN if plain else LAYOUT_FLAT_INLINE
                 inode.blocks = inode.data_blocks
             else:
                 sizes[i] = leaf.size
-                layouts[i] = _CHUNK_BASED
+                layouts[i] = LAYOUT_CHUNK_BASED
                 if epoch1 and inode.tail and inode.tail + xsizes[i] % _SLOT > _BLOCK:
                     inode.data_blocks = 1
                     inode.tail = 0
                     inode.blocks = 1
         elif kind == _tree.SYMLINK:
             sizes[i] = len(leaf.target)
-            layouts[i] = _FLAT_INLINE
+            layouts[i] = LAYOUT_FLAT_INLINE
             if epoch1 and inode.tail:
-                h = 32 if _fits_compact(inode.stat, min_mtime, inode.tail, inode.nlink) else 64
+                compact_fits = _fits_compact(inode.stat, min_mtime, inode.tail, inode.nlink)
+                h = COMPACT_INODE_SIZE if compact_fits else EXTENDED_INODE_SIZE
                 if h + xsizes[i] + inode.tail >= _BLOCK:
                     inode.data_blocks = 1
                     inode.tail = 0
                     inode.blocks = 1
-                    layouts[i] = _FLAT_PLAIN
+                    layouts[i] = LAYOUT_FLAT_PLAIN
         else:
-            layouts[i] = _FLAT_PLAIN
+            layouts[i] = LAYOUT_FLAT_PLAIN
 
     # layout pass: inode offsets
     compact = [False] * n_inodes
     offsets = [0] * n_inodes
-    pos = 1024 + 128
+    pos = EROFS_SUPER_OFFSET + SUPERBLOCK_SIZE
     for i, inode in enumerate(inodes):
         size = sizes[i]
         layout = layouts[i]
         x = xsizes[i]
         use_compact = epoch1 and _fits_compact(inode.stat, min_mtime, size, inode.nlink)
         compact[i] = use_compact
-        h = 32 if use_compact else 64
+        h = COMPACT_INODE_SIZE if use_compact else EXTENDED_INODE_SIZE
         pos = (pos + 31) & ~31
         leaf = inode.leaf
         if leaf is not None:
             is_symlink = leaf.kind == _tree.SYMLINK and not inode.escaped
-            if epoch1 and layout == _FLAT_PLAIN and is_symlink:
+            if epoch1 and layout == LAYOUT_FLAT_PLAIN and is_symlink:
                 total = h + x + size
                 if pos // _BLOCK != (pos + total - 1) // _BLOCK and pos % _BLOCK:
                     pos += _BLOCK - pos % _BLOCK
-            if epoch1 and layout == _CHUNK_BASED:
+            if epoch1 and layout == LAYOUT_CHUNK_BASED:
                 if inode.tail == 0 and inode.data_blocks:
                     if pos % _BLOCK:
                         pos += _BLOCK - pos % _BLOCK
@@ -740,7 +741,7 @@ def write(fs: FileSystem, version: int) -> bytes:
                         pos += (_BLOCK - start % _BLOCK + 31) & ~31
         else:
             is_symlink = False
-        if layout == _FLAT_INLINE:
+        if layout == LAYOUT_FLAT_INLINE:
             inline_size = size % _BLOCK
             if epoch1:
                 if is_symlink:
@@ -780,15 +781,15 @@ def write(fs: FileSystem, version: int) -> bytes:
         shared_refs = [o // 4 for o in xattr_offsets]
 
     out = bytearray(end)
-    _CFS_HEADER.pack_into(out, 0, _COMPOSEFS_MAGIC, 1, flags, version)
+    COMPOSEFS_HEADER.pack_into(out, 0, COMPOSEFS_MAGIC, COMPOSEFS_HEADER_VERSION, flags, version)
     build_time, build_nsec = min_mtime if epoch1 else (0, 0)
-    _SUPERBLOCK.pack_into(
+    SUPERBLOCK.pack_into(
         out,
-        1024,
-        _EROFS_MAGIC,
+        EROFS_SUPER_OFFSET,
+        EROFS_MAGIC,
         0,
-        _FEATURE_COMPAT,
-        12,
+        FEATURE_COMPAT,
+        BLOCK_BITS,
         0,
         nids[0] & 0xFFFF,
         n_inodes,
@@ -797,6 +798,7 @@ def write(fs: FileSystem, version: int) -> bytes:
         end // _BLOCK,
         0,
         xattr_blkaddr,
+        *(0,) * 9,  # feature_incompat .. xattr_filter_reserved
     )
 
     for i, inode in enumerate(inodes):
@@ -811,13 +813,13 @@ def write(fs: FileSystem, version: int) -> bytes:
             i_u = _leaf_iu(inode, leaf, version, blkaddr)
         x = xsizes[i]
         icount = 1 + (x - 12) // 4 if x else 0
-        mode = _IFMT_OF[inode.ftype] | (inode.stat.mode & 0o7777)
+        mode = IFMT_OF_FT[inode.ftype] | (inode.stat.mode & 0o7777)
         st = inode.stat
         if compact[i]:
-            _COMPACT.pack_into(
+            COMPACT_INODE.pack_into(
                 out,
                 pos,
-                layout,
+                inode_format(layout, extended=False),
                 icount & 0xFFFF,
                 mode,
                 inode.nlink,
@@ -828,12 +830,12 @@ def write(fs: FileSystem, version: int) -> bytes:
                 st.uid,
                 st.gid,
             )
-            pos += 32
+            pos += COMPACT_INODE_SIZE
         else:
-            _EXTENDED.pack_into(
+            EXTENDED_INODE.pack_into(
                 out,
                 pos,
-                layout | 1,
+                inode_format(layout, extended=True),
                 icount & 0xFFFF,
                 mode,
                 0,
@@ -846,10 +848,10 @@ def write(fs: FileSystem, version: int) -> bytes:
                 st.mtime_nsec if epoch1 else 0,
                 inode.nlink & _M32,
             )
-            pos += 64
+            pos += EXTENDED_INODE_SIZE
         if x:
-            _XATTR_HEADER.pack_into(out, pos, ~inode.filter & _M32, len(inode.shared) & 0xFF)
-            pos += 12
+            XATTR_HEADER.pack_into(out, pos, ~inode.filter & _M32, len(inode.shared) & 0xFF)
+            pos += XATTR_HEADER.size
             for ref in inode.shared:
                 struct.pack_into("<I", out, pos, shared_refs[ref])
                 pos += 4
@@ -889,7 +891,7 @@ def write(fs: FileSystem, version: int) -> bytes:
 
 def _write_xattr(out: bytearray, pos: int, x: _XAttr) -> int:
     _, prefix, suffix, value = x
-    _XATTR_ENTRY.pack_into(out, pos, len(suffix) & 0xFF, prefix, len(value) & 0xFFFF)
+    XATTR_ENTRY.pack_into(out, pos, len(suffix) & 0xFF, prefix, len(value) & 0xFFFF)
     pos += 4
     out[pos : pos + len(suffix)] = suffix
     pos += len(suffix)
@@ -940,8 +942,6 @@ def mkfs(dumpfile: Buffer, version: int) -> bytes:
     """Parses a dumpfile and writes its EROFS image in format ``version`` (``cfsctl
     mkcomposefs``: the version is checked first, and a leaf the dumpfile replaced by a later
     line of the same path is an orphan, an error)."""
-    from composefs._pure import dumpfile as _dumpfile
-
     _check_version(version)
     fs, leaves = _dumpfile.parse_with_leaves(bytes(dumpfile))
     orphaned = _dumpfile.orphans(fs, leaves)

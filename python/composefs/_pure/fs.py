@@ -1,14 +1,14 @@
 """Reading a directory on disk into the tree model (composefs-rs 0.9 ``fs.rs``
 ``read_filesystem``) and returning its dumpfile or EROFS images: the pure twin of
-``rust/fs.rs`` (exposed as ``composefs._pure.tree.scan_directory`` and ``mkfs_directory``).
+``rust/fs.rs``, backend module ``fs`` (``scan_directory``, ``mkfs_directory``).
 
 The rules are those of ``python/composefs/fs.py``: the root opened ``O_NOFOLLOW``, entries in
 byte order, ``st_mode & 0o7777``, every xattr (a symlink's own too), every non-directory keyed
-by ``(st_dev, st_ino)`` (hard links), files of at most 64 bytes inline, larger ones hashed
-with fs-verity and, with ``objects_fd``, stored as objects exactly as a layer import stores
-them. System call failures raise ``OSError`` naming the entry's path; anything else raises
-``ValueError``. ``threads`` is accepted for the native twin's sake: this one reads the files
-one after another.
+by ``(st_dev, st_ino)`` (hard links), files of at most ``INLINE_CONTENT_MAX`` bytes inline,
+larger ones hashed with fs-verity and, with ``objects_fd``, stored as objects exactly as a layer
+import stores them. System call failures raise ``OSError`` naming the entry's path; anything
+else raises ``ValueError``. ``threads`` is accepted for the native twin's sake: this one reads
+the files one after another.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import operator
 import os
 import stat as statmod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from composefs._pure import fsverity
+from composefs._pure import dumpfile, erofs, fsverity
+from composefs._pure.merge import check_versions, check_xattrs_mode, transform_for_oci
+from composefs._pure.objects import ObjectStore
 from composefs._pure.tree import (
-    ALLOWLIST_ONLY,
     BLOCK,
     CHAR,
     FIFO,
@@ -32,19 +32,15 @@ from composefs._pure.tree import (
     FileSystem,
     Leaf,
     Stat,
-    _check_xattrs_mode,
-    _transform_for_oci,
 )
+from composefs.constants import ALLOWLIST_ONLY, INLINE_CONTENT_MAX
 
-__all__ = ["mkfs_directory", "read_filesystem", "scan_directory"]
+# The backend contract (``read_filesystem`` is a pure-only helper).
+__all__ = ["mkfs_directory", "scan_directory"]
 
-INLINE_CONTENT_MAX = 64
 _CHUNK = 128 << 10
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
-
-if TYPE_CHECKING:
-    from composefs._pure.objects import ObjectStore
 
 
 def _failed(e: OSError, path: bytes) -> OSError:
@@ -204,8 +200,6 @@ def read_filesystem(
     secure: bool = False,
 ) -> FileSystem:
     """Reads the directory tree at ``path`` (composefs-rs ``read_filesystem``)."""
-    from composefs._pure.objects import ObjectStore
-
     fsverity.Hasher(algorithm)  # validates the name
     raw = os.fsencode(path)
     if b"\0" in raw:
@@ -228,12 +222,12 @@ def _scan(
     threads: int,
     secure: bool,
 ) -> FileSystem:
-    _check_xattrs_mode(xattrs)
+    check_xattrs_mode(xattrs)
     if operator.index(threads) < 0:
         raise ValueError("threads must not be negative")
     fs = read_filesystem(path, algorithm, objects_fd, secure=secure)
     if transform:
-        _transform_for_oci(fs, xattrs)
+        transform_for_oci(fs, xattrs)
     return fs
 
 
@@ -248,8 +242,6 @@ def scan_directory(
 ) -> bytes:
     """The dumpfile of the directory tree at ``path``, as ``cfsctl create-dumpfile`` prints
     it (with ``transform`` False: ``--no-propagate-usr-to-root``)."""
-    from composefs._pure import dumpfile
-
     fs = _scan(path, algorithm, objects_fd, transform, xattrs, threads, secure)
     return dumpfile.write(fs, raw_modes=True)
 
@@ -266,10 +258,6 @@ def mkfs_directory(
 ) -> list[bytes]:
     """The EROFS image of each format in ``versions`` of the directory tree at ``path``,
     written straight from the scanned tree."""
-    from composefs._pure import erofs
-
-    for v in versions:
-        if v not in (0, 1, 2):
-            raise ValueError(f"unsupported EROFS format version {v} (expected 0, 1 or 2)")
+    check_versions(versions)
     fs = _scan(path, algorithm, objects_fd, transform, xattrs, threads, secure)
     return [erofs.write(fs, v) for v in versions]

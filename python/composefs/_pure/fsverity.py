@@ -23,6 +23,9 @@ import sys
 from collections.abc import Callable
 from typing import TypeAlias
 
+from composefs._contract import VerityMeasurement
+from composefs.constants import ALGORITHM_IDS
+
 # A hashlib constructor: hashlib.sha256 or hashlib.sha512.
 _New: TypeAlias = Callable[..., "hashlib._Hash"]
 
@@ -36,8 +39,8 @@ LG_BLOCK_SIZE = 12
 
 # name -> (kernel algorithm id, hashlib constructor, digest size)
 _ALGORITHMS: dict[str, tuple[int, _New, int]] = {
-    "sha256": (1, hashlib.sha256, 32),
-    "sha512": (2, hashlib.sha512, 64),
+    "sha256": (ALGORITHM_IDS["sha256"], hashlib.sha256, 32),
+    "sha512": (ALGORITHM_IDS["sha512"], hashlib.sha512, 64),
 }
 
 # <linux/fsverity.h>: _IOW('f', 133, struct fsverity_enable_arg), _IOWR('f', 134, struct
@@ -413,7 +416,7 @@ class Hasher:
         return _descriptor_digest(self._alg_id, new, root, self._size)
 
     def __repr__(self) -> str:
-        name = "sha256" if self._alg_id == 1 else "sha512"
+        name = "sha256" if self._alg_id == ALGORITHM_IDS["sha256"] else "sha512"
         return f"<composefs._pure.fsverity.Hasher {name} size={self._size}>"
 
 
@@ -434,8 +437,8 @@ def enable_verity(fd: int, algorithm: str) -> None:
     fcntl.ioctl(_fd(fd), FS_IOC_ENABLE_VERITY, arg)
 
 
-def measure_verity(fd: int, algorithm: str) -> tuple[int, bytes]:
-    """``FS_IOC_MEASURE_VERITY``: ``(kernel algorithm id, digest)`` of a verity file.
+def measure_verity(fd: int, algorithm: str) -> VerityMeasurement:
+    """``FS_IOC_MEASURE_VERITY``: the kernel's algorithm id and digest of a verity file.
 
     The digest buffer holds exactly the digest size of ``algorithm``, so a file with a larger
     digest fails with ``EOVERFLOW``.
@@ -446,4 +449,4 @@ def measure_verity(fd: int, algorithm: str) -> tuple[int, bytes]:
     buf = bytearray(struct.pack("<HH", 0, size) + bytes(size))
     fcntl.ioctl(_fd(fd), FS_IOC_MEASURE_VERITY, buf, True)
     alg_id, out_size = struct.unpack_from("<HH", buf)
-    return alg_id, bytes(buf[4 : 4 + min(out_size, size)])
+    return VerityMeasurement(alg_id, bytes(buf[4 : 4 + min(out_size, size)]))

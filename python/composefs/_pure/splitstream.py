@@ -15,7 +15,9 @@ from typing import TypeAlias
 
 import zstandard
 
+from composefs._contract import Chunk, SplitstreamContents
 from composefs._pure.fsverity import _algorithm as _fsverity_algorithm
+from composefs.constants import ALGORITHM_IDS
 
 #: Byte arguments: any contiguous buffer.
 Buffer: TypeAlias = bytes | bytearray | memoryview
@@ -27,10 +29,9 @@ LG_BLOCKSIZE = 12
 HEADER_SIZE = 32
 INFO_SIZE = 80
 
-# name -> (kernel algorithm id, digest size)
 # kernel algorithm id -> digest size, name
-_DIGEST_SIZES = {1: 32, 2: 64}
-_NAMES = {1: "sha256", 2: "sha512"}
+_DIGEST_SIZES = {ALGORITHM_IDS["sha256"]: 32, ALGORITHM_IDS["sha512"]: 64}
+_NAMES = {kernel_id: name for name, kernel_id in ALGORITHM_IDS.items()}
 
 _U64_MASK = (1 << 64) - 1
 _I64 = struct.Struct("<q")
@@ -38,8 +39,6 @@ _HEADER = struct.Struct("<11sBHBBQQ")  # magic, version, flags, algorithm, lg_bl
 _OLD_HEADER = struct.Struct("<QQH11sBBB")  # info, flags, magic, version, algorithm, lg_blocksize
 _INFO = struct.Struct("<10Q")  # 4 ranges, content_type, stream_size
 _ZSTD_LEVEL = 3  # composefs-rs passes 0 = ZSTD_CLEVEL_DEFAULT = 3
-
-Chunk = bytes | int  # inline bytes, or an index into object_refs
 
 # Rust's `usize::from_str`: an optional '+' then ASCII digits.
 _INDEX = re.compile(rb"\+?[0-9]+")
@@ -356,9 +355,6 @@ def _chunks(data: bytes, n_object_refs: int) -> list[Chunk]:
     return chunks
 
 
-ParseResult = tuple[int, int, int, list[bytes], list[bytes], list[tuple[str, int]], list[Chunk]]
-
-
 def read_metadata(
     data: Buffer,
 ) -> tuple[int, int, int, list[bytes], list[bytes], list[tuple[str, int]], bytes]:
@@ -423,15 +419,21 @@ def read_metadata(
     return (algorithm, content_type, stream_size, stream_refs, object_refs, named_refs, stream)
 
 
-def parse(data: Buffer) -> ParseResult:
-    """Parses a whole splitstream file (current or legacy header).
-
-    Returns ``(algorithm_id, content_type, stream_size, stream_refs, object_refs, named_refs,
-    chunks)``; see ``docs/internals.md``. Raises :class:`ValueError` on malformed input.
+def parse(data: Buffer) -> SplitstreamContents:
+    """Parses a whole splitstream file (current or legacy header); see ``docs/internals.md``.
+    Raises :class:`ValueError` on malformed input.
     """
     algorithm, content_type, stream_size, stream_refs, object_refs, named_refs, stream = (
         read_metadata(data)
     )
     # composefs-rs reads the stream chunk by chunk, starting with an 8-byte chunk header.
     chunks = _chunks(_decompress(stream, "stream", 8), len(object_refs))
-    return (algorithm, content_type, stream_size, stream_refs, object_refs, named_refs, chunks)
+    return SplitstreamContents(
+        algorithm_id=algorithm,
+        content_type=content_type,
+        stream_size=stream_size,
+        stream_refs=stream_refs,
+        object_refs=object_refs,
+        named_refs=named_refs,
+        chunks=chunks,
+    )

@@ -27,36 +27,18 @@ from typing import Any
 
 import zstandard
 
+from composefs._contract import LayerSplit, TarEntry
 from composefs._pure import _tarcore, decompress, splitstream
 from composefs._pure.objects import ObjectStore, open_tmpfile
+from composefs.constants import ALGORITHM_IDS, INLINE_CONTENT_MAX
 
 __all__ = ["read_entries", "split_layer"]
-
-#: Bodies of regular files larger than this are stored as objects (``INLINE_CONTENT_MAX_V0``).
-INLINE_CONTENT_MAX = 64
 
 _HEADER = _tarcore.HEADER_SIZE
 _U64 = (1 << 64) - 1
 _CHUNK = 1 << 20  # read size and unit of body streaming
 _SPILL_THRESHOLD = 16 << 20  # inline runs larger than this go to a temporary file
 _PROGRESS_STEP = 4 << 20
-
-SplitResult = tuple[bytes, bytes, bytes, int, int, int, int, int, int, int]
-EntryTuple = tuple[
-    bytes,
-    str,
-    int,
-    int,
-    int,
-    int,
-    int,
-    int,
-    bytes | None,
-    int,
-    list[tuple[bytes, bytes]],
-    bytes | None,
-    bytes | None,
-]
 
 
 def _round_up(size: int) -> int:
@@ -377,11 +359,11 @@ def split_layer(
     secure: bool,
     threads: int = 0,
     progress: Callable[[int], object] | None = None,
-) -> SplitResult:
+) -> LayerSplit:
     """Imports one layer blob: see ``docs/internals.md``.
 
-    Returns ``(stream_file, blob_sha256, tar_sha256, blob_size, tar_size, objects_written,
-    objects_present, external_bytes, inline_bytes, written_bytes)``; raises :class:`ValueError`
+    Returns the splitstream file and what it took (:class:`composefs._contract.LayerSplit`);
+    raises :class:`ValueError`
     for a malformed blob or tar (composefs-rs's and tar-core's messages) and :class:`OSError` for
     failed system calls. Objects already stored stay when it fails.
 
@@ -414,17 +396,17 @@ def split_layer(
     stream_file = writer.finish()
     blob_sha256 = blob.sha256.digest()
     tar_sha256 = blob_sha256 if tar.sha256 is None else tar.sha256.digest()
-    return (
-        stream_file,
-        blob_sha256,
-        tar_sha256,
-        blob.size,
-        tar.size,
-        store.written,
-        store.present,
-        splitter._external,
-        inline.total,
-        store.written_bytes,
+    return LayerSplit(
+        stream_file=stream_file,
+        blob_sha256=blob_sha256,
+        tar_sha256=tar_sha256,
+        blob_size=blob.size,
+        tar_size=tar.size,
+        objects_written=store.written,
+        objects_present=store.present,
+        external_bytes=splitter._external,
+        inline_bytes=inline.total,
+        written_bytes=store.written_bytes,
     )
 
 
@@ -781,7 +763,7 @@ _KINDS = {
 }
 
 
-def _get_entry(reader: _ChunkReader, hash_name: str) -> EntryTuple | None:
+def _get_entry(reader: _ChunkReader, hash_name: str) -> TarEntry | None:
     parser = _tarcore.Parser()
     header_buf = bytearray()
     while True:
@@ -800,10 +782,10 @@ def _get_entry(reader: _ChunkReader, hash_name: str) -> EntryTuple | None:
                 return None
             if isinstance(event, _tarcore.SparseEntry):
                 raise ValueError("Sparse tar entries are not supported")
-            return _entry_tuple(reader, event.entry, hash_name)
+            return _tar_entry(reader, event.entry, hash_name)
 
 
-def _entry_tuple(reader: _ChunkReader, entry: _tarcore.ParsedEntry, hash_name: str) -> EntryTuple:
+def _tar_entry(reader: _ChunkReader, entry: _tarcore.ParsedEntry, hash_name: str) -> TarEntry:
     size = entry.size
     flag = entry.entry_type
     type_name = _tarcore.entry_type_name(flag)
@@ -841,31 +823,31 @@ def _entry_tuple(reader: _ChunkReader, entry: _tarcore.ParsedEntry, hash_name: s
                 raise ValueError("Device entry without device numbers?")
             rdev = _makedev(entry.dev_major, entry.dev_minor)
     mtime = entry.mtime
-    return (
-        _make_absolute_path(entry.path),
-        kind,
-        entry.mode,
-        entry.uid & 0xFFFFFFFF,  # Stat's u32
-        entry.gid & 0xFFFFFFFF,
-        mtime - (1 << 64) if mtime >> 63 else mtime,  # Stat's i64
-        0 if entry.pax is None else _pax_mtime_nsec(entry.pax),
-        size if kind == "file" else 0,
-        link_target,
-        rdev,
-        sorted(dict(entry.xattrs).items()),
-        inline,
-        object_id,
+    return TarEntry(
+        path=_make_absolute_path(entry.path),
+        kind=kind,
+        mode=entry.mode,
+        uid=entry.uid & 0xFFFFFFFF,  # Stat's u32
+        gid=entry.gid & 0xFFFFFFFF,
+        mtime=mtime - (1 << 64) if mtime >> 63 else mtime,  # Stat's i64
+        mtime_nsec=0 if entry.pax is None else _pax_mtime_nsec(entry.pax),
+        size=size if kind == "file" else 0,
+        link_target=link_target,
+        rdev=rdev,
+        xattrs=sorted(dict(entry.xattrs).items()),
+        inline=inline,
+        object_id=object_id,
     )
 
 
-def read_entries(stream_file: splitstream.Buffer) -> list[EntryTuple]:
+def read_entries(stream_file: splitstream.Buffer) -> list[TarEntry]:
     """The tar entries of a layer splitstream file (composefs-rs ``tar::get_entry`` until the
     end). The stream is decoded as it is read, so that a damaged stream fails (or not) where
     and as composefs-rs fails."""
     algorithm_id, _, _, _, object_refs, _, stream = splitstream.read_metadata(stream_file)
-    hash_name = "sha256" if algorithm_id == 1 else "sha512"
+    hash_name = "sha256" if algorithm_id == ALGORITHM_IDS["sha256"] else "sha512"
     reader = _ChunkReader(_StreamDecoder(stream), object_refs)
-    entries: list[EntryTuple] = []
+    entries: list[TarEntry] = []
     while (entry := _get_entry(reader, hash_name)) is not None:
         entries.append(entry)
     return entries

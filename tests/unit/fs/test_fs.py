@@ -21,7 +21,7 @@ from composefs import fs as fs_module
 from composefs import fsverity
 from composefs._pure import dumpfile as pure_dumpfile
 from composefs._pure import erofs as pure_erofs
-from composefs._pure import tree as pure_tree
+from composefs._pure import merge as pure_merge
 from composefs._pure.tree import Directory, FileSystem, Leaf
 from composefs.errors import format_error
 from composefs.fs import FilesystemError, oci_transform, read_directory
@@ -218,7 +218,7 @@ def test_transform_agrees_with_the_merge_helper(tree: Path) -> None:
     for mode in ("allowlist-only", "keep-user-xattrs"):
         a = oci_transform(read_directory(tree), mode)
         b = read_directory(tree)
-        pure_tree._transform_for_oci(b, mode)
+        pure_merge.transform_for_oci(b, mode)
         assert dump(a) == dump(b)
 
 

@@ -1,4 +1,4 @@
-"""The native layer merge (``composefs._native.tree.merge_layers``) against cfsctl 0.9.4.
+"""The native layer merge (``composefs._native.merge.merge_layers``) against cfsctl 0.9.4.
 
 Generated OCI layouts (several layers: whiteouts, opaque directories, hard links across
 layers, xattrs of every class, ``/run`` content, devices, names that need escaping, PAX
@@ -7,7 +7,7 @@ into sha256 and sha512 repositories; ``cfsctl oci dump`` (both ``--xattrs`` mode
 our merge of that repository's layer splitstream files byte for byte. Our deliberate
 differences (whiteouts hide lower layers only, PAX global headers skipped, ``..`` resolved)
 are checked directly, and the native merge is compared with the pure twin
-(``composefs._pure.tree.merge_layers``), error messages included.
+(``composefs._pure.merge.merge_layers``), error messages included.
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ ALGORITHMS = ("sha256", "sha512")
 @pytest.fixture(scope="module")
 def native() -> ModuleType:
     mod = load_backend("native")
-    need(hasattr(mod, "tree"), "the native backend has no tree module (rebuild it)")
-    need(hasattr(mod.tree, "merge_layers"), "the native tree module has no merge_layers")
-    return mod.tree  # type: ignore[no-any-return]
+    need(hasattr(mod.merge, "merge_layers"), "the native merge module has no merge_layers")
+    return mod.merge  # type: ignore[return-value]
 
 
 @pytest.fixture(scope="module")
@@ -387,12 +386,7 @@ def test_argument_errors(native: ModuleType) -> None:
 
 @pytest.fixture(scope="module")
 def pure() -> ModuleType:
-    mod = load_backend("python")
-    need(
-        hasattr(mod, "tree") and hasattr(mod.tree, "merge_layers"),
-        "composefs._pure.tree.merge_layers is not written yet",
-    )
-    return mod.tree  # type: ignore[no-any-return]
+    return load_backend("python").merge  # type: ignore[return-value]
 
 
 def _differential_cases() -> list[tuple[str, list[bytes]]]:

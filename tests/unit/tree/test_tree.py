@@ -1,4 +1,4 @@
-"""The pure-Python layer merge (``composefs._pure.tree``): composefs-rs ``create_filesystem``
+"""The pure-Python layer merge (``composefs._pure.merge``): composefs-rs ``create_filesystem``
 rules (``process_entry`` + ``transform_for_oci``) with our deliberate differences (whiteouts
 apply to lower layers only, PAX global headers skipped, ``..`` resolved lexically).
 
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from composefs import _backend
-from composefs._pure import dumpfile, tree
+from composefs._pure import dumpfile, merge, tree
 from composefs.layer import import_layer
 from composefs.repository import Repository
 from support.tars import MTIME, Tar
@@ -48,7 +48,7 @@ def streams(repo: Repository, *tars: Tar) -> list[bytes]:
 
 
 def dump(repo: Repository, *tars: Tar, **kw: Any) -> list[str]:
-    return tree.merge_layers(streams(repo, *tars), **kw).decode().splitlines()
+    return merge.merge_layers(streams(repo, *tars), **kw).decode().splitlines()
 
 
 def paths(lines: list[str]) -> list[str]:
@@ -63,7 +63,7 @@ def line(lines: list[str], path: str) -> str:
 def merge_error(repo: Repository, *tars: Tar) -> str:
     layer_streams = streams(repo, *tars)
     with pytest.raises(ValueError) as info:
-        tree.merge_layers(layer_streams)
+        merge.merge_layers(layer_streams)
     return str(info.value)
 
 
@@ -121,8 +121,8 @@ def test_raw_modes_keep_stray_type_bits(repo: Repository) -> None:
     t.raw_mode("usr/f", 0o100644).raw_mode("usr/d/", 0o40755)
     t.raw_mode("usr/odd", 0o20644)  # char-device bits on a regular file
     layer_streams = streams(repo, t)
-    raw = tree.merge_layers(layer_streams).decode().splitlines()
-    clean = tree.merge_layers(layer_streams, raw_modes=False).decode().splitlines()
+    raw = merge.merge_layers(layer_streams).decode().splitlines()
+    clean = merge.merge_layers(layer_streams, raw_modes=False).decode().splitlines()
     assert line(raw, "/usr/f").split()[2] == "100644"
     assert line(raw, "/usr/odd").split()[2] == "120644"  # 0o20644 | S_IFREG
     assert line(clean, "/usr/odd").split()[2] == "100644"
@@ -374,7 +374,7 @@ def test_missing_usr_is_an_error(repo: Repository) -> None:
         'Directory entry "usr" is not a subdirectory'
     )
     with pytest.raises(ValueError, match="usr"):
-        tree.merge_layers([])
+        merge.merge_layers([])
 
 
 def test_run_is_emptied(repo: Repository) -> None:
@@ -412,7 +412,7 @@ def test_xattr_filtering(repo: Repository, mode: str) -> None:
 
 def test_invalid_xattr_mode(repo: Repository) -> None:
     with pytest.raises(ValueError) as info:
-        tree.merge_layers([], xattrs="all")
+        merge.merge_layers([], xattrs="all")
     assert str(info.value) == (
         'invalid xattr filtering mode "all" (expected "allowlist-only" or "keep-user-xattrs")'
     )
@@ -420,7 +420,7 @@ def test_invalid_xattr_mode(repo: Repository) -> None:
 
 def test_merge_returns_the_tree(repo: Repository) -> None:
     t = usr().file("usr/a", b"a").link("usr/b", "usr/a")
-    fs = tree.merge(streams(repo, t))
+    fs = merge.merge(streams(repo, t))
     a = fs.root.entries[b"usr"]
     assert isinstance(a, tree.Directory)
     assert a.entries[b"a"] is a.entries[b"b"]
