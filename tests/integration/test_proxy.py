@@ -209,7 +209,7 @@ def test_corrupted_layer_while_importing(
     tmp_path: Path, registry: Registry, fresh_image: OciImage, request: pytest.FixtureRequest
 ) -> None:
     """As pull uses it: the importer fails on the bad data, the FinishPipe error explains why."""
-    from composefs.layer import import_layer
+    from composefs.oci.layer import import_layer
     from composefs.repository import Repository
 
     big = fresh_image.layers[0]

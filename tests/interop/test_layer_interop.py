@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from composefs import _backend, layer
+from composefs import _backend
+from composefs.oci import layer
 from composefs.repository import Repository
 from support import need, run, tool
 

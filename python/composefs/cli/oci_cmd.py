@@ -10,10 +10,10 @@ import threading
 import time
 from typing import Any, TextIO
 
-from composefs import layer
 from composefs.cli._common import add_command, add_mount_options, open_repo
 from composefs.constants import ALLOWLIST_ONLY, XATTR_MODES
 from composefs.errors import ComposefsError
+from composefs.oci import layer
 
 
 def register(sub: Any) -> None:

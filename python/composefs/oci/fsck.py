@@ -7,10 +7,10 @@ import dataclasses
 import os
 from typing import TYPE_CHECKING, Any
 
-from composefs import layer as _layer
 from composefs import splitstream
 from composefs.errors import ComposefsError
 from composefs.fsck import FsckResult
+from composefs.oci import layer as _layer
 from composefs.oci.index import open_index
 from composefs.oci.media_types import CONFIG_MEDIA_TYPE
 from composefs.oci.names import (

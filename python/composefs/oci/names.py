@@ -9,7 +9,7 @@
     streams/refs/oci-index/<encoded tag>   the index a tag was pulled through (our extension)
     streams/refs/oci-referrers/<subject>/<artifact>   referrers of a manifest
 
-(Layer streams are ``oci-layer-<diff_id>``: :func:`composefs.layer.layer_identifier`.)
+(Layer streams are ``oci-layer-<diff_id>``: :func:`composefs.oci.layer.layer_identifier`.)
 """
 
 from __future__ import annotations

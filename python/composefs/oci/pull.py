@@ -28,9 +28,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from composefs import layer as _layer
 from composefs import splitstream
 from composefs.errors import ComposefsError
+from composefs.oci import layer as _layer
 from composefs.oci.filesystem import CommitResult, commit_images
 from composefs.oci.image import OciImage
 from composefs.oci.index import write_index

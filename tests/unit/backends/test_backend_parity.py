@@ -6,7 +6,7 @@
   (repeated, dropped, swapped lines, replaced fields, stray bytes), plus hand-written cases
   whose message is also pinned (cfsctl's text where cfsctl has one).
 * ``merge.merge_layers`` / ``merge.mkfs_layers``: a few layer splitstream files imported with
-  ``composefs.layer.import_layer`` into a temporary repository, merged in random selections
+  ``composefs.oci.layer.import_layer`` into a temporary repository, merged in random selections
   and orders, plus truncated and corrupted streams.
 """
 
@@ -38,7 +38,7 @@ from composefs._pure.tree import (
     Leaf,
     Stat,
 )
-from composefs.layer import import_layer
+from composefs.oci.layer import import_layer
 from composefs.repository import Repository
 from support import load_backend, need
 from support.tars import Tar

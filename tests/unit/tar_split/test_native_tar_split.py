@@ -26,7 +26,7 @@ from types import ModuleType
 import pytest
 import zstandard
 
-from composefs.layer import TarEntry
+from composefs.oci.layer import TarEntry
 from support import load_backend, need, run, tool
 
 OCILAYER = int.from_bytes(b"ocilayer", "little")

@@ -2,7 +2,7 @@
 rules (``process_entry`` + ``transform_for_oci``) with our deliberate differences (whiteouts
 apply to lower layers only, PAX global headers skipped, ``..`` resolved lexically).
 
-Layers are real tars imported into a temporary repository with ``composefs.layer``; the
+Layers are real tars imported into a temporary repository with ``composefs.oci.layer``; the
 merge reads the layer splitstream files. The interop suite compares with ``cfsctl oci dump``.
 """
 
@@ -19,7 +19,7 @@ import pytest
 
 from composefs import _backend
 from composefs._pure import dumpfile, merge, tree
-from composefs.layer import import_layer
+from composefs.oci.layer import import_layer
 from composefs.repository import Repository
 from support.tars import MTIME, Tar
 
