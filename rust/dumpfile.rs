@@ -239,7 +239,6 @@ pub fn write(fs: &FileSystem, raw_modes: bool) -> Vec<u8> {
 // ------------------------------------------------------------------------------------------
 // Parser
 
-
 /// composefs-rs `unescape_limited`.
 fn unescape_limited(s: &str, max: usize) -> Result<Vec<u8>, String> {
     unescape_fast(s.as_bytes(), max).map_or_else(|| unescape_slow(s, max), Ok)
@@ -1318,7 +1317,6 @@ mod tests {
         assert_eq!(fs.leaves[0].stat.mtime, -12);
         assert_eq!(fs.leaves[0].stat.mtime_nsec, 5);
     }
-
 
     #[test]
     fn write_is_fast() {

@@ -25,13 +25,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Mutex;
 
-use crate::fsverity::{self, Algorithm, Hasher};
-use crate::objects::{self, ObjectStore};
 use crate::constants::INLINE_CONTENT_MAX;
 pub use crate::error::Error;
+use crate::fsverity::{self, Algorithm, Hasher};
+use crate::objects::{self, ObjectStore};
 use crate::tree::{Content, Directory, FileSystem, Inode, Leaf, Stat, XattrFiltering};
-
-/// Files of at most this many bytes are stored inline.
 
 const READ_BUF: usize = 128 << 10;
 
@@ -662,7 +660,8 @@ pub(crate) mod py {
 
     /// Reads a directory tree and returns its dumpfile (`cfsctl create-dumpfile`).
     #[pyfunction]
-    #[pyo3(signature = (path, algorithm, objects_fd=None, transform=true, xattrs=ALLOWLIST_ONLY, threads=0, secure=false))]
+    #[pyo3(signature = (path, algorithm, objects_fd=None, transform=true, xattrs=ALLOWLIST_ONLY, threads=0, secure=false),
+        text_signature = "(path, algorithm, objects_fd=None, transform=True, xattrs='allowlist-only', threads=0, secure=False)")]
     #[allow(clippy::too_many_arguments)]
     fn scan_directory<'py>(
         py: Python<'py>,
@@ -681,17 +680,16 @@ pub(crate) mod py {
             secure,
             threads,
         };
-        let out = py
-            .allow_threads(|| {
-                super::scan(&a.path, &opts, a.transform).map(|fs| crate::dumpfile::write(&fs, true))
-            })
-            ?;
+        let out = py.allow_threads(|| {
+            super::scan(&a.path, &opts, a.transform).map(|fs| crate::dumpfile::write(&fs, true))
+        })?;
         Ok(PyBytes::new(py, &out))
     }
 
     /// Reads a directory tree and returns the EROFS image of each format in `versions`.
     #[pyfunction]
-    #[pyo3(signature = (path, algorithm, objects_fd=None, transform=true, xattrs=ALLOWLIST_ONLY, versions=vec![DEFAULT_EROFS_VERSION.into()], threads=0, secure=false))]
+    #[pyo3(signature = (path, algorithm, objects_fd=None, transform=true, xattrs=ALLOWLIST_ONLY, versions=vec![DEFAULT_EROFS_VERSION.into()], threads=0, secure=false),
+        text_signature = "(path, algorithm, objects_fd=None, transform=True, xattrs='allowlist-only', versions=[1], threads=0, secure=False)")]
     #[allow(clippy::too_many_arguments)]
     fn mkfs_directory<'py>(
         py: Python<'py>,
@@ -716,15 +714,13 @@ pub(crate) mod py {
             secure,
             threads,
         };
-        let images = py
-            .allow_threads(|| {
-                let fs = super::scan(&a.path, &opts, a.transform)?;
-                versions
-                    .iter()
-                    .map(|v| crate::erofs::write(&fs, *v).map_err(Error::Invalid))
-                    .collect::<Result<Vec<_>, Error>>()
-            })
-            ?;
+        let images = py.allow_threads(|| {
+            let fs = super::scan(&a.path, &opts, a.transform)?;
+            versions
+                .iter()
+                .map(|v| crate::erofs::write(&fs, *v).map_err(Error::Invalid))
+                .collect::<Result<Vec<_>, Error>>()
+        })?;
         Ok(images.iter().map(|i| PyBytes::new(py, i)).collect())
     }
 

@@ -5,8 +5,8 @@
 
 use crate::tar_split::{self, Kind};
 use crate::tree::{
-    debug_bytes, join, normalize_into, not_found, Content, Directory,
-    FileSystem, Inode, Leaf, Stat, XattrFiltering,
+    debug_bytes, join, normalize_into, not_found, Content, Directory, FileSystem, Inode, Leaf,
+    Stat, XattrFiltering,
 };
 
 fn is_whiteout(name: &[u8]) -> bool {
@@ -113,8 +113,7 @@ fn apply_layer(fs: &mut FileSystem, entries: &[tar_split::Entry]) -> Result<(), 
             continue;
         }
         let Some((name, parent)) = comps.split_last() else {
-            process_entry(fs, e, comps, None)
-                .map_err(|m| format!("Processing tar entry: {m}"))?;
+            process_entry(fs, e, comps, None).map_err(|m| format!("Processing tar entry: {m}"))?;
             continue;
         };
         if e.kind == Kind::Hardlink {
@@ -255,7 +254,8 @@ pub(crate) mod py {
 
     /// Merges layer splitstream files (bottom layer first) and returns the dumpfile text.
     #[pyfunction]
-    #[pyo3(signature = (streams, xattrs=ALLOWLIST_ONLY, raw_modes=true))]
+    #[pyo3(signature = (streams, xattrs=ALLOWLIST_ONLY, raw_modes=true),
+        text_signature = "(streams, xattrs='allowlist-only', raw_modes=True)")]
     fn merge_layers<'py>(
         py: Python<'py>,
         streams: &Bound<'py, PyAny>,
@@ -283,7 +283,8 @@ pub(crate) mod py {
     /// Merges layer splitstream files and returns the EROFS image of each format in
     /// `versions`, without a dumpfile in between.
     #[pyfunction]
-    #[pyo3(signature = (streams, xattrs=ALLOWLIST_ONLY, versions=vec![DEFAULT_EROFS_VERSION.into()]))]
+    #[pyo3(signature = (streams, xattrs=ALLOWLIST_ONLY, versions=vec![DEFAULT_EROFS_VERSION.into()]),
+        text_signature = "(streams, xattrs='allowlist-only', versions=[1])")]
     fn mkfs_layers<'py>(
         py: Python<'py>,
         streams: &Bound<'py, PyAny>,
@@ -562,4 +563,3 @@ mod tests {
         assert_eq!(fs.nlinks(), [1, 1]);
     }
 }
-

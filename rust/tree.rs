@@ -115,7 +115,6 @@ pub enum XattrFiltering {
     KeepUserXattrs,
 }
 
-
 impl XattrFiltering {
     /// Whether an xattr called `name` is kept.
     pub fn keeps(self, name: &[u8]) -> bool {
@@ -123,7 +122,6 @@ impl XattrFiltering {
             || (self == Self::KeepUserXattrs && name.starts_with(b"user."))
     }
 }
-
 
 /// composefs-rs `ImageError` texts.
 pub fn not_found(name: &[u8]) -> String {
@@ -304,7 +302,6 @@ impl FileSystem {
         self.root.remap_leaves(&map);
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -28,7 +28,8 @@ class Backend:
         self.fsverity: ModuleType = getattr(package, "fsverity")  # noqa: B009
         self.splitstream: ModuleType = getattr(package, "splitstream")  # noqa: B009
         self.tar_split: ModuleType = getattr(package, "tar_split")  # noqa: B009
-        self.tree: ModuleType = getattr(package, "tree")  # noqa: B009
+        self.merge: ModuleType = getattr(package, "merge")  # noqa: B009
+        self.fs: ModuleType = getattr(package, "fs")  # noqa: B009
         self.erofs: ModuleType = getattr(package, "erofs")  # noqa: B009
 
     def __repr__(self) -> str:

@@ -26,15 +26,13 @@ pub fn check_version(version: i64) -> Result<u8, String> {
     u8::try_from(version)
         .ok()
         .filter(|v| EROFS_VERSIONS.contains(v))
-        .ok_or_else(|| {
-            format!("unsupported EROFS format version {version} (expected 0, 1 or 2)")
-        })
+        .ok_or_else(|| format!("unsupported EROFS format version {version} (expected 0, 1 or 2)"))
 }
 
 #[cfg(feature = "python")]
 pub(crate) mod py {
-    use crate::pybuf::{with_slice, ByteBuf, SMALL};
     use crate::error::Error;
+    use crate::pybuf::{with_slice, ByteBuf, SMALL};
     use pyo3::prelude::*;
     use pyo3::types::PyBytes;
 
@@ -62,4 +60,3 @@ pub(crate) mod py {
         m.add_function(wrap_pyfunction!(mkfs, m)?)
     }
 }
-

@@ -2,10 +2,10 @@
 
 use super::format::{
     i_format, BLOCK_BITS, BLOCK_SIZE, COMPACT_INODE_SIZE, COMPOSEFS_FLAGS_HAS_ACL,
-    COMPOSEFS_HEADER_VERSION, COMPOSEFS_MAGIC, EROFS_MAGIC, EROFS_SUPER_OFFSET, EXTENDED_INODE_SIZE,
-    FEATURE_COMPAT, FT_BLK, FT_CHR, FT_DIR, FT_FIFO, FT_LNK, FT_REG, FT_SOCK, INODE_SLOT_SIZE,
-    LAYOUT_CHUNK_BASED, LAYOUT_FLAT_INLINE, LAYOUT_FLAT_PLAIN, SUPERBLOCK_SIZE, XATTR_FILTER_SEED,
-    XATTR_PREFIXES,
+    COMPOSEFS_HEADER_VERSION, COMPOSEFS_MAGIC, EROFS_MAGIC, EROFS_SUPER_OFFSET,
+    EXTENDED_INODE_SIZE, FEATURE_COMPAT, FT_BLK, FT_CHR, FT_DIR, FT_FIFO, FT_LNK, FT_REG, FT_SOCK,
+    INODE_SLOT_SIZE, LAYOUT_CHUNK_BASED, LAYOUT_FLAT_INLINE, LAYOUT_FLAT_PLAIN, SUPERBLOCK_SIZE,
+    XATTR_FILTER_SEED, XATTR_PREFIXES,
 };
 use crate::tree::{Content, Directory, FileSystem, Inode, Stat};
 use std::borrow::Cow;
@@ -909,7 +909,9 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
                     ino.data_blocks += 1;
                     ino.tail = 0;
                 }
-            } else if ino.is_chunked() && ino.tail + ino.xattrs.size() % INODE_SLOT_SIZE > BLOCK_SIZE {
+            } else if ino.is_chunked()
+                && ino.tail + ino.xattrs.size() % INODE_SLOT_SIZE > BLOCK_SIZE
+            {
                 ino.data_blocks = 1;
                 ino.tail = 0;
             }
@@ -926,7 +928,11 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
         let (layout, size) = ino.layout();
         let x = ino.xattrs.size();
         let small = epoch1 && ino.fits_compact(min_mtime, size);
-        let h = if small { COMPACT_INODE_SIZE } else { EXTENDED_INODE_SIZE };
+        let h = if small {
+            COMPACT_INODE_SIZE
+        } else {
+            EXTENDED_INODE_SIZE
+        };
         let size = size as usize;
         if epoch1 {
             if ino.is_symlink() && layout == LAYOUT_FLAT_PLAIN {
@@ -952,7 +958,8 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
                     pos = round_up(pos + BLOCK_SIZE - (start - 1) % BLOCK_SIZE, INODE_SLOT_SIZE);
                 }
             } else if ino.is_symlink() {
-                if !pos.is_multiple_of(BLOCK_SIZE) && pos % BLOCK_SIZE + h + x + inline > BLOCK_SIZE {
+                if !pos.is_multiple_of(BLOCK_SIZE) && pos % BLOCK_SIZE + h + x + inline > BLOCK_SIZE
+                {
                     pos = round_up(pos, BLOCK_SIZE);
                 }
             } else {

@@ -2,7 +2,6 @@
 
 use super::*;
 
-
 /// A temporary file for spilled inline data: `O_TMPFILE` in `objects/` if possible.
 pub(super) fn spill_file(dir: BorrowedFd<'_>) -> io::Result<File> {
     // SAFETY: openat on a directory fd with a static path.
@@ -246,4 +245,3 @@ pub(super) fn write_run(writer: &mut Writer, run: Run) -> io::Result<()> {
         }
     }
 }
-

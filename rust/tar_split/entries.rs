@@ -3,7 +3,6 @@
 
 use super::*;
 
-
 /// What an entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -216,7 +215,12 @@ impl ChunkStream<'_> {
         Ok(())
     }
 
-    pub(super) fn ensure_chunk(&mut self, eof_ok: bool, ext_ok: bool, expected: u64) -> Result<Chunk, Error> {
+    pub(super) fn ensure_chunk(
+        &mut self,
+        eof_ok: bool,
+        ext_ok: bool,
+        expected: u64,
+    ) -> Result<Chunk, Error> {
         if self.inline_left == 0 {
             let mut word = [0u8; 8];
             if !self.read_exactish(&mut word)? {
@@ -271,7 +275,12 @@ impl ChunkStream<'_> {
 
     /// `read_exact(actual, stored)`; `keep` = whether inline content is wanted (else it is
     /// skipped, and `Content::Inline` is empty).
-    pub(super) fn read_content(&mut self, actual: u64, stored: u64, keep: bool) -> Result<Content, Error> {
+    pub(super) fn read_content(
+        &mut self,
+        actual: u64,
+        stored: u64,
+        keep: bool,
+    ) -> Result<Content, Error> {
         match self.ensure_chunk(false, true, stored)? {
             Chunk::External(id) => {
                 if actual < stored {
@@ -309,7 +318,10 @@ pub(super) fn makedev(major: u32, minor: u32) -> u64 {
 }
 
 /// The next entry (composefs-rs `get_entry`), or `None` at the end.
-pub(super) fn next_entry(r: &mut ChunkStream<'_>, headers: &mut Vec<u8>) -> Result<Option<Entry>, Error> {
+pub(super) fn next_entry(
+    r: &mut ChunkStream<'_>,
+    headers: &mut Vec<u8>,
+) -> Result<Option<Entry>, Error> {
     let mut parser = Parser::with_defaults();
     headers.clear();
     let mut block = [0u8; HEADER_SIZE];
@@ -589,7 +601,11 @@ pub fn read_entries(stream_file: &[u8]) -> Result<Vec<Entry>, Error> {
 }
 
 /// The entries of a stream section; with `ahead`, the whole section must decode.
-pub(super) fn entries_of(body: &[u8], object_refs: &[Vec<u8>], ahead: bool) -> Result<Vec<Entry>, Error> {
+pub(super) fn entries_of(
+    body: &[u8],
+    object_refs: &[Vec<u8>],
+    ahead: bool,
+) -> Result<Vec<Entry>, Error> {
     let decoder = zstd::stream::read::Decoder::with_buffer(body).map_err(zstd_err)?;
     let mut r = ChunkStream {
         decoder,
@@ -610,7 +626,6 @@ pub(super) fn entries_of(body: &[u8], object_refs: &[Vec<u8>], ahead: bool) -> R
     r.drain()?;
     Ok(entries)
 }
-
 
 #[cfg(test)]
 mod plain_header_tests {
@@ -725,4 +740,3 @@ mod plain_header_tests {
         assert!(taken > cases / 5, "{taken} of {cases}");
     }
 }
-

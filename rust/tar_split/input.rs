@@ -2,7 +2,6 @@
 
 use super::*;
 
-
 /// Messages from the reader to the splitter.
 pub(super) enum Input {
     Data(Arc<Segment>),
@@ -289,4 +288,3 @@ pub(super) fn hash_thread(rx: Receiver<HashInput>) -> ([u8; 32], [u8; 32]) {
     let tar: [u8; 32] = if plain { blob } else { tar.finalize().into() };
     (blob, tar)
 }
-

@@ -19,6 +19,12 @@
 //! An inline run is held in memory up to 32 MiB and then spilled to an anonymous temporary
 //! file in `objects/`: the splitstream puts a run's length before its bytes, and a run can be
 //! as long as the data after the end-of-archive blocks.
+//!
+//! The stages, one file each: `segments` (the buffer pool), `input` (reader and hash
+//! threads), `store` (object workers), `assemble` (inline runs, ordered splitstream
+//! output), `splitter` (tar headers -> chunks), this file ([`split_layer`] and its options),
+//! `entries` (the reverse path, [`read_entries`]) and `py` (the bindings). The stages share
+//! this module's imports and each other's items through the glob imports below.
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -98,9 +104,9 @@ mod store;
 mod tests;
 
 use assemble::*;
-pub use entries::{make_absolute_path, pax_mtime_nsec, read_entries, Entry, Kind};
 #[allow(unused_imports)]
 use entries::*;
+pub use entries::{make_absolute_path, pax_mtime_nsec, read_entries, Entry, Kind};
 use input::*;
 use segments::*;
 use splitter::*;
@@ -243,4 +249,3 @@ pub fn split_layer(
         })
     })
 }
-

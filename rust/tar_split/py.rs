@@ -69,16 +69,16 @@ fn split_layer<'py>(
     LAYER_SPLIT.build(
         py,
         (
-        PyBytes::new(py, &r.stream_file),
-        PyBytes::new(py, &r.blob_sha256),
-        PyBytes::new(py, &r.tar_sha256),
-        r.blob_size,
-        r.tar_size,
-        r.objects_written,
-        r.objects_present,
-        r.external_bytes,
-        r.inline_bytes,
-        r.written_bytes,
+            PyBytes::new(py, &r.stream_file),
+            PyBytes::new(py, &r.blob_sha256),
+            PyBytes::new(py, &r.tar_sha256),
+            r.blob_size,
+            r.tar_size,
+            r.objects_written,
+            r.objects_present,
+            r.external_bytes,
+            r.inline_bytes,
+            r.written_bytes,
         ),
     )
 }

@@ -2,7 +2,6 @@
 
 use super::*;
 
-
 /// A [`SEGMENT`]-sized buffer aligned to 4 KiB (bodies start at 512-byte boundaries of the
 /// tar, so they are at least 512-byte aligned in memory too: good for SIMD hashing and for
 /// the kernel's copies).
@@ -124,4 +123,3 @@ impl Slice {
         &self.seg.data()[self.start..self.end]
     }
 }
-

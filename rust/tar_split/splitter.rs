@@ -2,7 +2,6 @@
 
 use super::*;
 
-
 /// Tar bytes as the splitter sees them: a carry buffer (for headers that straddle segments)
 /// followed by the current segment.
 pub(super) struct TarInput<'a, 'p> {
@@ -121,7 +120,12 @@ impl TarInput<'_, '_> {
     }
 
     /// Moves `n` bytes to the inline run; `eof_msg` if the input ends first.
-    pub(super) fn inline(&mut self, mut n: u64, asm: &mut Assembler<'_>, eof_msg: &str) -> Result<(), Error> {
+    pub(super) fn inline(
+        &mut self,
+        mut n: u64,
+        asm: &mut Assembler<'_>,
+        eof_msg: &str,
+    ) -> Result<(), Error> {
         while n > 0 {
             let c = self.carry_left();
             if c > 0 {
@@ -164,7 +168,12 @@ impl TarInput<'_, '_> {
     }
 
     /// Hands a body of `size` bytes to the workers as job `seq`.
-    pub(super) fn body(&mut self, seq: u64, size: u64, jobs: &SyncSender<Job>) -> Result<bool, Error> {
+    pub(super) fn body(
+        &mut self,
+        seq: u64,
+        size: u64,
+        jobs: &SyncSender<Job>,
+    ) -> Result<bool, Error> {
         let c = self.carry_left() as u64;
         // Whole body in the carry or in the current segment: one slice, no channel.
         if c >= size || c == 0 && self.seg_left() as u64 >= size {
@@ -317,4 +326,3 @@ pub(super) fn split(
         }
     }
 }
-

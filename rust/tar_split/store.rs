@@ -2,7 +2,6 @@
 
 use super::*;
 
-
 /// A large body for a worker: its first slice, and the rest through a channel when it spans
 /// segments.
 pub(super) struct Job {
@@ -14,7 +13,11 @@ pub(super) struct Job {
 
 pub(super) type JobResult = (u64, Result<(Vec<u8>, Stored), Error>);
 
-pub(super) fn worker_thread(store: &ObjectStore, jobs: &Mutex<Receiver<Job>>, results: Sender<JobResult>) {
+pub(super) fn worker_thread(
+    store: &ObjectStore,
+    jobs: &Mutex<Receiver<Job>>,
+    results: Sender<JobResult>,
+) {
     loop {
         let job = {
             let rx = jobs.lock().unwrap_or_else(|e| e.into_inner());
@@ -51,4 +54,3 @@ pub(super) fn worker_thread(store: &ObjectStore, jobs: &Mutex<Receiver<Job>>, re
         }
     }
 }
-

@@ -70,7 +70,7 @@ def show(result: Outcome) -> str:
 def native() -> ModuleType:
     mod = load_backend("native")
     need(hasattr(mod, "erofs") and hasattr(mod.erofs, "mkfs"), "native erofs.mkfs is missing")
-    need(hasattr(mod, "tree") and hasattr(mod.tree, "mkfs_layers"), "native mkfs_layers missing")
+    need(hasattr(mod, "merge") and hasattr(mod.merge, "mkfs_layers"), "native mkfs_layers missing")
     return mod
 
 
@@ -661,11 +661,11 @@ def same_layers(
     versions: Sequence[int],
 ) -> None:
     for raw_modes in (True, False):
-        expected = outcome(native.tree.merge_layers, layers, xattrs, raw_modes)
-        got = outcome(pure.tree.merge_layers, layers, xattrs, raw_modes)
+        expected = outcome(native.merge.merge_layers, layers, xattrs, raw_modes)
+        got = outcome(pure.merge.merge_layers, layers, xattrs, raw_modes)
         assert got == expected, f"merge_layers(raw_modes={raw_modes})"
-    expected = outcome(native.tree.mkfs_layers, layers, xattrs, versions)
-    got = outcome(pure.tree.mkfs_layers, layers, xattrs, versions)
+    expected = outcome(native.merge.mkfs_layers, layers, xattrs, versions)
+    got = outcome(pure.merge.mkfs_layers, layers, xattrs, versions)
     assert got == expected, (
         f"mkfs_layers {versions}\n  native: {show(expected)}\n  pure: {show(got)}"
     )
@@ -735,8 +735,8 @@ def test_corrupted_streams(native: ModuleType, pure: ModuleType, streams: list[b
         damaged = bytearray(stream)
         damaged[pos] ^= 1
         layers = [bytes(damaged)]
-        expected = outcome(native.tree.merge_layers, layers)
-        got = outcome(pure.tree.merge_layers, layers)
+        expected = outcome(native.merge.merge_layers, layers)
+        got = outcome(pure.merge.merge_layers, layers)
         if got != expected:
             differ.append(f"byte {pos}: native {show(expected)}, pure {show(got)}")
     assert not differ, "\n".join(differ)

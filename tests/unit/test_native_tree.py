@@ -1,4 +1,4 @@
-"""The native layer merge (``composefs._native.tree.merge_layers``) against cfsctl 0.9.4.
+"""The native layer merge (``composefs._native.merge.merge_layers``) against cfsctl 0.9.4.
 
 Generated OCI layouts (several layers: whiteouts, opaque directories, hard links across
 layers, xattrs of every class, ``/run`` content, devices, names that need escaping, PAX
@@ -37,9 +37,9 @@ ALGORITHMS = ("sha256", "sha512")
 @pytest.fixture(scope="module")
 def native() -> ModuleType:
     mod = load_backend("native")
-    need(hasattr(mod, "tree"), "the native backend has no tree module (rebuild it)")
-    need(hasattr(mod.tree, "merge_layers"), "the native tree module has no merge_layers")
-    return mod.tree  # type: ignore[no-any-return]
+    need(hasattr(mod, "merge"), "the native backend has no merge module (rebuild it)")
+    need(hasattr(mod.merge, "merge_layers"), "the native merge module has no merge_layers")
+    return mod.merge  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
@@ -398,10 +398,10 @@ def test_argument_errors(native: ModuleType) -> None:
 def pure() -> ModuleType:
     mod = load_backend("python")
     need(
-        hasattr(mod, "tree") and hasattr(mod.tree, "merge_layers"),
+        hasattr(mod, "merge") and hasattr(mod.merge, "merge_layers"),
         "composefs._pure.tree.merge_layers is not written yet",
     )
-    return mod.tree  # type: ignore[no-any-return]
+    return mod.merge  # type: ignore[no-any-return]
 
 
 def _differential_cases() -> list[tuple[str, list[bytes]]]:

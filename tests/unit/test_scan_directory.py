@@ -93,7 +93,7 @@ def random_tree(root: Path, seed: int, *, as_root: bool = False) -> None:
 
 
 def _scan(backend: ModuleType, path: Path, hash_name: str, **kw: object) -> bytes:
-    return bytes(backend.tree.scan_directory(os.fsencode(path), hash_name, **kw))
+    return bytes(backend.fs.scan_directory(os.fsencode(path), hash_name, **kw))
 
 
 @pytest.mark.interop
@@ -116,7 +116,7 @@ def test_random_trees_match_cfsctl(
             "compute-id", tree,
         ).stdout.decode().strip()  # fmt: skip
         for backend in (native_backend, pure_backend):
-            (image,) = backend.tree.mkfs_directory(str(tree), hash_name, versions=[version])
+            (image,) = backend.fs.mkfs_directory(str(tree), hash_name, versions=[version])
             assert fsverity.digest(image, hash_name).hex() == expected_id
 
 
@@ -159,7 +159,7 @@ def test_mkfs_directory_is_mkfs_of_the_dumpfile(
     for backend in (native_backend, pure_backend):
         for transform in (True, False):
             dump = _scan(backend, tree, "sha256", transform=transform)
-            images = backend.tree.mkfs_directory(
+            images = backend.fs.mkfs_directory(
                 tree.as_posix(), "sha256", transform=transform, versions=[0, 1, 2]
             )
             assert [bytes(i) for i in images] == [pure_erofs.mkfs(dump, v) for v in (0, 1, 2)]
@@ -244,7 +244,7 @@ def test_cli_create_image_matches_cfsctl(cfsctl: str, tmp_path: Path, backend: s
 
 
 def test_errors(tmp_path: Path, backend_module: ModuleType) -> None:
-    scan = backend_module.tree.scan_directory
+    scan = backend_module.fs.scan_directory
     missing = tmp_path / "missing"
     with pytest.raises(OSError) as info:
         scan(str(missing), "sha256")
@@ -270,7 +270,7 @@ def test_errors(tmp_path: Path, backend_module: ModuleType) -> None:
     with pytest.raises(ValueError, match="invalid xattr filtering mode"):
         scan(str(tree), "sha256", xattrs="all")
     with pytest.raises(ValueError, match="unsupported EROFS format version 3"):
-        backend_module.tree.mkfs_directory(str(tree), "sha256", transform=False, versions=[3])
+        backend_module.fs.mkfs_directory(str(tree), "sha256", transform=False, versions=[3])
     with pytest.raises(ValueError, match="objects_fd must be a file descriptor"):
         scan(str(tree), "sha256", transform=False, objects_fd=-1)
 

@@ -139,7 +139,7 @@ def _directory_images(
     if repo is not None:
         extra = {"objects_fd": repo.objects_fd(), "secure": repo.secure}
     with _scan_errors(path):
-        images = _backend.backend().tree.mkfs_directory(
+        images = _backend.backend().fs.mkfs_directory(
             path, **_scan_args(args, algorithm), versions=versions, **extra
         )
     return [bytes(i) for i in images]
@@ -187,7 +187,7 @@ def cmd_create_dumpfile(args: argparse.Namespace) -> int:
     algorithm, _ = _algorithm_and_version(args)
     path = os.fsdecode(args.path)
     with _scan_errors(path):
-        dump = _backend.backend().tree.scan_directory(path, **_scan_args(args, algorithm))
+        dump = _backend.backend().fs.scan_directory(path, **_scan_args(args, algorithm))
     out = sys.stdout.buffer
     out.write(dump)
     out.flush()
@@ -241,7 +241,7 @@ def cmd_mkcomposefs(args: argparse.Namespace) -> int:
 
         source = os.fsdecode(args.source)
         with _scan_errors(source):
-            scanned = _backend.backend().tree.scan_directory(source, "sha256", transform=False)
+            scanned = _backend.backend().fs.scan_directory(source, "sha256", transform=False)
         tree = dumpfile.parse(scanned)
         if not args.hardlinks:
             fs.break_hardlinks(tree)

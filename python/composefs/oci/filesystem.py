@@ -150,7 +150,7 @@ def create_dumpfile(
         raise FilesystemError(f"unknown xattr filtering mode {xattrs!r}")
     streams = layer_streams(repo, image)
     try:
-        return bytes(_backend.backend().tree.merge_layers(streams, xattrs, raw_modes))
+        return bytes(_backend.backend().merge.merge_layers(streams, xattrs, raw_modes))
     except ValueError as e:
         raise FilesystemError(str(e)) from None
 
@@ -170,7 +170,7 @@ def create_images(
             raise FilesystemError(f"unsupported EROFS format version {version}")
     streams = layer_streams(repo, image)
     try:
-        images = _backend.backend().tree.mkfs_layers(streams, xattrs, list(versions))
+        images = _backend.backend().merge.mkfs_layers(streams, xattrs, list(versions))
     except ValueError as e:
         raise FilesystemError(str(e)) from None
     return [bytes(i) for i in images]
@@ -268,6 +268,6 @@ def merge_layer_streams(
     if xattrs not in XATTR_MODES:
         raise FilesystemError(f"unknown xattr filtering mode {xattrs!r}")
     try:
-        return bytes(_backend.backend().tree.merge_layers(list(streams), xattrs, raw_modes))
+        return bytes(_backend.backend().merge.merge_layers(list(streams), xattrs, raw_modes))
     except ValueError as e:
         raise FilesystemError(str(e)) from None
