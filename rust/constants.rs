@@ -1,6 +1,6 @@
 //! Format facts shared by the modules, stated once, with the same names and values as
 //! `python/composefs/constants.py` (exposed as `composefs._native.constants`; a test compares
-//! the two). The EROFS on-disk layout is in [`crate::erofs::format`].
+//! the two). The EROFS on-disk layout is in `erofs/format.rs`.
 
 use crate::tree::XattrFiltering;
 
@@ -86,6 +86,18 @@ mod tests {
             xattr_filtering("all").unwrap_err(),
             "invalid xattr filtering mode \"all\" (expected \"allowlist-only\" or \"keep-user-xattrs\")"
         );
+    }
+
+    #[test]
+    fn algorithm_ids() {
+        for (name, id) in ALGORITHM_IDS {
+            assert_eq!(
+                crate::fsverity::Algorithm::from_name(name)
+                    .unwrap()
+                    .kernel_id(),
+                id
+            );
+        }
     }
 
     #[test]

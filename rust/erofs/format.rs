@@ -61,6 +61,10 @@ pub const XATTR_PREFIXES: [&[u8]; 7] = [
     b"security.",
 ];
 
+/// Indexes into [`XATTR_PREFIXES`] of the POSIX ACL xattrs (the header's ACL flag).
+pub const XATTR_INDEX_POSIX_ACL_ACCESS: u8 = 2;
+pub const XATTR_INDEX_POSIX_ACL_DEFAULT: u8 = 3;
+
 /// Seed of the xattr name filter hash (xxh32 of the name suffix, seed + prefix index).
 pub const XATTR_FILTER_SEED: u32 = 0x25BB_E08F;
 
@@ -104,6 +108,11 @@ pub(crate) mod py {
         let py = m.py();
         let prefixes = XATTR_PREFIXES.iter().map(|p| PyBytes::new(py, p));
         m.add("XATTR_PREFIXES", PyTuple::new(py, prefixes)?)?;
+        m.add("XATTR_INDEX_POSIX_ACL_ACCESS", XATTR_INDEX_POSIX_ACL_ACCESS)?;
+        m.add(
+            "XATTR_INDEX_POSIX_ACL_DEFAULT",
+            XATTR_INDEX_POSIX_ACL_DEFAULT,
+        )?;
         m.add("XATTR_FILTER_SEED", XATTR_FILTER_SEED)?;
         Ok(())
     }

@@ -5,7 +5,7 @@ use super::format::{
     COMPOSEFS_HEADER_VERSION, COMPOSEFS_MAGIC, EROFS_MAGIC, EROFS_SUPER_OFFSET,
     EXTENDED_INODE_SIZE, FEATURE_COMPAT, FT_BLK, FT_CHR, FT_DIR, FT_FIFO, FT_LNK, FT_REG, FT_SOCK,
     INODE_SLOT_SIZE, LAYOUT_CHUNK_BASED, LAYOUT_FLAT_INLINE, LAYOUT_FLAT_PLAIN, SUPERBLOCK_SIZE,
-    XATTR_FILTER_SEED, XATTR_PREFIXES,
+    XATTR_FILTER_SEED, XATTR_INDEX_POSIX_ACL_ACCESS, XATTR_INDEX_POSIX_ACL_DEFAULT, XATTR_PREFIXES,
 };
 use crate::tree::{Content, Directory, FileSystem, Inode, Stat};
 use std::borrow::Cow;
@@ -877,10 +877,10 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
             .xattrs
             .add_static(b"trusted.overlay.opaque", b"y", true);
         let acl = c.inodes.iter().any(|i| {
-            i.xattrs
-                .local
-                .iter()
-                .any(|x| x.prefix == 2 || x.prefix == 3)
+            i.xattrs.local.iter().any(|x| {
+                x.prefix == XATTR_INDEX_POSIX_ACL_ACCESS
+                    || x.prefix == XATTR_INDEX_POSIX_ACL_DEFAULT
+            })
         });
         if acl {
             flags |= COMPOSEFS_FLAGS_HAS_ACL;

@@ -29,6 +29,8 @@ __all__ = [
     "LAYOUT_FLAT_PLAIN",
     "SUPERBLOCK_SIZE",
     "XATTR_FILTER_SEED",
+    "XATTR_INDEX_POSIX_ACL_ACCESS",
+    "XATTR_INDEX_POSIX_ACL_DEFAULT",
     "XATTR_PREFIXES",
 ]
 
@@ -88,3 +90,7 @@ XATTR_PREFIXES: tuple[bytes, ...]
 """Xattr name prefixes by index (0: none)."""
 XATTR_FILTER_SEED: int
 """Seed of the xattr name filter hash."""
+XATTR_INDEX_POSIX_ACL_ACCESS: int
+"""Index in ``XATTR_PREFIXES`` of ``system.posix_acl_access``."""
+XATTR_INDEX_POSIX_ACL_DEFAULT: int
+"""Index in ``XATTR_PREFIXES`` of ``system.posix_acl_default``."""
