@@ -1,6 +1,17 @@
 //! Inline runs and the ordered assembly of the splitstream.
 
-use super::*;
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+use crate::error::Error;
+use crate::objects::Stored;
+use crate::splitstream::Writer;
+
+use super::store::JobResult;
+use super::{PENDING_INLINE_MAX, PENDING_OBJECTS_MAX, SPILL_THRESHOLD};
 
 /// A temporary file for spilled inline data: `O_TMPFILE` in `objects/` if possible.
 pub(super) fn spill_file(dir: BorrowedFd<'_>) -> io::Result<File> {

@@ -1,7 +1,17 @@
 //! The reverse path (composefs-rs `tar::get_entry`): a layer splitstream read back as
 //! tar entries.
 
-use super::*;
+use std::borrow::Cow;
+use std::io::{self, Read};
+
+use tar_core::parse::{ParseEvent, Parser};
+use tar_core::{EntryType, PaxExtensions, HEADER_SIZE};
+
+use crate::constants::INLINE_CONTENT_MAX;
+use crate::error::Error;
+use crate::splitstream;
+
+use super::{invalid, round_up};
 
 /// What an entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

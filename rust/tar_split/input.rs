@@ -1,6 +1,18 @@
 //! The reader thread (blob -> decompression -> tar segments) and the hash thread.
 
-use super::*;
+use std::io::{self, BufRead, Read};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::Arc;
+
+use sha2::Digest;
+
+use crate::decompress::{self, Compression};
+use crate::error::Error;
+
+use super::segments::{Pool, Segment};
+use super::{aborted, SEGMENT};
 
 /// Messages from the reader to the splitter.
 pub(super) enum Input {

@@ -23,27 +23,25 @@
 //! The stages, one file each: `segments` (the buffer pool), `input` (reader and hash
 //! threads), `store` (object workers), `assemble` (inline runs, ordered splitstream
 //! output), `splitter` (tar headers -> chunks), this file ([`split_layer`] and its options),
-//! `entries` (the reverse path, [`read_entries`]) and `py` (the bindings). The stages share
-//! this module's imports and each other's items through the glob imports below.
+//! `entries` (the reverse path, [`read_entries`]) and `py` (the bindings).
 
 use std::any::Any;
-use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
-use std::io::{self, BufRead, Read, Seek, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
-use std::sync::{Arc, Condvar, Mutex};
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Mutex};
 
-use sha2::Digest as _;
-use tar_core::parse::{ParseEvent, Parser};
-use tar_core::{EntryType, PaxExtensions, HEADER_SIZE};
-
-use crate::decompress::{self, Compression};
+use crate::decompress::Compression;
 use crate::fsverity::{self, Algorithm};
-use crate::objects::{ObjectStore, Stored};
-use crate::splitstream::{self, Writer};
+use crate::objects::ObjectStore;
+use crate::splitstream::Writer;
+
+use self::assemble::{Assembler, Run, Stats};
+use self::input::{hash_thread, reader_thread, HashInput, Input, Shared};
+use self::segments::Pool;
+use self::splitter::{split, TarInput};
+use self::store::{worker_thread, Job, JobResult};
 
 /// `size.next_multiple_of(512)` as composefs-rs's release build computes it: wrapping (a PAX
 /// size near 2^64 rounds to 0, so a directory with such a size has no body).
@@ -103,14 +101,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-use assemble::*;
-#[allow(unused_imports)]
-use entries::*;
 pub use entries::{make_absolute_path, pax_mtime_nsec, read_entries, Entry, Kind};
-use input::*;
-use segments::*;
-use splitter::*;
-use store::*;
 
 /// What [`split_layer`] returns.
 #[derive(Debug, Clone, PartialEq, Eq)]

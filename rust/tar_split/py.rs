@@ -1,15 +1,18 @@
 //! The Python bindings (`composefs._native.tar_split`).
 
-use super::Options;
+use std::any::Any;
+use std::os::fd::BorrowedFd;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
 use crate::contract::{LAYER_SPLIT, TAR_ENTRY};
 use crate::decompress::Compression;
 use crate::fsverity::py::algorithm;
 use crate::pybuf::{with_slice, ByteBuf};
-use pyo3::exceptions::PyValueError;
-use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
-use std::any::Any;
-use std::os::fd::BorrowedFd;
+
+use super::Options;
 
 fn fd_arg(fd: i32, what: &str) -> PyResult<BorrowedFd<'static>> {
     if fd < 0 {

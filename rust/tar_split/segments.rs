@@ -1,6 +1,8 @@
 //! Segments: reference-counted buffers from a bounded pool.
 
-use super::*;
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::{POOL_SEGMENTS, SEGMENT};
 
 /// A [`SEGMENT`]-sized buffer aligned to 4 KiB (bodies start at 512-byte boundaries of the
 /// tar, so they are at least 512-byte aligned in memory too: good for SIMD hashing and for

@@ -1,6 +1,21 @@
 //! The splitter (composefs-rs `split_async`): tar headers and bodies -> chunks.
 
-use super::*;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{mpsc, Arc};
+
+use tar_core::parse::{ParseEvent, Parser};
+use tar_core::HEADER_SIZE;
+
+use crate::constants::INLINE_CONTENT_MAX;
+use crate::error::Error;
+
+use super::assemble::Assembler;
+use super::input::{Input, Shared};
+use super::segments::{Segment, Slice};
+use super::store::Job;
+use super::{invalid, round_up, Progress, BODY_QUEUE, PROGRESS_STEP};
 
 /// Tar bytes as the splitter sees them: a carry buffer (for headers that straddle segments)
 /// followed by the current segment.

@@ -1,6 +1,12 @@
 //! The object workers: large bodies hashed and written into `objects/` in parallel.
 
-use super::*;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Mutex;
+
+use crate::error::Error;
+use crate::objects::{ObjectStore, Stored};
+
+use super::segments::Slice;
 
 /// A large body for a worker: its first slice, and the rest through a channel when it spans
 /// segments.

@@ -1,10 +1,19 @@
 //! Tests of the whole split and of reading entries back.
 
-use super::*;
-use crate::splitstream::Chunk;
-use rand::{Rng, RngCore, SeedableRng};
-use std::os::fd::AsFd;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, FromRawFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rand::{Rng, RngCore, SeedableRng};
+use sha2::Digest;
+use tar_core::parse::{ParseEvent, Parser};
+
+use crate::splitstream::{self, Chunk, Writer};
+
+use super::entries::hex;
+use super::*;
 
 const OCILAYER: u64 = u64::from_le_bytes(*b"ocilayer");
 
