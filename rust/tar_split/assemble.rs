@@ -14,7 +14,7 @@ use super::store::JobResult;
 use super::{PENDING_INLINE_MAX, PENDING_OBJECTS_MAX, SPILL_THRESHOLD};
 
 /// A temporary file for spilled inline data: `O_TMPFILE` in `objects/` if possible.
-pub(super) fn spill_file(dir: BorrowedFd<'_>) -> io::Result<File> {
+fn spill_file(dir: BorrowedFd<'_>) -> io::Result<File> {
     // SAFETY: openat on a directory fd with a static path.
     let fd = unsafe {
         libc::openat(
@@ -69,12 +69,12 @@ pub(super) fn spill_file(dir: BorrowedFd<'_>) -> io::Result<File> {
 /// file followed by a memory tail.
 #[derive(Debug, Default)]
 pub(super) struct Run {
-    pub(super) spilled: Option<(File, u64)>,
-    pub(super) mem: Vec<u8>,
+    spilled: Option<(File, u64)>,
+    mem: Vec<u8>,
 }
 
 impl Run {
-    pub(super) fn len(&self) -> u64 {
+    fn len(&self) -> u64 {
         self.spilled.as_ref().map_or(0, |s| s.1) + self.mem.len() as u64
     }
 }
@@ -132,7 +132,7 @@ impl Assembler<'_> {
         Ok(())
     }
 
-    pub(super) fn end_run(&mut self) {
+    fn end_run(&mut self) {
         let run = std::mem::take(&mut self.run);
         if run.len() > 0 {
             self.queued_mem += run.mem.capacity();
@@ -148,7 +148,7 @@ impl Assembler<'_> {
     }
 
     /// Takes every result already available.
-    pub(super) fn poll_results(&mut self) {
+    fn poll_results(&mut self) {
         loop {
             match self.results.try_recv() {
                 Ok((seq, r)) => {
@@ -205,7 +205,7 @@ impl Assembler<'_> {
         Ok(())
     }
 
-    pub(super) fn wait_for(&mut self, seq: u64) -> Result<Result<(Vec<u8>, Stored), Error>, Error> {
+    fn wait_for(&mut self, seq: u64) -> Result<Result<(Vec<u8>, Stored), Error>, Error> {
         loop {
             if let Some(r) = self.done.remove(&seq) {
                 return Ok(r);
@@ -226,7 +226,7 @@ impl Assembler<'_> {
         }
     }
 
-    pub(super) fn first_error(&mut self) -> Option<Error> {
+    fn first_error(&mut self) -> Option<Error> {
         let seq = self
             .done
             .iter()
@@ -243,7 +243,7 @@ impl Assembler<'_> {
     }
 }
 
-pub(super) fn write_run(writer: &mut Writer, run: Run) -> io::Result<()> {
+fn write_run(writer: &mut Writer, run: Run) -> io::Result<()> {
     match run.spilled {
         None => {
             writer.write_inline(&run.mem);

@@ -124,43 +124,43 @@ pub fn pax_mtime_nsec(pax: &[u8]) -> u32 {
 /// decoder error then fails the read at once (it may lie beyond what a small read would have
 /// reached), and [`read_entries`] starts again without `ahead`, reading exactly as
 /// composefs-rs does, so errors (and where they surface) never depend on the buffering.
-pub(super) struct ChunkStream<'a> {
-    pub(super) decoder: zstd::stream::read::Decoder<'static, &'a [u8]>,
-    pub(super) object_refs: &'a [Vec<u8>],
-    pub(super) inline_left: u64,
-    pub(super) ahead: Option<Ahead>,
+struct ChunkStream<'a> {
+    decoder: zstd::stream::read::Decoder<'static, &'a [u8]>,
+    object_refs: &'a [Vec<u8>],
+    inline_left: u64,
+    ahead: Option<Ahead>,
 }
 
 /// The read-ahead buffer of a [`ChunkStream`].
-pub(super) struct Ahead {
-    pub(super) buf: Box<[u8]>,
-    pub(super) pos: usize,
-    pub(super) len: usize,
-    pub(super) eof: bool,
+struct Ahead {
+    buf: Box<[u8]>,
+    pos: usize,
+    len: usize,
+    eof: bool,
 }
 
 /// Size of the read-ahead buffer.
-pub(super) const AHEAD: usize = 256 << 10;
+const AHEAD: usize = 256 << 10;
 
-pub(super) enum Chunk {
+enum Chunk {
     Eof,
     Inline,
     External(Vec<u8>),
 }
 
-pub(super) enum Content {
+enum Content {
     Inline(Vec<u8>),
     External(Vec<u8>),
 }
 
-pub(super) fn zstd_err(e: io::Error) -> Error {
+fn zstd_err(e: io::Error) -> Error {
     Error::Invalid(format!("zstd error in splitstream stream: {e}"))
 }
 
 impl ChunkStream<'_> {
     /// Fills `buf` from the read-ahead buffer: `Ok(false)` at the end of the data, an error
     /// if it ends inside `buf` or the decoder fails.
-    pub(super) fn read_ahead(&mut self, buf: &mut [u8]) -> Result<bool, Error> {
+    fn read_ahead(&mut self, buf: &mut [u8]) -> Result<bool, Error> {
         let Some(a) = self.ahead.as_mut() else {
             unreachable!("only with a read-ahead buffer")
         };
@@ -192,7 +192,7 @@ impl ChunkStream<'_> {
     }
 
     /// Decodes the rest of the stream; an error if the decoder fails anywhere in it.
-    pub(super) fn drain(&mut self) -> Result<(), Error> {
+    fn drain(&mut self) -> Result<(), Error> {
         if let Some(a) = self.ahead.as_mut() {
             while !a.eof {
                 a.eof = self.decoder.read(&mut a.buf).map_err(zstd_err)? == 0;
@@ -201,7 +201,7 @@ impl ChunkStream<'_> {
         Ok(())
     }
 
-    pub(super) fn read_exactish(&mut self, buf: &mut [u8]) -> Result<bool, Error> {
+    fn read_exactish(&mut self, buf: &mut [u8]) -> Result<bool, Error> {
         if self.ahead.is_some() {
             return self.read_ahead(buf);
         }
@@ -218,19 +218,14 @@ impl ChunkStream<'_> {
         Ok(true)
     }
 
-    pub(super) fn read_inline(&mut self, buf: &mut [u8]) -> Result<(), Error> {
+    fn read_inline(&mut self, buf: &mut [u8]) -> Result<(), Error> {
         if !self.read_exactish(buf)? && !buf.is_empty() {
             return Err(invalid("Unexpected EOF in splitstream"));
         }
         Ok(())
     }
 
-    pub(super) fn ensure_chunk(
-        &mut self,
-        eof_ok: bool,
-        ext_ok: bool,
-        expected: u64,
-    ) -> Result<Chunk, Error> {
+    fn ensure_chunk(&mut self, eof_ok: bool, ext_ok: bool, expected: u64) -> Result<Chunk, Error> {
         if self.inline_left == 0 {
             let mut word = [0u8; 8];
             if !self.read_exactish(&mut word)? {
@@ -261,7 +256,7 @@ impl ChunkStream<'_> {
         Ok(Chunk::Inline)
     }
 
-    pub(super) fn read_inline_exact(&mut self, buf: &mut [u8]) -> Result<bool, Error> {
+    fn read_inline_exact(&mut self, buf: &mut [u8]) -> Result<bool, Error> {
         match self.ensure_chunk(true, false, buf.len() as u64)? {
             Chunk::Inline => {
                 self.inline_left -= buf.len() as u64;
@@ -273,7 +268,7 @@ impl ChunkStream<'_> {
     }
 
     /// Skips `n` inline bytes of the current chunk (already checked to be there).
-    pub(super) fn skip_inline(&mut self, mut n: u64) -> Result<(), Error> {
+    fn skip_inline(&mut self, mut n: u64) -> Result<(), Error> {
         let mut buf = [0u8; 8192];
         while n > 0 {
             let take = (n as usize).min(buf.len());
@@ -285,12 +280,7 @@ impl ChunkStream<'_> {
 
     /// `read_exact(actual, stored)`; `keep` = whether inline content is wanted (else it is
     /// skipped, and `Content::Inline` is empty).
-    pub(super) fn read_content(
-        &mut self,
-        actual: u64,
-        stored: u64,
-        keep: bool,
-    ) -> Result<Content, Error> {
+    fn read_content(&mut self, actual: u64, stored: u64, keep: bool) -> Result<Content, Error> {
         match self.ensure_chunk(false, true, stored)? {
             Chunk::External(id) => {
                 if actual < stored {
@@ -323,15 +313,12 @@ impl ChunkStream<'_> {
     }
 }
 
-pub(super) fn makedev(major: u32, minor: u32) -> u64 {
+fn makedev(major: u32, minor: u32) -> u64 {
     libc::makedev(major, minor)
 }
 
 /// The next entry (composefs-rs `get_entry`), or `None` at the end.
-pub(super) fn next_entry(
-    r: &mut ChunkStream<'_>,
-    headers: &mut Vec<u8>,
-) -> Result<Option<Entry>, Error> {
+fn next_entry(r: &mut ChunkStream<'_>, headers: &mut Vec<u8>) -> Result<Option<Entry>, Error> {
     let mut parser = Parser::with_defaults();
     headers.clear();
     let mut block = [0u8; HEADER_SIZE];
@@ -364,26 +351,26 @@ pub(super) fn next_entry(
 }
 
 /// A PAX `SCHILY.xattr.` record as tar-core gives it: name and value.
-pub(super) type Xattr<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+type Xattr<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
 
 /// The fields of a parsed tar entry that [`entry_from`] uses.
-pub(super) struct Head<'a> {
-    pub(super) entry_type: EntryType,
-    pub(super) path: Cow<'a, [u8]>,
-    pub(super) link_target: Option<&'a [u8]>,
-    pub(super) mode: u32,
-    pub(super) uid: u64,
-    pub(super) gid: u64,
-    pub(super) mtime: u64,
-    pub(super) size: u64,
-    pub(super) dev_major: Option<u32>,
-    pub(super) dev_minor: Option<u32>,
-    pub(super) xattrs: &'a [Xattr<'a>],
-    pub(super) pax: Option<&'a [u8]>,
+struct Head<'a> {
+    entry_type: EntryType,
+    path: Cow<'a, [u8]>,
+    link_target: Option<&'a [u8]>,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
+    size: u64,
+    dev_major: Option<u32>,
+    dev_minor: Option<u32>,
+    xattrs: &'a [Xattr<'a>],
+    pax: Option<&'a [u8]>,
 }
 
 impl<'a> Head<'a> {
-    pub(super) fn of(e: &'a tar_core::parse::ParsedEntry<'a>) -> Self {
+    fn of(e: &'a tar_core::parse::ParsedEntry<'a>) -> Self {
         Self {
             entry_type: e.entry_type,
             path: Cow::Borrowed(&e.path),
@@ -403,7 +390,7 @@ impl<'a> Head<'a> {
 
 /// A tar-core octal field: `None` where tar-core might not read plain octal digits (it
 /// then decides).
-pub(super) fn plain_octal(field: &[u8]) -> Option<u64> {
+fn plain_octal(field: &[u8]) -> Option<u64> {
     let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
     let ws = |b: &u8| b.is_ascii_whitespace() || *b == 0x0b;
     let field = &field[..end];
@@ -420,7 +407,7 @@ pub(super) fn plain_octal(field: &[u8]) -> Option<u64> {
 }
 
 /// A tar-core numeric field (GNU base-256 or octal).
-pub(super) fn plain_numeric(field: &[u8]) -> Option<u64> {
+fn plain_numeric(field: &[u8]) -> Option<u64> {
     if field[0] & 0x80 == 0 {
         return plain_octal(field);
     }
@@ -432,14 +419,14 @@ pub(super) fn plain_numeric(field: &[u8]) -> Option<u64> {
     Some(v)
 }
 
-pub(super) fn until_nul(field: &[u8]) -> &[u8] {
+fn until_nul(field: &[u8]) -> &[u8] {
     &field[..field.iter().position(|&b| b == 0).unwrap_or(field.len())]
 }
 
 /// What tar-core's parser makes of `block` as the first header of an entry, when that is
 /// certain to be an entry of a plain type (files, links, directories, devices, FIFOs)
 /// without extension headers; `None` for anything else (tar-core then parses it).
-pub(super) fn plain_header(b: &[u8; HEADER_SIZE]) -> Option<Head<'_>> {
+fn plain_header(b: &[u8; HEADER_SIZE]) -> Option<Head<'_>> {
     let ty = b[156];
     if !(ty == 0 || (b'0'..=b'7').contains(&ty)) {
         return None;
@@ -499,7 +486,7 @@ pub(super) fn plain_header(b: &[u8; HEADER_SIZE]) -> Option<Head<'_>> {
 }
 
 /// Reads the content of `entry` and builds the [`Entry`] (the rest of `get_entry`).
-pub(super) fn entry_from(r: &mut ChunkStream<'_>, entry: &Head<'_>) -> Result<Entry, Error> {
+fn entry_from(r: &mut ChunkStream<'_>, entry: &Head<'_>) -> Result<Entry, Error> {
     let size = entry.size;
     let stored = round_up(size);
     let ty = entry.entry_type;
@@ -584,7 +571,7 @@ pub(super) fn entry_from(r: &mut ChunkStream<'_>, entry: &Head<'_>) -> Result<En
     Ok(out)
 }
 
-pub(super) fn alg_name(digest_len: usize) -> &'static str {
+fn alg_name(digest_len: usize) -> &'static str {
     if digest_len == 64 {
         "sha512"
     } else {
@@ -611,11 +598,7 @@ pub fn read_entries(stream_file: &[u8]) -> Result<Vec<Entry>, Error> {
 }
 
 /// The entries of a stream section; with `ahead`, the whole section must decode.
-pub(super) fn entries_of(
-    body: &[u8],
-    object_refs: &[Vec<u8>],
-    ahead: bool,
-) -> Result<Vec<Entry>, Error> {
+fn entries_of(body: &[u8], object_refs: &[Vec<u8>], ahead: bool) -> Result<Vec<Entry>, Error> {
     let decoder = zstd::stream::read::Decoder::with_buffer(body).map_err(zstd_err)?;
     let mut r = ChunkStream {
         decoder,

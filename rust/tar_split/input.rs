@@ -39,24 +39,24 @@ pub(super) struct Shared {
 }
 
 /// Reads the blob from `fd` into pooled segments; a [`BufRead`] for the decoders.
-pub(super) struct BlobSource<'a> {
-    pub(super) fd: BorrowedFd<'a>,
+struct BlobSource<'a> {
+    fd: BorrowedFd<'a>,
     /// `poll` before reading (pipes and sockets), so that an abort is noticed.
-    pub(super) poll: bool,
-    pub(super) pool: &'a Arc<Pool>,
-    pub(super) shared: &'a Shared,
-    pub(super) hash: &'a Sender<HashInput>,
+    poll: bool,
+    pool: &'a Arc<Pool>,
+    shared: &'a Shared,
+    hash: &'a Sender<HashInput>,
     /// For uncompressed blobs the segments are the tar: sent as `Both`.
-    pub(super) plain: bool,
-    pub(super) cur: Option<Arc<Segment>>,
-    pub(super) pos: usize,
-    pub(super) eof: bool,
+    plain: bool,
+    cur: Option<Arc<Segment>>,
+    pos: usize,
+    eof: bool,
     /// An error of the source itself, kept to tell it from a decompression error.
-    pub(super) error: Option<io::Error>,
+    error: Option<io::Error>,
 }
 
 impl<'a> BlobSource<'a> {
-    pub(super) fn new(
+    fn new(
         fd: BorrowedFd<'a>,
         pool: &'a Arc<Pool>,
         shared: &'a Shared,
@@ -84,7 +84,7 @@ impl<'a> BlobSource<'a> {
         })
     }
 
-    pub(super) fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             if self.shared.aborted.load(Ordering::Relaxed) {
                 return Err(aborted());
@@ -122,7 +122,7 @@ impl<'a> BlobSource<'a> {
 
     /// The next segment of the blob (filled up to [`SEGMENT`] bytes or to EOF), already
     /// sent to the hash thread; `None` at EOF.
-    pub(super) fn next_segment(&mut self) -> io::Result<Option<Arc<Segment>>> {
+    fn next_segment(&mut self) -> io::Result<Option<Arc<Segment>>> {
         if self.eof {
             return Ok(None);
         }

@@ -9,14 +9,14 @@ use super::{POOL_SEGMENTS, SEGMENT};
 /// the kernel's copies).
 #[derive(Debug, Default)]
 pub(super) struct Buffer {
-    pub(super) vec: Vec<u8>,
-    pub(super) off: usize,
+    vec: Vec<u8>,
+    off: usize,
 }
 
 impl Buffer {
     const ALIGN: usize = 4096;
 
-    pub(super) fn new() -> Self {
+    fn new() -> Self {
         let vec = vec![0u8; SEGMENT + Self::ALIGN];
         let off = vec.as_ptr().align_offset(Self::ALIGN);
         Self { vec, off }
@@ -32,17 +32,17 @@ impl Buffer {
 }
 
 #[derive(Debug, Default)]
-pub(super) struct PoolState {
-    pub(super) free: Vec<Buffer>,
-    pub(super) allocated: usize,
-    pub(super) aborted: bool,
+struct PoolState {
+    free: Vec<Buffer>,
+    allocated: usize,
+    aborted: bool,
 }
 
 /// A bounded set of [`SEGMENT`]-sized buffers; [`Pool::get`] waits while all are in use.
 #[derive(Debug, Default)]
 pub(super) struct Pool {
-    pub(super) state: Mutex<PoolState>,
-    pub(super) cond: Condvar,
+    state: Mutex<PoolState>,
+    cond: Condvar,
 }
 
 impl Pool {

@@ -33,19 +33,19 @@ pub(super) struct TarInput<'a, 'p> {
 }
 
 impl TarInput<'_, '_> {
-    pub(super) fn carry_left(&self) -> usize {
+    fn carry_left(&self) -> usize {
         self.carry.len() - self.carry_pos
     }
 
-    pub(super) fn seg_left(&self) -> usize {
+    fn seg_left(&self) -> usize {
         self.seg.as_ref().map_or(0, |s| s.len - self.seg_pos)
     }
 
-    pub(super) fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.carry_left() == 0 && self.seg_left() == 0
     }
 
-    pub(super) fn report(&mut self, force: bool) -> Result<(), Error> {
+    fn report(&mut self, force: bool) -> Result<(), Error> {
         if let Some(cb) = self.progress.as_mut() {
             let n = self.shared.blob_bytes.load(Ordering::Relaxed);
             if force || n >= self.reported + PROGRESS_STEP {
@@ -57,7 +57,7 @@ impl TarInput<'_, '_> {
     }
 
     /// Replaces the exhausted current segment by the next one; `false` at the end.
-    pub(super) fn next_segment(&mut self) -> Result<bool, Error> {
+    fn next_segment(&mut self) -> Result<bool, Error> {
         debug_assert_eq!(self.seg_left(), 0);
         self.seg = None;
         self.seg_pos = 0;
@@ -79,7 +79,7 @@ impl TarInput<'_, '_> {
     }
 
     /// Makes at least `need` bytes contiguous; `false` if the input ends first.
-    pub(super) fn fill(&mut self, need: usize) -> Result<bool, Error> {
+    fn fill(&mut self, need: usize) -> Result<bool, Error> {
         loop {
             let (c, s) = (self.carry_left(), self.seg_left());
             if c == 0 {
@@ -113,7 +113,7 @@ impl TarInput<'_, '_> {
     }
 
     /// The contiguous bytes made available by [`TarInput::fill`].
-    pub(super) fn view(&self) -> &[u8] {
+    fn view(&self) -> &[u8] {
         if self.carry_left() > 0 {
             &self.carry[self.carry_pos..]
         } else {
@@ -124,7 +124,7 @@ impl TarInput<'_, '_> {
         }
     }
 
-    pub(super) fn compact_carry(&mut self) {
+    fn compact_carry(&mut self) {
         if self.carry_pos == self.carry.len() {
             self.carry.clear();
             self.carry_pos = 0;
@@ -135,12 +135,7 @@ impl TarInput<'_, '_> {
     }
 
     /// Moves `n` bytes to the inline run; `eof_msg` if the input ends first.
-    pub(super) fn inline(
-        &mut self,
-        mut n: u64,
-        asm: &mut Assembler<'_>,
-        eof_msg: &str,
-    ) -> Result<(), Error> {
+    fn inline(&mut self, mut n: u64, asm: &mut Assembler<'_>, eof_msg: &str) -> Result<(), Error> {
         while n > 0 {
             let c = self.carry_left();
             if c > 0 {
@@ -164,7 +159,7 @@ impl TarInput<'_, '_> {
     }
 
     /// Everything up to EOF goes inline.
-    pub(super) fn drain(&mut self, asm: &mut Assembler<'_>) -> Result<(), Error> {
+    fn drain(&mut self, asm: &mut Assembler<'_>) -> Result<(), Error> {
         loop {
             let c = self.carry_left();
             if c > 0 {
@@ -183,12 +178,7 @@ impl TarInput<'_, '_> {
     }
 
     /// Hands a body of `size` bytes to the workers as job `seq`.
-    pub(super) fn body(
-        &mut self,
-        seq: u64,
-        size: u64,
-        jobs: &SyncSender<Job>,
-    ) -> Result<bool, Error> {
+    fn body(&mut self, seq: u64, size: u64, jobs: &SyncSender<Job>) -> Result<bool, Error> {
         let c = self.carry_left() as u64;
         // Whole body in the carry or in the current segment: one slice, no channel.
         if c >= size || c == 0 && self.seg_left() as u64 >= size {
@@ -259,7 +249,7 @@ impl TarInput<'_, '_> {
 }
 
 /// What the splitter does after one `parse`.
-pub(super) enum Step {
+enum Step {
     Need(usize),
     Inline(usize),
     End(usize),
