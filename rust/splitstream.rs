@@ -53,6 +53,13 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// A malformed splitstream is invalid input (`ValueError`).
+impl From<Error> for crate::error::Error {
+    fn from(e: Error) -> Self {
+        Self::Invalid(e.0)
+    }
+}
+
 /// Digests kept unique in order of first insertion; index = position.
 #[derive(Debug)]
 struct UniqueDigests {
@@ -694,10 +701,6 @@ pub(crate) mod py {
     use pyo3::prelude::*;
     use pyo3::types::{PyBytes, PyList, PyTuple};
 
-    fn value_error(e: super::Error) -> Error {
-        Error::Invalid(e.0)
-    }
-
     /// Builds one splitstream file (composefs-rs 0.9 `SplitStreamWriter`).
     #[pyclass(module = "composefs._native.splitstream", name = "Writer")]
     struct Writer {
@@ -745,7 +748,7 @@ pub(crate) mod py {
             let inner = self.inner()?;
             Ok(py
                 .allow_threads(|| inner.write_external(&id, size))
-                .map_err(value_error)?)
+                .map_err(Error::from)?)
         }
 
         /// Records `name -> stream_id`.
@@ -754,7 +757,7 @@ pub(crate) mod py {
             Ok(self
                 .inner()?
                 .add_named_ref(name, id.as_slice())
-                .map_err(value_error)?)
+                .map_err(Error::from)?)
         }
 
         /// Bytes of the reassembled stream so far.
@@ -797,7 +800,7 @@ pub(crate) mod py {
             metadata: m,
             plain,
             spans,
-        } = with_slice(py, &buf, super::decode).map_err(value_error)?;
+        } = with_slice(py, &buf, super::decode).map_err(Error::from)?;
         let digests = |v: &[Vec<u8>]| PyList::new(py, v.iter().map(|d| PyBytes::new(py, d)));
         let named = PyList::new(
             py,

@@ -188,9 +188,7 @@ impl Assembler<'_> {
                     let (id, stored) = result?;
                     self.queue.pop_front();
                     self.queued_objects -= 1;
-                    self.writer
-                        .write_external(&id, size)
-                        .map_err(|e| Error::Invalid(e.message().to_owned()))?;
+                    self.writer.write_external(&id, size).map_err(Error::from)?;
                     match stored {
                         Stored::Written => {
                             self.stats.written += 1;

@@ -586,8 +586,7 @@ pub(super) fn hex(b: &[u8]) -> String {
 /// Parses the tar entries back out of a layer splitstream file (composefs-rs
 /// `tar::get_entry` until the end).
 pub fn read_entries(stream_file: &[u8]) -> Result<Vec<Entry>, Error> {
-    let m = splitstream::read_metadata(stream_file)
-        .map_err(|e| Error::Invalid(e.message().to_owned()))?;
+    let m = splitstream::read_metadata(stream_file).map_err(Error::from)?;
     let (start, end) = m.stream_range;
     let body = &stream_file[start..end];
     // Read ahead first; on any error, again the way composefs-rs reads (see `ChunkStream`).
