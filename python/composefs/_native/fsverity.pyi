@@ -47,6 +47,7 @@ def enable_verity(fd: int, algorithm: str) -> None:
 def measure_verity(fd: int, algorithm: str) -> VerityMeasurement:
     """``FS_IOC_MEASURE_VERITY`` with room for a digest of ``algorithm``.
 
-    Returns ``VerityMeasurement(algorithm_id, digest)`` (the kernel's algorithm id); raises :class:`OSError` with the kernel's
-    ``errno`` (``ENODATA``, ``ENOTTY``, ``EOPNOTSUPP``, ``EOVERFLOW``, ...).
+    Returns ``VerityMeasurement(algorithm_id, digest)`` (the kernel's algorithm id); raises
+    :class:`OSError` with the kernel's ``errno`` (``ENODATA``, ``ENOTTY``, ``EOPNOTSUPP``,
+    ``EOVERFLOW``, ...).
     """
