@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 
-use crate::tree::{Content, Directory, FileSystem, Inode, Leaf, Stat};
+use crate::tree::{debug_bytes, Content, Directory, FileSystem, Inode, Leaf, Stat};
 
 pub const S_IFMT: u32 = 0o170000;
 pub const S_IFSOCK: u32 = 0o140000;
@@ -238,26 +238,6 @@ pub fn write(fs: &FileSystem, raw_modes: bool) -> Vec<u8> {
 
 // ------------------------------------------------------------------------------------------
 // Parser
-
-/// Rust's `Debug` rendering of a byte path (as composefs-rs's `{:?}` of a `Path`/`OsStr`).
-pub fn debug_bytes(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() + 2);
-    s.push('"');
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c == '\'' {
-                s.push(c);
-            } else {
-                s.extend(c.escape_debug());
-            }
-        }
-        for b in chunk.invalid() {
-            s.push_str(&format!("\\x{b:02X}"));
-        }
-    }
-    s.push('"');
-    s
-}
 
 /// composefs-rs `unescape_limited`.
 fn unescape_limited(s: &str, max: usize) -> Result<Vec<u8>, String> {
@@ -1336,12 +1316,6 @@ mod tests {
         let fs = parse(format!("{root}/a 0 100644 1 0 0 0 -12.5 - - -\n").as_bytes()).unwrap();
         assert_eq!(fs.leaves[0].stat.mtime, -12);
         assert_eq!(fs.leaves[0].stat.mtime_nsec, 5);
-    }
-
-    #[test]
-    fn debug_rendering() {
-        assert_eq!(debug_bytes(b"a\"b\\c'\n\x01"), "\"a\\\"b\\\\c'\\n\\u{1}\"");
-        assert_eq!(debug_bytes(b"\xff\xc3\xa9"), "\"\\xFF\u{e9}\"");
     }
 
     #[test]

@@ -19,47 +19,22 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Mutex;
 
+use crate::constants::INLINE_CONTENT_MAX;
+pub use crate::error::Error;
 use crate::fsverity::{self, Algorithm, Hasher};
 use crate::objects::{self, ObjectStore};
 use crate::tree::{Content, Directory, FileSystem, Inode, Leaf, Stat, XattrFiltering};
 
-/// Files of at most this many bytes are stored inline.
-pub const INLINE_CONTENT_MAX: u64 = 64;
-
 const READ_BUF: usize = 128 << 10;
 
-/// Why a scan failed.
-#[derive(Debug)]
-pub enum Error {
-    /// A system call on `path` failed.
-    Io { path: Vec<u8>, err: io::Error },
-    /// Anything else (a file changed type under us, a digest mismatch, the OCI transform).
-    Invalid(String),
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Io { path, err } => write!(f, "{}: {err}", String::from_utf8_lossy(path)),
-            Self::Invalid(m) => f.write_str(m),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
 fn io_err(path: &[u8], err: io::Error) -> Error {
-    Error::Io {
-        path: path.to_vec(),
-        err,
-    }
+    Error::at(path, err)
 }
 
 /// What to do with the directory.
@@ -635,32 +610,13 @@ pub fn scan(
 #[cfg(feature = "python")]
 pub(crate) mod py {
     use super::{Error, Options};
+    use crate::constants::{xattr_filtering, ALLOWLIST_ONLY, DEFAULT_EROFS_VERSION};
     use crate::fsverity::py::algorithm;
-    use crate::pybuf::os_error;
     use crate::tree::XattrFiltering;
-    use pyo3::exceptions::{PyOSError, PyValueError};
+    use pyo3::exceptions::PyValueError;
     use pyo3::prelude::*;
     use pyo3::types::PyBytes;
-    use std::ffi::OsStr;
     use std::os::fd::BorrowedFd;
-    use std::os::unix::ffi::OsStrExt;
-
-    fn to_py(py: Python<'_>, e: Error) -> PyErr {
-        match e {
-            Error::Invalid(m) => PyValueError::new_err(m),
-            Error::Io { path, err } => match err.raw_os_error() {
-                Some(errno) => {
-                    let strerror = match os_error(err).value(py).getattr("strerror") {
-                        Ok(s) => s.extract::<String>().unwrap_or_default(),
-                        Err(_) => String::new(),
-                    };
-                    let name = OsStr::from_bytes(&path).to_os_string();
-                    PyOSError::new_err((errno, strerror, name))
-                }
-                None => PyOSError::new_err(format!("{}: {err}", String::from_utf8_lossy(&path))),
-            },
-        }
-    }
 
     struct Args {
         path: Vec<u8>,
@@ -683,7 +639,7 @@ pub(crate) mod py {
             return Err(PyValueError::new_err("embedded null byte"));
         }
         let alg = algorithm(alg)?;
-        let mode = XattrFiltering::from_name(xattrs).map_err(PyValueError::new_err)?;
+        let mode = xattr_filtering(xattrs).map_err(Error::Invalid)?;
         let objects = match objects_fd {
             None => None,
             Some(fd) if fd < 0 => {
@@ -704,7 +660,8 @@ pub(crate) mod py {
 
     /// Reads a directory tree and returns its dumpfile (`cfsctl create-dumpfile`).
     #[pyfunction]
-    #[pyo3(signature = (path, algorithm, objects_fd=None, transform=true, xattrs="allowlist-only", threads=0, secure=false))]
+    #[pyo3(signature = (path, algorithm, objects_fd=None, transform=true, xattrs=ALLOWLIST_ONLY, threads=0, secure=false),
+        text_signature = "(path, algorithm, objects_fd=None, transform=True, xattrs='allowlist-only', threads=0, secure=False)")]
     #[allow(clippy::too_many_arguments)]
     fn scan_directory<'py>(
         py: Python<'py>,
@@ -723,17 +680,16 @@ pub(crate) mod py {
             secure,
             threads,
         };
-        let out = py
-            .allow_threads(|| {
-                super::scan(&a.path, &opts, a.transform).map(|fs| crate::dumpfile::write(&fs, true))
-            })
-            .map_err(|e| to_py(py, e))?;
+        let out = py.allow_threads(|| {
+            super::scan(&a.path, &opts, a.transform).map(|fs| crate::dumpfile::write(&fs, true))
+        })?;
         Ok(PyBytes::new(py, &out))
     }
 
     /// Reads a directory tree and returns the EROFS image of each format in `versions`.
     #[pyfunction]
-    #[pyo3(signature = (path, algorithm, objects_fd=None, transform=true, xattrs="allowlist-only", versions=vec![1], threads=0, secure=false))]
+    #[pyo3(signature = (path, algorithm, objects_fd=None, transform=true, xattrs=ALLOWLIST_ONLY, versions=vec![DEFAULT_EROFS_VERSION.into()], threads=0, secure=false),
+        text_signature = "(path, algorithm, objects_fd=None, transform=True, xattrs='allowlist-only', versions=[1], threads=0, secure=False)")]
     #[allow(clippy::too_many_arguments)]
     fn mkfs_directory<'py>(
         py: Python<'py>,
@@ -748,14 +704,9 @@ pub(crate) mod py {
     ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
         let versions = versions
             .into_iter()
-            .map(|v| {
-                u8::try_from(v).ok().filter(|v| *v <= 2).ok_or_else(|| {
-                    PyValueError::new_err(format!(
-                        "unsupported EROFS format version {v} (expected 0, 1 or 2)"
-                    ))
-                })
-            })
-            .collect::<PyResult<Vec<u8>>>()?;
+            .map(crate::erofs::check_version)
+            .collect::<Result<Vec<u8>, String>>()
+            .map_err(Error::Invalid)?;
         let a = args(path, algorithm, objects_fd, transform, xattrs)?;
         let opts = Options {
             algorithm: a.alg,
@@ -763,15 +714,13 @@ pub(crate) mod py {
             secure,
             threads,
         };
-        let images = py
-            .allow_threads(|| {
-                let fs = super::scan(&a.path, &opts, a.transform)?;
-                versions
-                    .iter()
-                    .map(|v| crate::erofs::write(&fs, *v).map_err(Error::Invalid))
-                    .collect::<Result<Vec<_>, Error>>()
-            })
-            .map_err(|e| to_py(py, e))?;
+        let images = py.allow_threads(|| {
+            let fs = super::scan(&a.path, &opts, a.transform)?;
+            versions
+                .iter()
+                .map(|v| crate::erofs::write(&fs, *v).map_err(Error::Invalid))
+                .collect::<Result<Vec<_>, Error>>()
+        })?;
         Ok(images.iter().map(|i| PyBytes::new(py, i)).collect())
     }
 
@@ -844,7 +793,7 @@ mod tests {
         let t = TempDir::new("errors");
         let missing = t.0.join("missing");
         match read_filesystem(missing.as_os_str().as_bytes(), &opts(2)) {
-            Err(Error::Io { path, err }) => {
+            Err(Error::IoPath { path, err }) => {
                 assert_eq!(path, missing.as_os_str().as_bytes());
                 assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
             }
@@ -853,7 +802,7 @@ mod tests {
         let link = t.0.join("link");
         std::os::unix::fs::symlink(&t.0, &link).unwrap();
         match read_filesystem(link.as_os_str().as_bytes(), &opts(1)) {
-            Err(Error::Io { err, .. }) => assert_eq!(err.raw_os_error(), Some(libc::ENOTDIR)),
+            Err(Error::IoPath { err, .. }) => assert_eq!(err.raw_os_error(), Some(libc::ENOTDIR)),
             other => panic!("{other:?}"),
         }
         let empty = t.0.join("empty");

@@ -732,23 +732,21 @@ pub fn measure_verity(fd: impl AsFd, alg: Algorithm) -> io::Result<(u8, Vec<u8>)
 #[cfg(feature = "python")]
 pub(crate) mod py {
     use super::Algorithm;
+    use crate::contract::VERITY_MEASUREMENT;
+    use crate::error::Error;
     use crate::pybuf::{for_each_piece, ByteBuf};
-    use pyo3::exceptions::PyValueError;
     use pyo3::prelude::*;
     use pyo3::types::PyBytes;
     use std::os::fd::BorrowedFd;
     use std::os::fd::RawFd;
 
     pub(crate) fn algorithm(name: &str) -> PyResult<Algorithm> {
-        Algorithm::from_name(name).map_err(|e| PyValueError::new_err(e.to_string()))
+        Ok(Algorithm::from_name(name).map_err(|e| Error::Invalid(e.to_string()))?)
     }
 
     fn borrow_fd(fd: RawFd) -> PyResult<BorrowedFd<'static>> {
         if fd < 0 {
-            return Err(pyo3::exceptions::PyOSError::new_err((
-                libc::EBADF,
-                "Bad file descriptor",
-            )));
+            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EBADF)).into());
         }
         // SAFETY: the descriptor is only handed to system calls for the duration of one call;
         // an invalid number makes them fail with EBADF.
@@ -787,7 +785,7 @@ pub(crate) mod py {
         let fd = borrow_fd(fd)?;
         let out = py
             .allow_threads(|| super::digest_fd(fd, alg, threads))
-            .map_err(crate::pybuf::os_error)?;
+            .map_err(Error::Io)?;
         Ok(PyBytes::new(py, &out))
     }
 
@@ -844,23 +842,24 @@ pub(crate) mod py {
     fn enable_verity(py: Python<'_>, fd: RawFd, algorithm: &str) -> PyResult<()> {
         let alg = self::algorithm(algorithm)?;
         let fd = borrow_fd(fd)?;
-        py.allow_threads(|| super::enable_verity(fd, alg))
-            .map_err(crate::pybuf::os_error)
+        Ok(py
+            .allow_threads(|| super::enable_verity(fd, alg))
+            .map_err(Error::Io)?)
     }
 
-    /// FS_IOC_MEASURE_VERITY: returns (kernel_algorithm_id, digest).
+    /// FS_IOC_MEASURE_VERITY: returns a `VerityMeasurement(algorithm_id, digest)`.
     #[pyfunction]
     fn measure_verity<'py>(
         py: Python<'py>,
         fd: RawFd,
         algorithm: &str,
-    ) -> PyResult<(u8, Bound<'py, PyBytes>)> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let alg = self::algorithm(algorithm)?;
         let fd = borrow_fd(fd)?;
         let (id, digest) = py
             .allow_threads(|| super::measure_verity(fd, alg))
-            .map_err(crate::pybuf::os_error)?;
-        Ok((id, PyBytes::new(py, &digest)))
+            .map_err(Error::Io)?;
+        VERITY_MEASUREMENT.build(py, (id, PyBytes::new(py, &digest)))
     }
 
     pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

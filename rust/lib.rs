@@ -4,12 +4,20 @@
 //! `python/composefs/_pure/`. The core of every module is plain Rust (tested by
 //! `cargo test`); the PyO3 bindings live in a `py` submodule compiled only with the
 //! `python` feature, which maturin enables.
+//!
+//! Layering (a module uses only modules above it in this list, never one below):
+//! `error`, `tree` (the model; nothing else of ours), `constants`, `sha256x`, `sha_mb`,
+//! `fsverity`, `objects`, `splitstream`, `decompress`, `dumpfile`, `erofs` (`erofs::format` + writer),
+//! `tar_split`, `merge` (layers -> tree -> dumpfile/images), `fs` (directory scanner).
 
+pub mod constants;
 pub mod decompress;
 pub mod dumpfile;
 pub mod erofs;
+pub mod error;
 pub mod fs;
 pub mod fsverity;
+pub mod merge;
 pub mod objects;
 pub mod sha256x;
 pub mod sha_mb;
@@ -17,6 +25,8 @@ pub mod splitstream;
 pub mod tar_split;
 pub mod tree;
 
+#[cfg(feature = "python")]
+mod contract;
 #[cfg(feature = "python")]
 mod pybuf;
 
@@ -49,8 +59,11 @@ mod python {
         add_submodule(m, "fsverity", crate::fsverity::py::register)?;
         add_submodule(m, "splitstream", crate::splitstream::py::register)?;
         add_submodule(m, "tar_split", crate::tar_split::py::register)?;
-        add_submodule(m, "tree", crate::tree::py::register)?;
+        add_submodule(m, "merge", crate::merge::py::register)?;
         add_submodule(m, "erofs", crate::erofs::py::register)?;
+        add_submodule(m, "fs", crate::fs::py::register)?;
+        add_submodule(m, "constants", crate::constants::py::register)?;
+        add_submodule(m, "erofs_format", crate::erofs::format::py::register)?;
         Ok(())
     }
 }

@@ -67,6 +67,16 @@ impl From<io::Error> for Error {
     }
 }
 
+/// A verity mismatch is invalid input (`ValueError`), a system call failure an `OSError`.
+impl From<Error> for crate::error::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Io(e) => Self::Io(e),
+            e @ Error::VerityMismatch { .. } => Self::Invalid(e.to_string()),
+        }
+    }
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -112,7 +112,7 @@ pub(crate) fn os_error(err: std::io::Error) -> PyErr {
     }
 }
 
-fn strerror(errno: i32) -> String {
+pub(crate) fn strerror(errno: i32) -> String {
     let mut buf = [0 as libc::c_char; 256];
     // SAFETY: the XSI strerror_r writes a NUL-terminated string into `buf`.
     let r = unsafe { libc::strerror_r(errno, buf.as_mut_ptr(), buf.len()) };

@@ -53,6 +53,13 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// A malformed splitstream is invalid input (`ValueError`).
+impl From<Error> for crate::error::Error {
+    fn from(e: Error) -> Self {
+        Self::Invalid(e.0)
+    }
+}
+
 /// Digests kept unique in order of first insertion; index = position.
 #[derive(Debug)]
 struct UniqueDigests {
@@ -687,15 +694,12 @@ pub fn parse(data: &[u8]) -> Result<Splitstream, Error> {
 #[cfg(feature = "python")]
 pub(crate) mod py {
     use super::{Decoded, Span};
+    use crate::contract::SPLITSTREAM_CONTENTS;
+    use crate::error::Error;
     use crate::fsverity::py::algorithm;
     use crate::pybuf::{for_each_piece, with_slice, ByteBuf};
-    use pyo3::exceptions::PyValueError;
     use pyo3::prelude::*;
     use pyo3::types::{PyBytes, PyList, PyTuple};
-
-    fn value_error(e: super::Error) -> PyErr {
-        PyValueError::new_err(e.0)
-    }
 
     /// Builds one splitstream file (composefs-rs 0.9 `SplitStreamWriter`).
     #[pyclass(module = "composefs._native.splitstream", name = "Writer")]
@@ -705,9 +709,10 @@ pub(crate) mod py {
 
     impl Writer {
         fn inner(&mut self) -> PyResult<&mut super::Writer> {
-            self.inner
+            Ok(self
+                .inner
                 .as_mut()
-                .ok_or_else(|| PyValueError::new_err("splitstream writer is already finished"))
+                .ok_or_else(|| Error::Invalid("splitstream writer is already finished".into()))?)
         }
     }
 
@@ -741,16 +746,18 @@ pub(crate) mod py {
             let id = ByteBuf::get(object_id)?;
             let id = id.as_slice().to_vec();
             let inner = self.inner()?;
-            py.allow_threads(|| inner.write_external(&id, size))
-                .map_err(value_error)
+            Ok(py
+                .allow_threads(|| inner.write_external(&id, size))
+                .map_err(Error::from)?)
         }
 
         /// Records `name -> stream_id`.
         fn add_named_ref(&mut self, name: &str, stream_id: &Bound<'_, PyAny>) -> PyResult<()> {
             let id = ByteBuf::get(stream_id)?;
-            self.inner()?
+            Ok(self
+                .inner()?
                 .add_named_ref(name, id.as_slice())
-                .map_err(value_error)
+                .map_err(Error::from)?)
         }
 
         /// Bytes of the reassembled stream so far.
@@ -764,7 +771,7 @@ pub(crate) mod py {
             let inner = self
                 .inner
                 .take()
-                .ok_or_else(|| PyValueError::new_err("splitstream writer is already finished"))?;
+                .ok_or_else(|| Error::Invalid("splitstream writer is already finished".into()))?;
             let (head, stream) = py.allow_threads(|| inner.finish_parts());
             PyBytes::new_with(py, head.len() + stream.len(), |out| {
                 out[..head.len()].copy_from_slice(&head);
@@ -785,25 +792,15 @@ pub(crate) mod py {
         }
     }
 
-    type Parsed<'py> = (
-        u8,
-        u64,
-        u64,
-        Bound<'py, PyList>,
-        Bound<'py, PyList>,
-        Bound<'py, PyList>,
-        Bound<'py, PyList>,
-    );
-
-    /// Parses a whole splitstream file.
+    /// Parses a whole splitstream file into a `SplitstreamContents`.
     #[pyfunction]
-    fn parse<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Parsed<'py>> {
+    fn parse<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let buf = ByteBuf::get(data)?;
         let Decoded {
             metadata: m,
             plain,
             spans,
-        } = with_slice(py, &buf, super::decode).map_err(value_error)?;
+        } = with_slice(py, &buf, super::decode).map_err(Error::from)?;
         let digests = |v: &[Vec<u8>]| PyList::new(py, v.iter().map(|d| PyBytes::new(py, d)));
         let named = PyList::new(
             py,
@@ -819,15 +816,18 @@ pub(crate) mod py {
                 Span::External(i) => Ok(i.into_pyobject(py)?.into_any()),
             })
             .collect::<PyResult<Vec<_>>>()?;
-        Ok((
-            m.algorithm_id,
-            m.content_type,
-            m.stream_size,
-            digests(&m.stream_refs)?,
-            digests(&m.object_refs)?,
-            named,
-            PyList::new(py, items)?,
-        ))
+        SPLITSTREAM_CONTENTS.build(
+            py,
+            (
+                m.algorithm_id,
+                m.content_type,
+                m.stream_size,
+                digests(&m.stream_refs)?,
+                digests(&m.object_refs)?,
+                named,
+                PyList::new(py, items)?,
+            ),
+        )
     }
 
     pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

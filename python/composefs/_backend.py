@@ -10,20 +10,16 @@ import contextlib
 import importlib
 import os
 from collections.abc import Iterator
-from types import ModuleType, SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from composefs._contract import (
     ErofsModule,
     FsModule,
     FsverityModule,
-    LayerSplit,
     MergeModule,
-    SplitstreamContents,
     SplitstreamModule,
-    TarEntry,
     TarSplitModule,
-    VerityMeasurement,
 )
 
 __all__ = ["Backend", "backend", "name", "use"]
@@ -51,39 +47,11 @@ class Backend:
         self.splitstream = getattr(package, "splitstream")  # noqa: B009
         self.tar_split = getattr(package, "tar_split")  # noqa: B009
         self.erofs = getattr(package, "erofs")  # noqa: B009
-        # TODO(merge): remove this fallback once the native build has `merge` and `fs` (the
-        # Rust restructuring of issue 9); until then both live in the old native `tree`.
-        legacy = getattr(package, "tree", None) if not hasattr(package, "merge") else None
-        self.merge = getattr(package, "merge") if legacy is None else legacy  # noqa: B009
-        self.fs = getattr(package, "fs") if legacy is None else legacy  # noqa: B009
-        if legacy is not None:
-            _adapt_legacy_native(self)
+        self.merge = getattr(package, "merge")  # noqa: B009
+        self.fs = getattr(package, "fs")  # noqa: B009
 
     def __repr__(self) -> str:
         return f"<composefs backend {self.name!r}>"
-
-
-def _adapt_legacy_native(b: Backend) -> None:
-    """TODO(merge): remove with the fallback above. A native build from before issue 9 returns
-    plain tuples; this wraps its functions so that they return the named results of
-    :mod:`composefs._contract`, as both backends do after the restructuring."""
-
-    def wrapped(module: Any, **functions: Any) -> Any:
-        ns = SimpleNamespace(**{n: getattr(module, n) for n in module.__all__})
-        for n, f in functions.items():
-            setattr(ns, n, f)
-        return ns
-
-    fsv: Any = b.fsverity
-    sst: Any = b.splitstream
-    tsp: Any = b.tar_split
-    b.fsverity = wrapped(fsv, measure_verity=lambda *a: VerityMeasurement(*fsv.measure_verity(*a)))
-    b.splitstream = wrapped(sst, parse=lambda *a: SplitstreamContents(*sst.parse(*a)))
-    b.tar_split = wrapped(
-        tsp,
-        split_layer=lambda *a, **k: LayerSplit(*tsp.split_layer(*a, **k)),
-        read_entries=lambda *a: [TarEntry(*e) for e in tsp.read_entries(*a)],
-    )
 
 
 def load(choice: str) -> Backend:

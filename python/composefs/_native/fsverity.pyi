@@ -6,6 +6,8 @@ Byte arguments accept any contiguous buffer. Large inputs are hashed with the GI
 
 from typing import Self, TypeAlias, final
 
+from composefs._contract import VerityMeasurement
+
 _Buffer: TypeAlias = bytes | bytearray | memoryview
 
 __all__ = ["Hasher", "digest", "digest_fd", "enable_verity", "measure_verity"]
@@ -42,9 +44,10 @@ def enable_verity(fd: int, algorithm: str) -> None:
     ``EEXIST``, ``ETXTBSY``, ...).
     """
 
-def measure_verity(fd: int, algorithm: str) -> tuple[int, bytes]:
+def measure_verity(fd: int, algorithm: str) -> VerityMeasurement:
     """``FS_IOC_MEASURE_VERITY`` with room for a digest of ``algorithm``.
 
-    Returns ``(kernel_algorithm_id, digest)``; raises :class:`OSError` with the kernel's
-    ``errno`` (``ENODATA``, ``ENOTTY``, ``EOPNOTSUPP``, ``EOVERFLOW``, ...).
+    Returns ``VerityMeasurement(algorithm_id, digest)`` (the kernel's algorithm id); raises
+    :class:`OSError` with the kernel's ``errno`` (``ENODATA``, ``ENOTTY``, ``EOPNOTSUPP``,
+    ``EOVERFLOW``, ...).
     """

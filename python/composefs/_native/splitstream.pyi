@@ -6,15 +6,9 @@ Byte arguments accept any contiguous buffer; digests are raw bytes (32 bytes for
 
 from typing import Self, TypeAlias, final
 
+from composefs._contract import SplitstreamContents
+
 _Buffer: TypeAlias = bytes | bytearray | memoryview
-
-#: An item of ``chunks``: inline bytes, or an index into ``object_refs``.
-_Chunk: TypeAlias = bytes | int
-
-#: ``(algorithm_id, content_type, stream_size, stream_refs, object_refs, named_refs, chunks)``
-_ParseResult: TypeAlias = tuple[
-    int, int, int, list[bytes], list[bytes], list[tuple[str, int]], list[_Chunk]
-]
 
 __all__ = ["Writer", "parse"]
 
@@ -43,5 +37,5 @@ class Writer:
     def finish(self) -> bytes:
         """The complete file; the writer cannot be used afterwards."""
 
-def parse(data: _Buffer) -> _ParseResult:
+def parse(data: _Buffer) -> SplitstreamContents:
     """Parses a whole splitstream file (current or legacy header)."""

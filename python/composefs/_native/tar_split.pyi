@@ -9,34 +9,11 @@ or tar-core's message, failed system calls :class:`OSError` with the errno.
 from collections.abc import Callable
 from typing import TypeAlias
 
+from composefs._contract import LayerSplit, TarEntry
+
 _Buffer: TypeAlias = bytes | bytearray | memoryview
 
-#: ``(stream_file, blob_sha256, tar_sha256, blob_size, tar_size, objects_written,
-#: objects_present, external_bytes, inline_bytes)``
-_SplitResult: TypeAlias = tuple[bytes, bytes, bytes, int, int, int, int, int, int, int]
-
-#: ``(path, kind, mode, uid, gid, mtime, mtime_nsec, size, link_target, rdev, xattrs, inline,
-#: object_id)``
-_Entry: TypeAlias = tuple[
-    bytes,
-    str,
-    int,
-    int,
-    int,
-    int,
-    int,
-    int,
-    bytes | None,
-    int,
-    list[tuple[bytes, bytes]],
-    bytes | None,
-    bytes | None,
-]
-
-__all__ = ["INLINE_CONTENT_MAX", "read_entries", "split_layer"]
-
-#: Regular file bodies up to this size are stored inline (composefs-rs INLINE_CONTENT_MAX_V0).
-INLINE_CONTENT_MAX: int
+__all__ = ["read_entries", "split_layer"]
 
 def split_layer(
     source_fd: int,
@@ -47,7 +24,7 @@ def split_layer(
     secure: bool,
     threads: int = 0,
     progress: Callable[[int], object] | None = None,
-) -> _SplitResult:
+) -> LayerSplit:
     """Reads a layer blob from ``source_fd`` to EOF, decompresses it (``"none"``, ``"gzip"``:
     every member, ``"zstd"``: every frame), hashes blob and tar (sha256), writes the bodies of
     regular files larger than 64 bytes as objects into ``objects_fd`` (in parallel: ``threads``
@@ -60,7 +37,7 @@ def split_layer(
     released throughout, except for those calls.
     """
 
-def read_entries(stream_file: _Buffer) -> list[_Entry]:
+def read_entries(stream_file: _Buffer) -> list[TarEntry]:
     """The tar entries of a layer splitstream file, as composefs-rs's ``tar::get_entry``
     reads them back (paths made absolute, PAX mtime nanoseconds, xattrs sorted by name,
     ``makedev`` device numbers)."""

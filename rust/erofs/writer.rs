@@ -1,66 +1,21 @@
-//! The composefs EROFS image writer (V0, V1 and V2), byte-identical to composefs-rs 0.9
-//! (`erofs::writer`). Pure-Python twin: `python/composefs/_pure/erofs.py`.
-//!
-//! The format notes are in the project's spec (erofs-image.md, section 3). In short:
-//!
-//! * V0 and V1 ("epoch 1", the layout of C `mkcomposefs`): inodes numbered breadth-first, 256
-//!   whiteout stubs (`00`..`ff`) in the root, compact inodes where they fit, user whiteouts
-//!   escaped into regular files carrying overlay xattrs, the shared xattr table after the
-//!   inodes in descending key order.
-//! * V2 (composefs-rs's original layout): inodes numbered depth-first, always extended inodes,
-//!   no stubs, no escaping of whiteouts, the shared xattr table in ascending order.
-//!
-//! The writer works in three steps: collect the inodes (with their xattrs, directory entries
-//! and data decisions), compute every offset in one arithmetic pass, then fill a zeroed buffer
-//! of the final size (the padding is already there).
+//! The writer: collects the inodes of a [`FileSystem`], lays them out, fills the image.
 
+use super::format::{
+    i_format, BLOCK_BITS, BLOCK_SIZE, COMPACT_INODE_SIZE, COMPOSEFS_FLAGS_HAS_ACL,
+    COMPOSEFS_HEADER_VERSION, COMPOSEFS_MAGIC, EROFS_MAGIC, EROFS_SUPER_OFFSET,
+    EXTENDED_INODE_SIZE, FEATURE_COMPAT, FT_BLK, FT_CHR, FT_DIR, FT_FIFO, FT_LNK, FT_REG, FT_SOCK,
+    INODE_SLOT_SIZE, LAYOUT_CHUNK_BASED, LAYOUT_FLAT_INLINE, LAYOUT_FLAT_PLAIN, SUPERBLOCK_SIZE,
+    XATTR_FILTER_SEED, XATTR_INDEX_POSIX_ACL_ACCESS, XATTR_INDEX_POSIX_ACL_DEFAULT, XATTR_PREFIXES,
+};
 use crate::tree::{Content, Directory, FileSystem, Inode, Stat};
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 
-const BLOCK: usize = 4096;
-const SLOT: usize = 32;
-const COMPACT_SIZE: usize = 32;
-const EXTENDED_SIZE: usize = 64;
-/// Offset of the inode table: composefs header (padded to 1024) and the EROFS superblock.
-const INODES_START: usize = 1024 + 128;
-
-const COMPOSEFS_MAGIC: u32 = 0xD078_629A;
-const EROFS_MAGIC: u32 = 0xE0F5_E1E2;
-/// FEATURE_COMPAT_MTIME | FEATURE_COMPAT_XATTR_FILTER.
-const FEATURE_COMPAT: u32 = 2 | 4;
-const FLAG_HAS_ACL: u32 = 1;
-const FILTER_SEED: u32 = 0x25BB_E08F;
-
-/// EROFS xattr name prefixes by index (0 = no prefix).
-const PREFIXES: [&[u8]; 7] = [
-    b"",
-    b"user.",
-    b"system.posix_acl_access",
-    b"system.posix_acl_default",
-    b"trusted.",
-    b"lustre.",
-    b"security.",
-];
-
+// The overlayfs xattrs composefs images carry.
 const OVERLAY: &[u8] = b"trusted.overlay.";
 const METACOPY: &[u8] = b"trusted.overlay.metacopy";
 const REDIRECT: &[u8] = b"trusted.overlay.redirect";
 const OVERLAY_ESCAPED: &[u8] = b"trusted.overlay.overlay.";
-
-// Data layouts, as stored in the `format` field (bit 0 = extended inode).
-const FLAT_PLAIN: u16 = 0;
-const FLAT_INLINE: u16 = 4;
-const CHUNK_BASED: u16 = 8;
-
-// Directory entry file types.
-const FT_REG: u8 = 1;
-const FT_DIR: u8 = 2;
-const FT_CHR: u8 = 3;
-const FT_BLK: u8 = 4;
-const FT_FIFO: u8 = 5;
-const FT_SOCK: u8 = 6;
-const FT_LNK: u8 = 7;
 
 /// Content of the 256 whiteout stubs.
 static STUB_CONTENT: Content = Content::CharacterDevice(0);
@@ -157,10 +112,10 @@ impl XAttr<'_> {
         let names = if self.prefix == other.prefix {
             self.suffix.cmp(&other.suffix)
         } else {
-            let a = PREFIXES[self.prefix as usize]
+            let a = XATTR_PREFIXES[self.prefix as usize]
                 .iter()
                 .chain(self.suffix.iter());
-            let b = PREFIXES[other.prefix as usize]
+            let b = XATTR_PREFIXES[other.prefix as usize]
                 .iter()
                 .chain(other.suffix.iter());
             a.cmp(b)
@@ -191,12 +146,12 @@ struct XAttrs<'a> {
 
 impl<'a> XAttrs<'a> {
     fn add(&mut self, name: Cow<'a, [u8]>, value: Cow<'a, [u8]>, epoch1: bool) {
-        let index = (0..PREFIXES.len())
+        let index = (0..XATTR_PREFIXES.len())
             .rev()
             .filter(|&i| !(epoch1 && i == 5))
-            .find(|&i| name.starts_with(PREFIXES[i]))
+            .find(|&i| name.starts_with(XATTR_PREFIXES[i]))
             .expect("the empty prefix always matches");
-        let cut = PREFIXES[index].len();
+        let cut = XATTR_PREFIXES[index].len();
         let suffix = match name {
             Cow::Borrowed(n) => Cow::Borrowed(&n[cut..]),
             Cow::Owned(mut n) => {
@@ -204,7 +159,7 @@ impl<'a> XAttrs<'a> {
                 Cow::Owned(n)
             }
         };
-        self.filter |= 1 << (xxh32(&suffix, FILTER_SEED.wrapping_add(index as u32)) % 32);
+        self.filter |= 1 << (xxh32(&suffix, XATTR_FILTER_SEED.wrapping_add(index as u32)) % 32);
         self.local.push(XAttr {
             prefix: index as u8,
             suffix,
@@ -263,12 +218,12 @@ impl<'a> DirData<'a> {
             }
             let cost = 12 + e.name.len();
             used += cost;
-            if used > BLOCK {
+            if used > BLOCK_SIZE {
                 block_ends.push(i);
                 used = cost;
             }
         }
-        if used > BLOCK / 2 {
+        if used > BLOCK_SIZE / 2 {
             block_ends.push(entries.len());
             used = 0;
         }
@@ -281,7 +236,7 @@ impl<'a> DirData<'a> {
     }
 
     fn size(&self) -> u64 {
-        (BLOCK * self.block_ends.len() + self.tail_bytes) as u64
+        (BLOCK_SIZE * self.block_ends.len() + self.tail_bytes) as u64
     }
 
     fn tail(&self) -> &[DirEnt<'a>] {
@@ -379,33 +334,33 @@ impl Ino<'_> {
         match &self.body {
             Body::Dir(d) => {
                 let layout = if d.tail_bytes == 0 {
-                    FLAT_PLAIN
+                    LAYOUT_FLAT_PLAIN
                 } else {
-                    FLAT_INLINE
+                    LAYOUT_FLAT_INLINE
                 };
                 (layout, d.size())
             }
             Body::Leaf { content, .. } => match content {
                 Content::Inline(data) => {
                     let layout = if data.is_empty() || (self.data_blocks > 0 && self.tail == 0) {
-                        FLAT_PLAIN
+                        LAYOUT_FLAT_PLAIN
                     } else {
-                        FLAT_INLINE
+                        LAYOUT_FLAT_INLINE
                     };
                     (layout, data.len() as u64)
                 }
                 Content::External { size, .. }
                 | Content::ExternalNoVerity { size, .. }
-                | Content::Sparse(size) => (CHUNK_BASED, *size),
+                | Content::Sparse(size) => (LAYOUT_CHUNK_BASED, *size),
                 Content::Symlink(target) => {
                     let layout = if self.data_blocks > 0 {
-                        FLAT_PLAIN
+                        LAYOUT_FLAT_PLAIN
                     } else {
-                        FLAT_INLINE
+                        LAYOUT_FLAT_INLINE
                     };
                     (layout, target.len() as u64)
                 }
-                _ => (FLAT_PLAIN, 0),
+                _ => (LAYOUT_FLAT_PLAIN, 0),
             },
         }
     }
@@ -503,8 +458,8 @@ impl<'a> Collector<'a> {
         let (data_blocks, tail) = if self.epoch1 {
             match content {
                 Content::Inline(data) if !data.is_empty() => {
-                    let (blocks, tail) = (data.len() / BLOCK, data.len() % BLOCK);
-                    if tail > BLOCK / 2 {
+                    let (blocks, tail) = (data.len() / BLOCK_SIZE, data.len() % BLOCK_SIZE);
+                    if tail > BLOCK_SIZE / 2 {
                         (blocks + 1, 0)
                     } else {
                         (blocks, tail)
@@ -876,7 +831,7 @@ fn write_dirents(buf: &mut [u8], at: usize, entries: &[DirEnt<'_>], offsets: &[u
             unreachable!("hard links are resolved after the walk")
         };
         let h = at + 12 * k;
-        put64(buf, h, (offsets[idx] / SLOT) as u64);
+        put64(buf, h, (offsets[idx] / INODE_SLOT_SIZE) as u64);
         put16(buf, h + 8, name_at as u16);
         buf[h + 10] = e.file_type;
         buf[at + name_at..at + name_at + e.name.len()].copy_from_slice(e.name);
@@ -887,11 +842,7 @@ fn write_dirents(buf: &mut [u8], at: usize, entries: &[DirEnt<'_>], offsets: &[u
 
 /// Builds the EROFS image of `fs` in format `version` (0, 1 or 2).
 pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
-    if version > 2 {
-        return Err(format!(
-            "unsupported EROFS format version {version} (expected 0, 1 or 2)"
-        ));
-    }
+    super::check_version(i64::from(version))?;
     let epoch1 = version < 2;
     let nlinks = validate(fs)?;
     let leaf_count = fs.leaves.len();
@@ -926,13 +877,13 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
             .xattrs
             .add_static(b"trusted.overlay.opaque", b"y", true);
         let acl = c.inodes.iter().any(|i| {
-            i.xattrs
-                .local
-                .iter()
-                .any(|x| x.prefix == 2 || x.prefix == 3)
+            i.xattrs.local.iter().any(|x| {
+                x.prefix == XATTR_INDEX_POSIX_ACL_ACCESS
+                    || x.prefix == XATTR_INDEX_POSIX_ACL_DEFAULT
+            })
         });
         if acl {
-            flags |= FLAG_HAS_ACL;
+            flags |= COMPOSEFS_FLAGS_HAS_ACL;
         }
     } else {
         c.collect_dfs(fs, &fs.root, usize::MAX);
@@ -950,15 +901,17 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
         for ino in inodes.iter_mut().filter(|i| i.tail > 0) {
             if ino.is_symlink() {
                 let header = if ino.fits_compact(min_mtime, ino.tail as u64) {
-                    COMPACT_SIZE
+                    COMPACT_INODE_SIZE
                 } else {
-                    EXTENDED_SIZE
+                    EXTENDED_INODE_SIZE
                 };
-                if header + ino.xattrs.size() + ino.tail >= BLOCK {
+                if header + ino.xattrs.size() + ino.tail >= BLOCK_SIZE {
                     ino.data_blocks += 1;
                     ino.tail = 0;
                 }
-            } else if ino.is_chunked() && ino.tail + ino.xattrs.size() % SLOT > BLOCK {
+            } else if ino.is_chunked()
+                && ino.tail + ino.xattrs.size() % INODE_SLOT_SIZE > BLOCK_SIZE
+            {
                 ino.data_blocks = 1;
                 ino.tail = 0;
             }
@@ -969,45 +922,50 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
     let n = inodes.len();
     let mut offsets = Vec::with_capacity(n);
     let mut compact = Vec::with_capacity(n);
-    let mut pos = INODES_START;
+    let mut pos = EROFS_SUPER_OFFSET + SUPERBLOCK_SIZE;
     for ino in &inodes {
-        pos = round_up(pos, SLOT);
+        pos = round_up(pos, INODE_SLOT_SIZE);
         let (layout, size) = ino.layout();
         let x = ino.xattrs.size();
         let small = epoch1 && ino.fits_compact(min_mtime, size);
-        let h = if small { COMPACT_SIZE } else { EXTENDED_SIZE };
+        let h = if small {
+            COMPACT_INODE_SIZE
+        } else {
+            EXTENDED_INODE_SIZE
+        };
         let size = size as usize;
         if epoch1 {
-            if ino.is_symlink() && layout == FLAT_PLAIN {
+            if ino.is_symlink() && layout == LAYOUT_FLAT_PLAIN {
                 let end = pos + h + x + size - 1;
-                if pos / BLOCK != end / BLOCK {
-                    pos = round_up(pos, BLOCK);
+                if pos / BLOCK_SIZE != end / BLOCK_SIZE {
+                    pos = round_up(pos, BLOCK_SIZE);
                 }
-            } else if layout == CHUNK_BASED && ino.tail == 0 && ino.data_blocks > 0 {
-                pos = round_up(pos, BLOCK);
-            } else if layout == CHUNK_BASED && ino.tail > 0 {
+            } else if layout == LAYOUT_CHUNK_BASED && ino.tail == 0 && ino.data_blocks > 0 {
+                pos = round_up(pos, BLOCK_SIZE);
+            } else if layout == LAYOUT_CHUNK_BASED && ino.tail > 0 {
                 let start = pos + h + x;
-                let room = BLOCK - start % BLOCK;
-                if !start.is_multiple_of(BLOCK) && room < ino.tail {
-                    pos += round_up(room, SLOT);
+                let room = BLOCK_SIZE - start % BLOCK_SIZE;
+                if !start.is_multiple_of(BLOCK_SIZE) && room < ino.tail {
+                    pos += round_up(room, INODE_SLOT_SIZE);
                 }
             }
         }
-        if layout == FLAT_INLINE {
-            let inline = size % BLOCK;
+        if layout == LAYOUT_FLAT_INLINE {
+            let inline = size % BLOCK_SIZE;
             let start = pos + h + x;
             if !epoch1 {
-                if (start - 1) / BLOCK != (start + inline) / BLOCK {
-                    pos = round_up(pos + BLOCK - (start - 1) % BLOCK, SLOT);
+                if (start - 1) / BLOCK_SIZE != (start + inline) / BLOCK_SIZE {
+                    pos = round_up(pos + BLOCK_SIZE - (start - 1) % BLOCK_SIZE, INODE_SLOT_SIZE);
                 }
             } else if ino.is_symlink() {
-                if !pos.is_multiple_of(BLOCK) && pos % BLOCK + h + x + inline > BLOCK {
-                    pos = round_up(pos, BLOCK);
+                if !pos.is_multiple_of(BLOCK_SIZE) && pos % BLOCK_SIZE + h + x + inline > BLOCK_SIZE
+                {
+                    pos = round_up(pos, BLOCK_SIZE);
                 }
             } else {
-                let room = BLOCK - start % BLOCK;
-                if !start.is_multiple_of(BLOCK) && room < inline {
-                    pos += round_up(room, SLOT);
+                let room = BLOCK_SIZE - start % BLOCK_SIZE;
+                if !start.is_multiple_of(BLOCK_SIZE) && room < inline {
+                    pos += round_up(room, INODE_SLOT_SIZE);
                 }
             }
         }
@@ -1015,15 +973,15 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
         compact.push(small);
         pos += h + x + ino.inline_len();
     }
-    let inodes_end = round_up(pos, SLOT);
-    let xattr_blkaddr = if epoch1 { inodes_end / BLOCK } else { 0 };
+    let inodes_end = round_up(pos, INODE_SLOT_SIZE);
+    let xattr_blkaddr = if epoch1 { inodes_end / BLOCK_SIZE } else { 0 };
     let mut pos = inodes_end;
     let mut xattr_offsets = Vec::with_capacity(shared.len());
     for x in &shared {
         xattr_offsets.push(pos);
         pos += x.size();
     }
-    let mut pos = round_up(pos, BLOCK);
+    let mut pos = round_up(pos, BLOCK_SIZE);
     let mut block_starts = Vec::with_capacity(n);
     for ino in &inodes {
         block_starts.push(pos);
@@ -1031,36 +989,36 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
             Body::Dir(d) => d.block_ends.len(),
             Body::Leaf { .. } => ino.data_blocks,
         };
-        pos += blocks * BLOCK;
+        pos += blocks * BLOCK_SIZE;
     }
     let end = pos;
 
     // Emit.
     let mut buf = vec![0u8; end];
     put32(&mut buf, 0, COMPOSEFS_MAGIC);
-    put32(&mut buf, 4, 1);
+    put32(&mut buf, 4, COMPOSEFS_HEADER_VERSION);
     put32(&mut buf, 8, flags);
     put32(&mut buf, 12, u32::from(version));
-    let sb = 1024;
+    let sb = EROFS_SUPER_OFFSET;
     put32(&mut buf, sb, EROFS_MAGIC);
     put32(&mut buf, sb + 8, FEATURE_COMPAT);
-    buf[sb + 12] = 12;
-    put16(&mut buf, sb + 14, (offsets[0] / SLOT) as u16);
+    buf[sb + 12] = BLOCK_BITS;
+    put16(&mut buf, sb + 14, (offsets[0] / INODE_SLOT_SIZE) as u16);
     put64(&mut buf, sb + 16, n as u64);
     if epoch1 {
         put64(&mut buf, sb + 24, min_mtime.0);
         put32(&mut buf, sb + 32, min_mtime.1);
     }
-    put32(&mut buf, sb + 36, (end / BLOCK) as u32);
+    put32(&mut buf, sb + 36, (end / BLOCK_SIZE) as u32);
     put32(&mut buf, sb + 44, xattr_blkaddr as u32);
 
     for (idx, ino) in inodes.iter().enumerate() {
         let at = offsets[idx];
         let (layout, size) = ino.layout();
-        let blkaddr = (block_starts[idx] / BLOCK) as u32;
+        let blkaddr = (block_starts[idx] / BLOCK_SIZE) as u32;
         let i_u = match &ino.body {
             Body::Dir(d) => {
-                if d.block_ends.is_empty() && layout == FLAT_INLINE {
+                if d.block_ends.is_empty() && layout == LAYOUT_FLAT_INLINE {
                     0
                 } else {
                     blkaddr
@@ -1087,7 +1045,7 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
         let icount = if x == 0 { 0 } else { 1 + (x - 12) / 4 } as u16;
         let stat = ino.stat;
         let h = if compact[idx] {
-            put16(&mut buf, at, layout);
+            put16(&mut buf, at, i_format(layout, false));
             put16(&mut buf, at + 2, icount);
             put16(&mut buf, at + 4, ino.mode());
             put16(&mut buf, at + 6, ino.nlink() as u16);
@@ -1096,14 +1054,14 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
             put32(&mut buf, at + 20, idx as u32);
             put16(&mut buf, at + 24, stat.uid as u16);
             put16(&mut buf, at + 26, stat.gid as u16);
-            COMPACT_SIZE
+            COMPACT_INODE_SIZE
         } else {
-            put16(&mut buf, at, layout | 1);
+            put16(&mut buf, at, i_format(layout, true));
             put16(&mut buf, at + 2, icount);
             put16(&mut buf, at + 4, ino.mode());
             put64(&mut buf, at + 8, size);
             put32(&mut buf, at + 16, i_u);
-            let ino_nr = if epoch1 { idx } else { at / SLOT };
+            let ino_nr = if epoch1 { idx } else { at / INODE_SLOT_SIZE };
             put32(&mut buf, at + 20, ino_nr as u32);
             put32(&mut buf, at + 24, stat.uid);
             put32(&mut buf, at + 28, stat.gid);
@@ -1112,7 +1070,7 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
                 put32(&mut buf, at + 40, stat.mtime_nsec);
             }
             put32(&mut buf, at + 44, ino.nlink());
-            EXTENDED_SIZE
+            EXTENDED_INODE_SIZE
         };
         let mut p = at + h;
         if x > 0 {
@@ -1121,7 +1079,7 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
             p += 12;
             for &s in &ino.xattrs.shared {
                 let off = xattr_offsets[s as usize];
-                put32(&mut buf, p, ((off - xattr_blkaddr * BLOCK) / 4) as u32);
+                put32(&mut buf, p, ((off - xattr_blkaddr * BLOCK_SIZE) / 4) as u32);
                 p += 4;
             }
             for l in &ino.xattrs.local {
@@ -1155,19 +1113,19 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
         match &ino.body {
             Body::Dir(d) => {
                 for (k, block) in d.blocks().enumerate() {
-                    write_dirents(&mut buf, start + k * BLOCK, block, &offsets);
+                    write_dirents(&mut buf, start + k * BLOCK_SIZE, block, &offsets);
                 }
             }
             Body::Leaf { content, .. } if ino.data_blocks > 0 => match content {
                 Content::Inline(data) => {
-                    let len = (ino.data_blocks * BLOCK).min(data.len());
+                    let len = (ino.data_blocks * BLOCK_SIZE).min(data.len());
                     buf[start..start + len].copy_from_slice(&data[..len]);
                 }
                 Content::Symlink(t) => {
-                    let len = t.len().min(BLOCK);
+                    let len = t.len().min(BLOCK_SIZE);
                     buf[start..start + len].copy_from_slice(&t[..len]);
                 }
-                _ => buf[start..start + BLOCK].fill(0xFF),
+                _ => buf[start..start + BLOCK_SIZE].fill(0xFF),
             },
             Body::Leaf { .. } => {}
         }
@@ -1178,45 +1136,6 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
 /// Parses a dumpfile and writes its EROFS image (`mkcomposefs --from-file`).
 pub fn mkfs(dumpfile: &[u8], version: u8) -> Result<Vec<u8>, String> {
     write(&crate::dumpfile::parse(dumpfile)?, version)
-}
-
-#[cfg(feature = "python")]
-pub(crate) mod py {
-    use crate::pybuf::{with_slice, ByteBuf, SMALL};
-    use pyo3::exceptions::PyValueError;
-    use pyo3::prelude::*;
-    use pyo3::types::PyBytes;
-
-    /// Parses a dumpfile and returns the EROFS image of format `version` (0, 1 or 2).
-    #[pyfunction]
-    fn mkfs<'py>(
-        py: Python<'py>,
-        dumpfile: &Bound<'py, PyAny>,
-        version: i64,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        let version = u8::try_from(version)
-            .ok()
-            .filter(|v| *v <= 2)
-            .ok_or_else(|| {
-                PyValueError::new_err(format!(
-                    "unsupported EROFS format version {version} (expected 0, 1 or 2)"
-                ))
-            })?;
-        let buf = ByteBuf::get(dumpfile)?;
-        // The image is at least 4 KiB even for a tiny dumpfile: always run without the GIL.
-        let image = if buf.len() <= SMALL {
-            let copy = buf.as_slice().to_vec();
-            py.allow_threads(|| super::mkfs(&copy, version))
-        } else {
-            with_slice(py, &buf, |data| super::mkfs(data, version))
-        }
-        .map_err(PyValueError::new_err)?;
-        Ok(PyBytes::new(py, &image))
-    }
-
-    pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-        m.add_function(wrap_pyfunction!(mkfs, m)?)
-    }
 }
 
 #[cfg(test)]
@@ -1343,13 +1262,13 @@ mod tests {
         let img = write(&simple(), 2).unwrap();
         assert_eq!(u32_at(&img, 0), COMPOSEFS_MAGIC);
         assert_eq!(u32_at(&img, 12), 2);
-        let sb = 1024;
+        let sb = EROFS_SUPER_OFFSET;
         assert_eq!(u32_at(&img, sb), EROFS_MAGIC);
         assert_eq!(u16_at(&img, sb + 14), 36);
         assert_eq!(u64_at(&img, sb + 16), 8);
         assert_eq!(u32_at(&img, sb + 36), 1);
         assert_eq!(u32_at(&img, sb + 44), 0);
-        // Root: extended, FLAT_INLINE, 9 entries + 62 name bytes, nlink 2.
+        // Root: extended, LAYOUT_FLAT_INLINE, 9 entries + 62 name bytes, nlink 2.
         let root = 0x480;
         assert_eq!(u16_at(&img, root), 5);
         assert_eq!(u64_at(&img, root + 8), 170);
@@ -1397,11 +1316,11 @@ mod tests {
     fn v1_empty_layout() {
         let img = write(&empty(), 1).unwrap();
         assert_eq!(img.len(), 16384);
-        let sb = 1024;
+        let sb = EROFS_SUPER_OFFSET;
         assert_eq!(u64_at(&img, sb + 16), 257);
         assert_eq!(u32_at(&img, sb + 44), 2);
         let root = 1152;
-        assert_eq!(u16_at(&img, root), 0); // compact, FLAT_PLAIN
+        assert_eq!(u16_at(&img, root), 0); // compact, LAYOUT_FLAT_PLAIN
         assert_eq!(u32_at(&img, root + 8), 4096);
         assert_eq!(u32_at(&img, root + 16), 3);
         // 256 stubs of 32 bytes after the root's 32 + 32 bytes: inodes end at 9408.
@@ -1451,7 +1370,7 @@ mod tests {
             .insert(b"a".to_vec(), Inode::Directory(Box::new(sub)));
         for version in 0..3u8 {
             let img = write(&fs, version).unwrap();
-            assert_eq!(img.len() % BLOCK, 0);
+            assert_eq!(img.len() % BLOCK_SIZE, 0);
             let has = |s: &[u8]| img.windows(s.len()).any(|w| w == s);
             assert_eq!(has(b"overlay.whiteouts"), version < 2, "V{version}");
             assert_eq!(has(b"overlay.overlay.opaque"), version == 1, "V{version}");
