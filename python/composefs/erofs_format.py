@@ -53,6 +53,8 @@ __all__ = [
     "XATTR_FILTER_SEED",
     "XATTR_HEADER",
     "XATTR_HEADER_SIZE",
+    "XATTR_INDEX_POSIX_ACL_ACCESS",
+    "XATTR_INDEX_POSIX_ACL_DEFAULT",
     "XATTR_PREFIXES",
     "XATTR_PREFIX_TRUSTED",
     "inode_format",
@@ -170,6 +172,10 @@ XATTR_PREFIXES: Final = (
     b"lustre.",
     b"security.",
 )
+#: The ``name_index`` of ``system.posix_acl_access`` and ``system.posix_acl_default`` (the
+#: composefs header's ACL flag is set when an image has one).
+XATTR_INDEX_POSIX_ACL_ACCESS: Final = 2
+XATTR_INDEX_POSIX_ACL_DEFAULT: Final = 3
 #: The ``name_index`` of ``trusted.``.
 XATTR_PREFIX_TRUSTED: Final = 4
 #: The xattr name filter (bloom filter in ``name_filter``) hashes a name suffix with
