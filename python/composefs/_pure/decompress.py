@@ -45,49 +45,143 @@ class Decoder:
 
 
 class _GzipDecoder(Decoder):
-    """All members of a gzip stream (RFC 1952), one ``zlib.decompressobj`` per member."""
+    """All members of a gzip stream (RFC 1952), parsed in the order flate2's ``GzDecoder``
+    (the native backend's, through composefs-rs's async-compression) parses them, so that both
+    backends report the same first error for damaged input:
 
-    __slots__ = ("_in_member", "_input", "_members", "_obj")
+    * between members: the next member must start with ``1f 8b 08`` as far as bytes are there,
+      else "Invalid gzip header"; an empty input is "unexpected end of file";
+    * the header: 10 bytes, reserved flag bits are "Invalid gzip header", then FEXTRA, FNAME,
+      FCOMMENT (each at most 65535 bytes: "gzip header field too long") and FHCRC (checked:
+      "corrupt gzip stream does not have a matching checksum");
+    * the raw deflate data (zlib), any damage "corrupt deflate stream";
+    * the trailer: CRC-32 and size modulo 2^32, "corrupt gzip stream does not have a matching
+      checksum" when either differs.
+
+    Input that ends anywhere inside a member is "unexpected end of file".
+    """
+
+    __slots__ = ("_crc", "_input", "_members", "_obj", "_size", "_state")
+
+    _BETWEEN = 0
+    _DATA = 1
 
     def __init__(self, read_input: ReadInput) -> None:
         super().__init__(read_input)
-        self._obj = zlib.decompressobj(wbits=31)
-        self._input = b""  # compressed bytes not yet given to zlib
-        self._in_member = False  # some input of the current member has been decoded
-        self._members = 0  # members started
+        self._input = b""  # compressed bytes read but not consumed
+        self._members = 0
+        self._state = self._BETWEEN
+        self._obj = zlib.decompressobj(wbits=-15)
+        self._crc = 0
+        self._size = 0
+
+    @staticmethod
+    def _error(reason: str) -> ValueError:
+        return ValueError(f"decompressing gzip: {reason}")
+
+    def _fill(self, need: int) -> None:
+        while len(self._input) < need:
+            more = self._read_input(max(INPUT_CHUNK, need - len(self._input)))
+            if not more:
+                raise self._error("unexpected end of file")
+            self._input += more
+
+    def _take(self, n: int) -> bytes:
+        self._fill(n)
+        out, self._input = self._input[:n], self._input[n:]
+        return out
+
+    def _field(self) -> bytes:
+        """A NUL-terminated header field (the NUL included)."""
+        start = 0
+        while True:
+            end = self._input.find(b"\0", start)
+            if end >= 0:
+                if end > _GZIP_FIELD_MAX:
+                    raise self._error("gzip header field too long")
+                return self._take(end + 1)
+            if len(self._input) > _GZIP_FIELD_MAX:
+                raise self._error("gzip header field too long")
+            start = len(self._input)
+            self._fill(start + 1)
+
+    def _header(self) -> None:
+        header = self._take(10)
+        if header[:3] != _GZIP_MAGIC or header[3] & _GZIP_FRESERVED:
+            raise self._error("Invalid gzip header")
+        flags = header[3]
+        parts = [header]
+        if flags & _GZIP_FEXTRA:
+            xlen = self._take(2)
+            parts += (xlen, self._take(int.from_bytes(xlen, "little")))
+        if flags & _GZIP_FNAME:
+            parts.append(self._field())
+        if flags & _GZIP_FCOMMENT:
+            parts.append(self._field())
+        if flags & _GZIP_FHCRC:
+            stored = int.from_bytes(self._take(2), "little")
+            if stored != zlib.crc32(b"".join(parts)) & 0xFFFF:
+                raise self._error(_GZIP_CHECKSUM)
+
+    def _start_member(self) -> bool:
+        """Parses the next member's header; ``False`` at the clean end of the input."""
+        if not self._input:
+            self._input = self._read_input(INPUT_CHUNK)
+            if not self._input:
+                if not self._members:
+                    raise self._error("unexpected end of file")  # an empty blob, as composefs-rs
+                return False
+        if not _GZIP_MAGIC.startswith(self._input[:3]):
+            raise self._error("Invalid gzip header")
+        self._members += 1
+        self._header()
+        self._obj = zlib.decompressobj(wbits=-15)
+        self._crc = 0
+        self._size = 0
+        self._state = self._DATA
+        return True
+
+    def _trailer(self) -> None:
+        trailer = self._take(8)
+        if (
+            int.from_bytes(trailer[:4], "little") != self._crc
+            or int.from_bytes(trailer[4:], "little") != self._size & 0xFFFFFFFF
+        ):
+            raise self._error(_GZIP_CHECKSUM)
+        self._state = self._BETWEEN
 
     def read(self, size: int) -> bytes:
         while True:
+            if self._state == self._BETWEEN and not self._start_member():
+                return b""
             if not self._input:
                 self._input = self._read_input(INPUT_CHUNK)
                 if not self._input:
-                    # like composefs-rs, an empty input is an error too
-                    if self._in_member or not self._members:
-                        raise ValueError("decompressing gzip: unexpected end of file")
-                    return b""
-            if not self._in_member:
-                # a member starts: ID1 ID2 CM (composefs-rs's message for anything else)
-                if not _GZIP_MAGIC.startswith(self._input[:3]):
-                    raise ValueError("decompressing gzip: Invalid gzip header")
-                self._members += 1
-                self._in_member = True
+                    raise self._error("unexpected end of file")
             obj = self._obj
             try:
                 out = obj.decompress(self._input, size)
-            except zlib.error as e:
-                raise ValueError(f"decompressing gzip: {e}") from None
+            except zlib.error:
+                raise self._error("corrupt deflate stream") from None
             if obj.eof:
-                # the rest, if any, is the next member
                 self._input = obj.unused_data
-                self._obj = zlib.decompressobj(wbits=31)
-                self._in_member = False
             else:
                 self._input = obj.unconsumed_tail
+            if out:
+                self._crc = zlib.crc32(out, self._crc)
+                self._size += len(out)
+            if obj.eof:
+                self._trailer()
             if out:
                 return out
 
 
 _GZIP_MAGIC = b"\x1f\x8b\x08"  # ID1, ID2, CM = deflate
+_GZIP_FHCRC, _GZIP_FEXTRA, _GZIP_FNAME, _GZIP_FCOMMENT = 0x02, 0x04, 0x08, 0x10
+_GZIP_FRESERVED = 0xE0
+#: flate2's limit on the FNAME and FCOMMENT fields.
+_GZIP_FIELD_MAX = 65535
+_GZIP_CHECKSUM = "corrupt gzip stream does not have a matching checksum"
 
 
 # zstd framing (RFC 8878)
@@ -155,6 +249,14 @@ class _ZstdDecoder(Decoder):
     def _truncated(self) -> ValueError:
         return ValueError("decompressing zstd: zstd stream did not finish")  # composefs-rs's
 
+    def _need(self, need: int) -> None:
+        """Buffers ``need`` bytes, or raises: libzstd judges what there is first (it finds
+        some damage, e.g. a raw block longer than the frame's content size, in a partial
+        unit, as the native backend's streaming decoder does), then the stream is truncated."""
+        if not self._fill(need):
+            self._feed(self._available())
+            raise self._truncated()
+
     def _next_unit(self) -> bytes | None:
         """Decodes the next unit of input; ``None`` at the (clean) end of the input."""
         state = self._state
@@ -164,43 +266,35 @@ class _ZstdDecoder(Decoder):
                     raise self._truncated()  # an empty input, an error for composefs-rs too
                 return None  # between frames: a clean end
             self._frames += 1
-            if not self._fill(5):
-                # too short for any frame: let libzstd judge what there is
-                self._feed(self._available())
-                raise self._truncated()
+            self._need(5)
             magic = self._peek(0, 4)
             if magic == _ZSTD_MAGIC:
                 descriptor = self._peek(4, 1)
                 single_segment = descriptor >> 5 & 1
                 fcs_size = _FCS_SIZES[descriptor >> 6] or single_segment
                 header = 5 + (not single_segment) + _DICT_ID_SIZES[descriptor & 3] + fcs_size
-                if not self._fill(header):
-                    raise self._truncated()
+                self._need(header)
                 self._checksum = bool(descriptor >> 2 & 1)
                 self._state = self._BLOCK
                 return self._feed(header)
             if magic & _SKIPPABLE_MASK == _SKIPPABLE_MAGIC:
-                if not self._fill(8):
-                    raise self._truncated()
+                self._need(8)
                 self._skip = self._peek(4, 4)
                 self._state = self._SKIP
                 return self._feed(8)
             self._feed(self._available())  # libzstd rejects the unknown magic number
             raise ValueError("decompressing zstd: Unknown frame descriptor")
         if state == self._BLOCK:
-            if not self._fill(3):
-                raise self._truncated()
+            self._need(3)
             block = self._peek(0, 3)
             block_type = block >> 1 & 3
             length = 3 + (1 if block_type == 1 else block >> 3)
-            if not self._fill(length):
-                raise self._truncated()
+            self._need(length)
             if block & 1:  # last block
                 self._state = self._CHECKSUM if self._checksum else self._FRAME
             return self._feed(length)
         if state == self._CHECKSUM:
-            if not self._fill(4):
-                raise self._truncated()
+            self._need(4)
             self._state = self._FRAME
             return self._feed(4)
         # the content of a skippable frame, in bounded pieces

@@ -128,23 +128,59 @@ class _Blob:
             self._progress(self.size)
 
 
-class _Tar:
-    """The decompressed tar stream, hashed and counted (unless it is the blob itself)."""
+#: Decoded bytes per segment of a compressed blob (the native ``SEGMENT``).
+_SEGMENT = 1 << 20
 
-    __slots__ = ("_hashing", "_read", "sha256", "size")
+
+class _Tar:
+    """The decompressed tar stream, hashed and counted (unless it is the blob itself).
+
+    A compressed blob is decoded in whole segments of :data:`_SEGMENT` bytes, as the native
+    reader thread does: a decompression error discards the segment it falls in, so the tar
+    parser never sees the bytes decoded just before it, and an error in the tar data and a
+    damaged compression are reported in the same order by both backends.
+    """
+
+    __slots__ = ("_buf", "_eof", "_hashing", "_pos", "_read", "sha256", "size")
 
     def __init__(self, decoder: decompress.Decoder, hashing: _Hashing, hashed: bool) -> None:
         self._read = decoder.read
         self._hashing = hashing
         self.sha256 = hashlib.sha256() if hashed else None
         self.size = 0
+        self._buf = b""
+        self._pos = 0
+        self._eof = False
 
     def read(self, size: int) -> bytes:
-        data = self._read(size)
-        if data and self.sha256 is not None:
-            self._hashing.update(self.sha256, data)
-        self.size += len(data)
+        if self.sha256 is None:
+            data = self._read(size)
+            self.size += len(data)
+            return data
+        if self._pos >= len(self._buf):
+            if self._eof or not self._fill():
+                return b""
+        data = self._buf[self._pos : self._pos + size]
+        self._pos += len(data)
         return data
+
+    def _fill(self) -> bool:
+        parts = []
+        n = 0
+        while n < _SEGMENT:
+            data = self._read(_SEGMENT - n)
+            if not data:
+                self._eof = True
+                break
+            parts.append(data)
+            n += len(data)
+        self._buf = b"".join(parts)
+        self._pos = 0
+        if self._buf:
+            assert self.sha256 is not None
+            self._hashing.update(self.sha256, self._buf)
+            self.size += len(self._buf)
+        return bool(self._buf)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Fuzzers that stay: mutation- and generation-based, both backends, bounded in time."""
