@@ -157,9 +157,8 @@ class _Tar:
             data = self._read(size)
             self.size += len(data)
             return data
-        if self._pos >= len(self._buf):
-            if self._eof or not self._fill():
-                return b""
+        if self._pos >= len(self._buf) and (self._eof or not self._fill()):
+            return b""
         data = self._buf[self._pos : self._pos + size]
         self._pos += len(data)
         return data
