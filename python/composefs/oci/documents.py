@@ -38,6 +38,7 @@ __all__ = [
     "parse_json",
     "parse_json_object",
     "parse_manifest",
+    "quote",
     "read_regular_file",
 ]
 
@@ -55,6 +56,33 @@ SIZE_LIMITS: Final[Mapping[str, int]] = {
 
 class DocumentError(ComposefsError):
     """An OCI document is unreadable, too large, not JSON, or has a field of the wrong type."""
+
+
+def _escape_char(ch: str) -> str:
+    if ch == "\\":
+        return "\\\\"
+    if ch.isprintable():
+        return ch
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def quote(text: object) -> str:
+    """``text`` safe to show on a terminal: control and other non-printable characters
+    (newline, escape, NUL, bidi overrides, ...) and backslashes escaped as in a Python string
+    literal, everything else kept as it is (``linux/amd64`` stays ``linux/amd64``).
+
+    Use it wherever a string from an untrusted document (a tag, a media type, an annotation, a
+    platform) is put into an error message.
+    """
+    text = str(text)
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(_escape_char(ch) for ch in text)
 
 
 def read_regular_file(
@@ -134,6 +162,15 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """A JSON value for an error message: escaped (ASCII) and at most ``limit`` characters."""
+    try:
+        text = json.dumps(value)
+    except (ValueError, RecursionError):
+        text = _type_name(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _wrong(where: str, expected: str, value: Any) -> DocumentError:
     return DocumentError(f"{where}: expected {expected}, found {_type_name(value)}")
 
@@ -169,7 +206,7 @@ def _str_map(doc: Mapping[str, Any], key: str, where: str) -> dict[str, str] | N
         raise _wrong(f"{where}.{key}", "an object of strings", value)
     for k, v in value.items():
         if not isinstance(v, str):
-            raise _wrong(f"{where}.{key}[{json.dumps(k)}]", "a string", v)
+            raise _wrong(f"{where}.{key}[{_show(k)}]", "a string", v)
     return value
 
 
@@ -251,7 +288,7 @@ class ImageIndex:
 def _schema_version(doc: Mapping[str, Any], what: str) -> None:
     version = doc.get("schemaVersion")
     if version != 2 or isinstance(version, bool):
-        raise DocumentError(f"{what}: unsupported schemaVersion {json.dumps(version)}")
+        raise DocumentError(f"{what}: unsupported schemaVersion {_show(version)}")
 
 
 def parse_manifest(doc: Mapping[str, Any], what: str) -> ImageManifest:
