@@ -126,12 +126,15 @@ def read_regular_file(
 def parse_json(raw: bytes, what: str) -> Any:
     """``raw`` decoded as UTF-8 JSON; any failure is a :class:`DocumentError`."""
     try:
-        return json.loads(raw)
+        # decoded here: json.loads(bytes) would also accept UTF-16 and UTF-32
+        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw)
     except RecursionError:
         raise DocumentError(f"{what} is not valid JSON: nested too deeply") from None
     except UnicodeDecodeError as e:
         raise DocumentError(f"{what} is not valid JSON: not UTF-8 ({e.reason})") from None
     except json.JSONDecodeError as e:
+        raise DocumentError(f"{what} is not valid JSON: {e}") from None
+    except ValueError as e:  # an integer of more than 4300 digits (sys.int_info)
         raise DocumentError(f"{what} is not valid JSON: {e}") from None
 
 

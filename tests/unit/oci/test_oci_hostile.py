@@ -130,6 +130,14 @@ def test_oversized_layout_documents(tmp_path: Path, name: str, kind: str) -> Non
     assert cli("--repo", repo, "oci", "pull", f"oci:{layout}:t").returncode == 0
 
 
+def test_huge_declared_layer_size(tmp_path: Path) -> None:
+    """A layer whose descriptor claims 2**62 bytes: refused at the size check, nothing read."""
+    layout = tmp_path / "layout"
+    info = _layout(layout)
+    _edit_manifest(layout, info, lambda m: m["layers"][0].__setitem__("size", 2**62))
+    _pull_fails(tmp_path, layout, f"Expected size {2**62} but found")
+
+
 def test_oversized_blobs(tmp_path: Path) -> None:
     """A manifest over 4 MiB (and a config over 8 MiB) is refused before it is read."""
     layout = tmp_path / "layout"
@@ -333,6 +341,19 @@ def test_deep_json_in_every_document(tmp_path: Path) -> None:
     config = w.blob(DEEP, CONFIG_MEDIA_TYPE)
     _edit_manifest(layout, info, lambda m: m.__setitem__("config", config))
     _pull_fails(tmp_path, layout, "nested too deeply")
+
+
+def test_json_edge_cases() -> None:
+    """Huge integers, UTF-16, NaN sizes: errors, never a ValueError traceback."""
+    with pytest.raises(DocumentError, match="not valid JSON: Exceeds the limit"):
+        documents.parse_json(b'{"size": 1' + b"0" * 5000 + b"}", "x")
+    with pytest.raises(DocumentError, match="not UTF-8"):
+        documents.parse_json('{"a": 1}'.encode("utf-16"), "x")
+    desc = {"mediaType": MANIFEST_MEDIA_TYPE, "digest": "sha256:" + "0" * 64}
+    for size in (float("nan"), 1e400, 2.0):
+        with pytest.raises(DocumentError, match="size: expected an integer"):
+            documents.parse_descriptor({**desc, "size": size}, "d")
+    assert documents.parse_descriptor({**desc, "size": 2**62}, "d").size == 2**62
 
 
 def test_deep_json_in_stored_documents(tmp_path: Path) -> None:
