@@ -222,17 +222,21 @@ def _list(doc: Mapping[str, Any], key: str, where: str) -> list[Any]:
     return value
 
 
+_PLATFORM_STRINGS: Final = ("architecture", "os", "variant", "os.version")
+
+
 def _platform(value: Any, where: str) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise _wrong(where, "an object", value)
-    _str(value, "architecture", where)
-    _str(value, "os", where)
-    _str(value, "variant", where)
-    _str(value, "os.version", where)
-    _str_list(value, "os.features", where)
-    _str_list(value, "features", where)
+        raise _wrong(f"{where}.platform", "an object", value)
+    for key in _PLATFORM_STRINGS:
+        item = value.get(key)
+        if item is not None and not isinstance(item, str):
+            raise _wrong(f"{where}.platform.{key}", "a string", item)
+    if "os.features" in value or "features" in value:
+        _str_list(value, "os.features", f"{where}.platform")
+        _str_list(value, "features", f"{where}.platform")
     return value
 
 
@@ -241,31 +245,37 @@ def parse_descriptor(doc: Any, where: str) -> Descriptor:
 
     ``digest`` must be ``sha256:<64 hex>`` (the only algorithm composefs-rs supports), ``size``
     a non-negative integer; ``mediaType`` may be absent (composefs-rs tolerates that).
+    (Called once per entry of every index: kept lean, messages are built only on errors.)
     """
     if not isinstance(doc, dict):
         raise _wrong(where, "a descriptor object", doc)
-    media_type = _str(doc, "mediaType", where) or ""
-    digest = _str(doc, "digest", where, required=True)
-    assert digest is not None
+    media_type = doc.get("mediaType")
+    if media_type is None:
+        media_type = ""
+    elif not isinstance(media_type, str):
+        raise _wrong(f"{where}.mediaType", "a string", media_type)
+    digest = doc.get("digest")
+    if not isinstance(digest, str):
+        if digest is None:
+            raise DocumentError(f"{where}: missing 'digest'")
+        raise _wrong(f"{where}.digest", "a string", digest)
     try:
         parse_digest(digest)
     except ReferenceError as e:
         raise DocumentError(f"{where}.digest: {e}") from None
     size = doc.get("size")
-    if size is None:
-        raise DocumentError(f"{where}: missing 'size'")
-    if not isinstance(size, int) or isinstance(size, bool):
+    if type(size) is not int:  # not bool, not float
+        if size is None:
+            raise DocumentError(f"{where}: missing 'size'")
         raise _wrong(f"{where}.size", "an integer", size)
     if size < 0:
         raise DocumentError(f"{where}.size: negative ({size})")
-    _str_list(doc, "urls", where)
-    return Descriptor(
-        media_type=media_type,
-        digest=digest,
-        size=size,
-        platform=_platform(doc.get("platform"), f"{where}.platform"),
-        annotations=_str_map(doc, "annotations", where),
-    )
+    if "urls" in doc:
+        _str_list(doc, "urls", where)
+    annotations = doc.get("annotations")
+    if annotations is not None:
+        _str_map(doc, "annotations", where)
+    return Descriptor(media_type, digest, size, _platform(doc.get("platform"), where), annotations)
 
 
 @dataclasses.dataclass(frozen=True)
