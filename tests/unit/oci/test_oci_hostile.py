@@ -605,3 +605,40 @@ def test_stored_index_with_bad_entries(tmp_path: Path) -> None:
         with pytest.raises(ImageError, match="Reading stored index") as e:
             resolve_index(repo, digest, platform.parse_platform(f"linux/{HOST}"))
         assert "digest: expected a string, found a number" in str(e.value.__cause__)
+
+
+def test_stored_index_fan_out_is_walked_once(tmp_path: Path, monkeypatch: Any) -> None:
+    """``resolve_index`` over a stored index naming one 1,000-entry index 1,000 times ranks
+    1,000 entries (structural: platform matches counted), and the error lists 10."""
+    from composefs.oci import index as index_module
+    from composefs.oci.names import ImageError
+
+    layout = tmp_path / "layout"
+    info = _layout(layout)
+    with Repository.init(tmp_path / "repo", "sha256", insecure=True)[0] as repo:
+        result = oci.pull(repo, f"oci:{layout}:t")
+        m = info["manifest"]
+        entries = [{**m, "platform": {"os": "linux", "architecture": f"a{i}"}} for i in range(999)]
+        inner_raw = json.dumps({"schemaVersion": 2, "manifests": [*entries, m]}).encode()
+        inner = {
+            "mediaType": INDEX_MEDIA_TYPE,
+            "digest": "sha256:" + hashlib.sha256(inner_raw).hexdigest(),
+            "size": len(inner_raw),
+        }
+        outer_raw = json.dumps({"schemaVersion": 2, "manifests": [inner] * 1000}).encode()
+        outer = "sha256:" + hashlib.sha256(outer_raw).hexdigest()
+        chain = [(outer, outer_raw), (inner["digest"], inner_raw)]
+        write_index = index_module.write_index
+        write_index(repo, chain, m["digest"], result.stored_manifest_verity or b"")
+        calls = 0
+        real = index_module.match_rank
+
+        def counting(candidate: Platform, wanted: Platform) -> int | None:
+            nonlocal calls
+            calls += 1
+            return real(candidate, wanted)
+
+        monkeypatch.setattr(index_module, "match_rank", counting)
+        with pytest.raises(ImageError, match=r"available: linux/a0, .*linux/a9, \.\.\.$"):
+            index_module.resolve_index(repo, outer, platform.parse_platform("linux/riscv64"))
+        assert calls == 1000
