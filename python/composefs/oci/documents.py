@@ -38,6 +38,7 @@ __all__ = [
     "parse_json",
     "parse_json_object",
     "parse_manifest",
+    "quote",
     "read_regular_file",
 ]
 
@@ -55,6 +56,33 @@ SIZE_LIMITS: Final[Mapping[str, int]] = {
 
 class DocumentError(ComposefsError):
     """An OCI document is unreadable, too large, not JSON, or has a field of the wrong type."""
+
+
+def _escape_char(ch: str) -> str:
+    if ch == "\\":
+        return "\\\\"
+    if ch.isprintable():
+        return ch
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def quote(text: object) -> str:
+    """``text`` safe to show on a terminal: control and other non-printable characters
+    (newline, escape, NUL, bidi overrides, ...) and backslashes escaped as in a Python string
+    literal, everything else kept as it is (``linux/amd64`` stays ``linux/amd64``).
+
+    Use it wherever a string from an untrusted document (a tag, a media type, an annotation, a
+    platform) is put into an error message.
+    """
+    text = str(text)
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(_escape_char(ch) for ch in text)
 
 
 def read_regular_file(
@@ -98,12 +126,15 @@ def read_regular_file(
 def parse_json(raw: bytes, what: str) -> Any:
     """``raw`` decoded as UTF-8 JSON; any failure is a :class:`DocumentError`."""
     try:
-        return json.loads(raw)
+        # decoded here: json.loads(bytes) would also accept UTF-16 and UTF-32
+        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw)
     except RecursionError:
         raise DocumentError(f"{what} is not valid JSON: nested too deeply") from None
     except UnicodeDecodeError as e:
         raise DocumentError(f"{what} is not valid JSON: not UTF-8 ({e.reason})") from None
     except json.JSONDecodeError as e:
+        raise DocumentError(f"{what} is not valid JSON: {e}") from None
+    except ValueError as e:  # an integer of more than 4300 digits (sys.int_info)
         raise DocumentError(f"{what} is not valid JSON: {e}") from None
 
 
@@ -132,6 +163,15 @@ def _type_name(value: Any) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """A JSON value for an error message: escaped (ASCII) and at most ``limit`` characters."""
+    try:
+        text = json.dumps(value)
+    except (ValueError, RecursionError):
+        text = _type_name(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _wrong(where: str, expected: str, value: Any) -> DocumentError:
@@ -169,7 +209,7 @@ def _str_map(doc: Mapping[str, Any], key: str, where: str) -> dict[str, str] | N
         raise _wrong(f"{where}.{key}", "an object of strings", value)
     for k, v in value.items():
         if not isinstance(v, str):
-            raise _wrong(f"{where}.{key}[{json.dumps(k)}]", "a string", v)
+            raise _wrong(f"{where}.{key}[{_show(k)}]", "a string", v)
     return value
 
 
@@ -182,17 +222,21 @@ def _list(doc: Mapping[str, Any], key: str, where: str) -> list[Any]:
     return value
 
 
+_PLATFORM_STRINGS: Final = ("architecture", "os", "variant", "os.version")
+
+
 def _platform(value: Any, where: str) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise _wrong(where, "an object", value)
-    _str(value, "architecture", where)
-    _str(value, "os", where)
-    _str(value, "variant", where)
-    _str(value, "os.version", where)
-    _str_list(value, "os.features", where)
-    _str_list(value, "features", where)
+        raise _wrong(f"{where}.platform", "an object", value)
+    for key in _PLATFORM_STRINGS:
+        item = value.get(key)
+        if item is not None and not isinstance(item, str):
+            raise _wrong(f"{where}.platform.{key}", "a string", item)
+    if "os.features" in value or "features" in value:
+        _str_list(value, "os.features", f"{where}.platform")
+        _str_list(value, "features", f"{where}.platform")
     return value
 
 
@@ -201,31 +245,37 @@ def parse_descriptor(doc: Any, where: str) -> Descriptor:
 
     ``digest`` must be ``sha256:<64 hex>`` (the only algorithm composefs-rs supports), ``size``
     a non-negative integer; ``mediaType`` may be absent (composefs-rs tolerates that).
+    (Called once per entry of every index: kept lean, messages are built only on errors.)
     """
     if not isinstance(doc, dict):
         raise _wrong(where, "a descriptor object", doc)
-    media_type = _str(doc, "mediaType", where) or ""
-    digest = _str(doc, "digest", where, required=True)
-    assert digest is not None
+    media_type = doc.get("mediaType")
+    if media_type is None:
+        media_type = ""
+    elif not isinstance(media_type, str):
+        raise _wrong(f"{where}.mediaType", "a string", media_type)
+    digest = doc.get("digest")
+    if not isinstance(digest, str):
+        if digest is None:
+            raise DocumentError(f"{where}: missing 'digest'")
+        raise _wrong(f"{where}.digest", "a string", digest)
     try:
         parse_digest(digest)
     except ReferenceError as e:
         raise DocumentError(f"{where}.digest: {e}") from None
     size = doc.get("size")
-    if size is None:
-        raise DocumentError(f"{where}: missing 'size'")
-    if not isinstance(size, int) or isinstance(size, bool):
+    if type(size) is not int:  # not bool, not float
+        if size is None:
+            raise DocumentError(f"{where}: missing 'size'")
         raise _wrong(f"{where}.size", "an integer", size)
     if size < 0:
         raise DocumentError(f"{where}.size: negative ({size})")
-    _str_list(doc, "urls", where)
-    return Descriptor(
-        media_type=media_type,
-        digest=digest,
-        size=size,
-        platform=_platform(doc.get("platform"), f"{where}.platform"),
-        annotations=_str_map(doc, "annotations", where),
-    )
+    if "urls" in doc:
+        _str_list(doc, "urls", where)
+    annotations = doc.get("annotations")
+    if annotations is not None:
+        _str_map(doc, "annotations", where)
+    return Descriptor(media_type, digest, size, _platform(doc.get("platform"), where), annotations)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +301,7 @@ class ImageIndex:
 def _schema_version(doc: Mapping[str, Any], what: str) -> None:
     version = doc.get("schemaVersion")
     if version != 2 or isinstance(version, bool):
-        raise DocumentError(f"{what}: unsupported schemaVersion {json.dumps(version)}")
+        raise DocumentError(f"{what}: unsupported schemaVersion {_show(version)}")
 
 
 def parse_manifest(doc: Mapping[str, Any], what: str) -> ImageManifest:

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from composefs import _backend, erofs, splitstream
 from composefs.constants import ALLOWLIST_ONLY, EROFS_VERSIONS, XATTR_MODES
 from composefs.errors import ComposefsError
+from composefs.oci.documents import DocumentError, config_diff_ids, parse_json_object
 from composefs.oci.image import OciImage
 from composefs.oci.names import (
     BOOT_IMAGE_REF_KEY,
@@ -93,9 +94,9 @@ def image_layers(repo: Repository, image: OciImage | str) -> ImageLayers:
             if found != digest:
                 raise FilesystemError(f"Config integrity failed: expected {digest}, got {found}")
             try:
-                doc = json.loads(raw)
-                diff_ids = [str(d) for d in doc["rootfs"]["diff_ids"]]
-            except (ValueError, KeyError, TypeError) as e:
+                what = f"config {digest}"
+                diff_ids = config_diff_ids(parse_json_object(raw, what), what)
+            except DocumentError as e:
                 raise FilesystemError(f"parsing config {digest}") from e
             return ImageLayers(digest, diff_ids, refs, trusted=False)
         image = OciImage.open_ref(repo, image)

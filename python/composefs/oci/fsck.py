@@ -162,7 +162,8 @@ def _fsck_image(repo: Repository, name: str, digest: str, result: OciFsckResult)
                 result.errors.append(
                     f"fsck: layer-object-missing: {name}: {diff_id}: {_errno_detail(e)}"
                 )
-        labels = (config.get("config") or {}).get("Labels") or {}
+        inner = config.get("config")
+        labels = inner.get("Labels") if isinstance(inner, dict) else None
         seal = labels.get(SEAL_LABEL) if isinstance(labels, dict) else None
         if isinstance(seal, str):
             try:
@@ -173,7 +174,8 @@ def _fsck_image(repo: Repository, name: str, digest: str, result: OciFsckResult)
                     f"fsck: seal-image-missing: {name}: {seal}: {_errno_detail(e)}"
                 )
     else:
-        for layer in manifest.get("layers") or []:
+        layers = manifest.get("layers")
+        for layer in layers if isinstance(layers, list) else []:
             layer_digest = str(layer.get("digest")) if isinstance(layer, dict) else ""
             verity = refs.get(layer_digest)
             if verity is None:

@@ -125,7 +125,8 @@ class OciImage:
         if stored.config is not None:
             layer_refs = dict(stored.config_refs)
         else:
-            layers = stored.manifest.get("layers") or []
+            layers = stored.manifest.get("layers")
+            layers = layers if isinstance(layers, list) else []
             digests = {d.get("digest") for d in layers if isinstance(d, dict)}
             layer_refs = {k: v for k, v in stored.refs.items() if k in digests}
         image_refs = {k: v for k, v in layer_refs.items() if k.startswith(IMAGE_REF_KEY)}
@@ -167,31 +168,31 @@ class OciImage:
 
     @property
     def is_container_image(self) -> bool:
-        config = self.manifest.get("config") or {}
-        return bool(config.get("mediaType") == CONFIG_MEDIA_TYPE)
+        return _field(_object(self.manifest, "config"), "mediaType") == CONFIG_MEDIA_TYPE
 
     @property
     def architecture(self) -> str:
-        return str((self.config or {}).get("architecture") or "")
+        return _field(self.config or {}, "architecture")
 
     @property
     def os(self) -> str:
-        return str((self.config or {}).get("os") or "")
+        return _field(self.config or {}, "os")
 
     @property
     def created(self) -> str | None:
-        created = (self.config or {}).get("created")
-        return created if isinstance(created, str) else None
+        return _field(self.config or {}, "created") or None
 
     @property
     def layer_descriptors(self) -> list[dict[str, Any]]:
-        return [d for d in self.manifest.get("layers") or [] if isinstance(d, dict)]
+        layers = self.manifest.get("layers")
+        return [d for d in layers if isinstance(d, dict)] if isinstance(layers, list) else []
 
     @property
     def diff_ids(self) -> list[str]:
         if self.config is None:
-            return [str(d.get("digest")) for d in self.layer_descriptors]
-        return [str(d) for d in ((self.config.get("rootfs") or {}).get("diff_ids") or [])]
+            return [_field(d, "digest") for d in self.layer_descriptors]
+        diff_ids = _object(self.config, "rootfs").get("diff_ids")
+        return [str(d) for d in diff_ids] if isinstance(diff_ids, list) else []
 
     def erofs_image(self, version: int, *, boot: bool = False) -> bytes | None:
         """The linked EROFS image id for a format version (V0/V1 share ``.v1``), if any."""
@@ -202,9 +203,21 @@ class OciImage:
         return self.image_refs.get(key)
 
     def label(self, key: str) -> str | None:
-        labels = ((self.config or {}).get("config") or {}).get("Labels") or {}
-        value = labels.get(key) if isinstance(labels, dict) else None
-        return value if isinstance(value, str) else None
+        labels = _object(_object(self.config or {}, "config"), "Labels")
+        return _field(labels, key) or None
+
+
+def _object(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    """``doc[key]`` if it is a JSON object, else an empty one (stored documents are checked
+    when pulled, but a repository can be tampered with: never an ``AttributeError``)."""
+    value = doc.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _field(doc: dict[str, Any], key: str) -> str:
+    """``doc[key]`` if it is a string, else ``""``."""
+    value = doc.get(key)
+    return value if isinstance(value, str) else ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,13 +13,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import os
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from composefs import splitstream
 from composefs.errors import ComposefsError
+from composefs.oci.documents import (
+    DocumentError,
+    parse_index,
+    parse_json_object,
+    quote,
+)
 from composefs.oci.media_types import INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, MAX_INDEX_DEPTH
 from composefs.oci.names import (
     INDEX_REF_PREFIX,
@@ -29,6 +34,7 @@ from composefs.oci.names import (
     sha256_digest,
 )
 from composefs.oci.platform import Platform, format_platforms, host_platform, match_rank
+from composefs.oci.source import Descriptor
 from composefs.oci.streams import open_manifest, read_external_stream, write_external_stream
 
 if TYPE_CHECKING:
@@ -51,13 +57,21 @@ class StoredIndex:
 
     @property
     def document(self) -> dict[str, Any]:
-        doc = json.loads(self.raw)
-        if not isinstance(doc, dict):
-            raise ImageError(f"index {self.digest} is not a JSON object")
-        return doc
+        try:
+            return parse_json_object(self.raw, f"index {self.digest}")
+        except DocumentError as e:
+            raise ImageError(f"Reading stored index {self.digest}") from e
+
+    def descriptors(self) -> tuple[Descriptor, ...]:
+        """The index's ``manifests``, every field checked."""
+        try:
+            return parse_index(self.document, f"index {self.digest}", check_version=False).manifests
+        except DocumentError as e:
+            raise ImageError(f"Reading stored index {self.digest}") from e
 
     def entries(self) -> list[dict[str, Any]]:
-        entries = self.document.get("manifests") or []
+        entries = self.document.get("manifests")
+        entries = entries if isinstance(entries, list) else []
         return [e for e in entries if isinstance(e, dict)]
 
 
@@ -119,12 +133,16 @@ def write_index(
 def _order_index_refs(raw: bytes, refs: dict[str, bytes]) -> list[tuple[str, bytes]]:
     """Refs in the order their targets appear in the index; unknown names last, sorted."""
     order: dict[str, int] = {}
-    with contextlib.suppress(ValueError, AttributeError, TypeError):
-        for i, entry in enumerate(json.loads(raw).get("manifests") or []):
-            digest = entry.get("digest")
-            order.setdefault(f"manifest:{digest}", i)
-            order.setdefault(f"index:{digest}", i)
+    with contextlib.suppress(DocumentError):
+        for i, entry in enumerate(_entries(raw)):
+            order.setdefault(f"manifest:{entry.digest}", i)
+            order.setdefault(f"index:{entry.digest}", i)
     return sorted(refs.items(), key=lambda kv: (order.get(kv[0], len(order) + 1), kv[0]))
+
+
+def _entries(raw: bytes) -> tuple[Descriptor, ...]:
+    doc = parse_json_object(raw, "index")
+    return parse_index(doc, "index", check_version=False).manifests
 
 
 def open_index(repo: Repository, digest: str, verity: bytes | None = None) -> StoredIndex:
@@ -155,37 +173,48 @@ def resolve_index(
     matches but was never imported is an error naming it (pull it first).
     """
     wanted = platform or host_platform()
-    seen: list[Platform | None] = []
+    seen: dict[Platform | None, None] = {}  # distinct, in order: linear
+    walked: set[str] = {digest}  # each stored index walked once
+    config_platforms: dict[str, Platform | None] = {}  # manifest digest -> config platform
     best: tuple[int, int, str, bytes | None] | None = None
     order = 0
+
+    def config_platform(entry_digest: str, verity: bytes) -> Platform | None:
+        if entry_digest not in config_platforms:
+            plat = None
+            with contextlib.suppress(ComposefsError):
+                config = open_manifest(repo, entry_digest, verity).config
+                if config is not None:
+                    plat = Platform.from_json(config)
+            config_platforms[entry_digest] = plat
+        return config_platforms[entry_digest]
 
     def walk(index: StoredIndex, depth: int) -> bool:
         nonlocal best, order
         if depth >= MAX_INDEX_DEPTH:
             raise ImageError(f"image index {index.digest} nests too deep")
-        for entry in index.entries():
-            media_type, entry_digest = entry.get("mediaType"), str(entry.get("digest"))
-            if media_type == INDEX_MEDIA_TYPE:
-                child = index.indexes.get(entry_digest)
-                if child is not None and walk(open_index(repo, entry_digest, child), depth + 1):
+        for entry in index.descriptors():
+            if entry.media_type == INDEX_MEDIA_TYPE:
+                child = index.indexes.get(entry.digest)
+                if child is None or entry.digest in walked:
+                    continue
+                walked.add(entry.digest)
+                if walk(open_index(repo, entry.digest, child), depth + 1):
                     return True
                 continue
-            if media_type != MANIFEST_MEDIA_TYPE:
+            if entry.media_type != MANIFEST_MEDIA_TYPE:
                 continue
-            verity = index.manifests.get(entry_digest)
+            verity = index.manifests.get(entry.digest)
             plat: Platform | None = None
-            if isinstance(entry.get("platform"), dict):
-                plat = Platform.from_json(entry["platform"])
+            if entry.platform:
+                plat = Platform.from_json(entry.platform)
             elif verity is not None:
-                with contextlib.suppress(ComposefsError):
-                    config = open_manifest(repo, entry_digest, verity).config
-                    if config is not None:
-                        plat = Platform.from_json(config)
-            seen.append(plat)
+                plat = config_platform(entry.digest, verity)
+            seen.setdefault(plat)
             rank = None if plat is None else match_rank(plat, wanted)
             if rank is None:
                 continue
-            key = (rank, order, entry_digest, verity)
+            key = (rank, order, entry.digest, verity)
             order += 1
             if best is None or key[:2] < best[:2]:
                 best = key
@@ -196,7 +225,7 @@ def resolve_index(
     walk(open_index(repo, digest), 0)
     if best is None:
         raise ImageError(
-            f"No manifest found for platform {wanted} in index {digest}; available: "
+            f"No manifest found for platform {quote(wanted)} in index {digest}; available: "
             f"{format_platforms(seen)}"
         )
     _, _, manifest_digest, verity = best

@@ -8,17 +8,29 @@ out verified blobs. (Writing layouts, for tests and tools: :mod:`composefs.testi
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
-import json
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from composefs.errors import ComposefsError
+from composefs.oci.documents import (
+    SIZE_LIMITS,
+    DocumentError,
+    parse_index,
+    parse_json_object,
+    parse_manifest,
+    quote,
+    read_regular_file,
+)
 from composefs.oci.media_types import (
     CONFIG_MEDIA_TYPE,
+    DOCKER_MANIFEST_MEDIA_TYPE,
     INDEX_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
     MAX_INDEX_DEPTH,
@@ -55,40 +67,21 @@ class NoMatchingPlatform(LayoutError):
     """No manifest of the image matches the wanted platform."""
 
 
-def _load_json(data: bytes, what: str) -> Any:
-    try:
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LayoutError(f"{what} is not valid JSON") from e
+#: blobs kept in memory once read (small ones: manifests, configs, indexes), in bytes in all
+_CACHE_BUDGET = 16 << 20
+_CACHE_ENTRY_MAX = 1 << 20
 
 
-def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    doc = _load_json(data, what)
-    if not isinstance(doc, dict):
-        raise LayoutError(f"{what} is not a JSON object")
-    return doc
+def _blob_limit(media_type: str) -> int:
+    """The largest blob :meth:`LayoutSource.read_blob` reads for a media type."""
+    if media_type in (INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE):
+        return SIZE_LIMITS["manifest"]
+    return SIZE_LIMITS["config"]
 
 
-def _descriptor(doc: Any, where: str) -> Descriptor:
-    if not isinstance(doc, dict):
-        raise LayoutError(f"invalid descriptor in {where}: not a JSON object")
-    try:
-        desc = Descriptor.from_json(doc)
-    except (KeyError, TypeError, ValueError) as e:
-        raise LayoutError(f"invalid descriptor in {where}: missing or bad {e}") from None
-    if desc.size < 0:
-        raise LayoutError(f"invalid descriptor in {where}: negative size")
-    return desc
-
-
-def descriptors_of(index: dict[str, Any], where: str) -> list[Descriptor]:
-    """The ``manifests`` of an image index, checked."""
-    entries = index.get("manifests")
-    if entries is None:
-        entries = []
-    if not isinstance(entries, list):
-        raise LayoutError(f"{where}: 'manifests' is not a list")
-    return [_descriptor(e, where) for e in entries]
+def _entries(raw: bytes, what: str, *, check_version: bool = True) -> tuple[Descriptor, ...]:
+    """The checked ``manifests`` of an image index document."""
+    return parse_index(parse_json_object(raw, what), what, check_version=check_version).manifests
 
 
 @dataclasses.dataclass
@@ -96,11 +89,22 @@ class _Search:
     wanted: Platform
     best: tuple[int, int, Descriptor, tuple[tuple[str, bytes], ...]] | None = None
     order: int = 0
-    seen: list[Platform | None] = dataclasses.field(default_factory=list)
+    #: the distinct platforms met, in order (for the error message); a dict: linear
+    seen: dict[Platform | None, None] = dataclasses.field(default_factory=dict)
+    #: the indexes already walked: an index listed twice (or by several parents) is walked
+    #: once, so hostile fan-out (20k entries naming one 20k-entry index) stays linear
+    walked: set[str] = dataclasses.field(default_factory=set)
 
 
 class LayoutSource:
-    """An image in an OCI layout directory (``oci:PATH[:TAG]`` or ``oci:PATH@DIGEST``)."""
+    """An image in an OCI layout directory (``oci:PATH[:TAG]`` or ``oci:PATH@DIGEST``).
+
+    Everything in the directory is untrusted: only regular files are read (a FIFO is refused,
+    never waited on), every JSON document with a size cap
+    (:data:`~composefs.oci.documents.SIZE_LIMITS`) and type-checked, and blobs are named only
+    by validated ``sha256:<64 hex>`` digests (``blobs/sha256/<hex>``, never a path from a
+    document).
+    """
 
     def __init__(self, ref: LayoutReference | str) -> None:
         if isinstance(ref, str):
@@ -110,6 +114,9 @@ class LayoutSource:
         self._dir = -1
         self._blobs = -1
         self._cache: dict[str, bytes] = {}
+        self._cached_bytes = 0
+        #: manifest digest -> its platform from the config (entries without ``platform``)
+        self._config_platforms: dict[str, Platform | None] = {}
         try:
             self._dir = os.open(ref.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
@@ -128,25 +135,28 @@ class LayoutSource:
 
     def _check_layout_file(self) -> None:
         try:
-            data = self._read_file("oci-layout")
-        except FileNotFoundError:
-            raise LayoutError(
-                f"{self.path} is not an OCI image layout (no oci-layout file)"
-            ) from None
-        except OSError as e:
-            raise LayoutError(f"Reading {self.path}/oci-layout") from e
-        doc = _json_object(data, "oci-layout")
+            data = self._read_file("oci-layout", "oci-layout")
+            doc = parse_json_object(data, "oci-layout")
+        except DocumentError as e:
+            if isinstance(e.__cause__, FileNotFoundError):
+                raise LayoutError(
+                    f"{self.path} is not an OCI image layout (no oci-layout file)"
+                ) from None
+            # keep the document's message as the error itself (with its cause, if any)
+            raise LayoutError(str(e)) from e.__cause__
         version = doc.get("imageLayoutVersion")
         if not isinstance(version, str) or version.split(".")[:2] != ["1", "0"]:
+            shown = repr(version)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
             raise LayoutError(
-                f"unsupported OCI layout version {version!r} in {self.path}/oci-layout "
+                f"unsupported OCI layout version {shown} in {self.path}/oci-layout "
                 f"(expected {LAYOUT_VERSION!r})"
             )
 
-    def _read_file(self, name: str) -> bytes:
-        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
-        with os.fdopen(fd, "rb") as f:
-            return f.read()
+    def _read_file(self, name: str, kind: str) -> bytes:
+        """A document of the layout directory, read with ``kind``'s size cap (regular files
+        only); a :class:`~composefs.oci.documents.DocumentError` otherwise."""
+        return read_regular_file(name, SIZE_LIMITS[kind], name, dir_fd=self._dir)
 
     def close(self) -> None:
         for attr in ("_blobs", "_dir"):
@@ -164,42 +174,84 @@ class LayoutSource:
     # -- blobs -----------------------------------------------------------------------------
 
     def _open(self, desc: Descriptor) -> int:
+        """``blobs/sha256/<hex>`` of a checked digest: a regular file of the descriptor's size.
+
+        Opened non-blocking (a FIFO is refused, not waited on); the flag is cleared again
+        once the file is known to be regular.
+        """
         try:
             hexdigest = parse_digest(desc.digest)[len("sha256:") :]
         except ReferenceError as e:
-            raise LayoutError(f"Opening blob {desc.digest}") from e
+            raise LayoutError(f"Opening blob {quote(desc.digest)}") from e
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
         try:
-            fd = os.open(hexdigest, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._blobs)
+            fd = os.open(hexdigest, flags, dir_fd=self._blobs)
         except OSError as e:
             raise LayoutError(f"Opening blob {desc.digest}") from e
-        size = os.fstat(fd).st_size
-        if size != desc.size:
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise LayoutError(f"Opening blob {desc.digest}") from LayoutError(
+                    "not a regular file"
+                )
+            if st.st_size != desc.size:
+                raise LayoutError(f"Opening blob {desc.digest}") from LayoutError(
+                    f"Expected size {desc.size} but found {st.st_size}"
+                )
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        except BaseException:
             os.close(fd)
-            raise LayoutError(f"Opening blob {desc.digest}") from LayoutError(
-                f"Expected size {desc.size} but found {size}"
-            )
+            raise
         return fd
 
-    def read_blob(self, descriptor: Descriptor) -> bytes:
-        """The blob's bytes, checked against the descriptor's size and sha256 digest."""
+    def read_blob(self, descriptor: Descriptor, limit: int | None = None) -> bytes:
+        """The blob's bytes, checked against the descriptor's size and sha256 digest.
+
+        At most ``limit`` bytes (default: the cap of the descriptor's media type, 4 MiB for
+        manifests and indexes, 8 MiB for anything else: this reads documents, not layers).
+        """
         cached = self._cache.get(descriptor.digest)
         if cached is not None and len(cached) == descriptor.size:
             return cached
+        if limit is None:
+            limit = _blob_limit(descriptor.media_type)
+        if descriptor.size > limit:
+            raise LayoutError(f"Reading blob {descriptor.digest}") from DocumentError(
+                f"blob is too large ({descriptor.size} bytes, the limit is {limit})"
+            )
         fd = self._open(descriptor)
-        with os.fdopen(fd, "rb") as f:
-            data = f.read()
+        try:
+            chunks = []
+            total = 0
+            while total <= descriptor.size:
+                chunk = os.read(fd, min(descriptor.size + 1 - total, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+        except OSError as e:
+            raise LayoutError(f"Reading blob {descriptor.digest}") from e
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
+        if len(data) != descriptor.size:
+            raise LayoutError(f"Reading blob {descriptor.digest}") from LayoutError(
+                f"Expected size {descriptor.size} but read {len(data)} bytes"
+            )
         found = "sha256:" + hashlib.sha256(data).hexdigest()
         if found != descriptor.digest:
             raise LayoutError(f"Reading blob {descriptor.digest}") from LayoutError(
                 f"Expected digest {descriptor.digest} but found {found}"
             )
-        if len(data) <= (1 << 20):
+        if len(data) <= _CACHE_ENTRY_MAX and self._cached_bytes + len(data) <= _CACHE_BUDGET:
             self._cache[descriptor.digest] = data
+            self._cached_bytes += len(data)
         return data
 
     @contextlib.contextmanager
     def open_blob(self, descriptor: Descriptor) -> Iterator[int]:
-        """A file descriptor of the blob (size checked; the reader verifies the digest)."""
+        """A file descriptor of the blob (a regular file, size checked; the reader verifies
+        the digest)."""
         fd = self._open(descriptor)
         try:
             yield fd
@@ -209,33 +261,37 @@ class LayoutSource:
     # -- resolution ------------------------------------------------------------------------
 
     def read_index(self) -> tuple[bytes, dict[str, Any]]:
-        """The raw and parsed ``index.json``."""
+        """The raw and parsed ``index.json`` (at most 4 MiB, a regular file)."""
         try:
-            raw = self._read_file("index.json")
-        except FileNotFoundError:
-            raise LayoutError("Cannot find the Image Index (index.json)") from None
-        except OSError as e:
-            raise LayoutError("Reading index.json") from e
-        return raw, _json_object(raw, "index.json")
+            raw = self._read_file("index.json", "index")
+        except DocumentError as e:
+            if isinstance(e.__cause__, FileNotFoundError):
+                raise LayoutError("Cannot find the Image Index (index.json)") from None
+            raise
+        return raw, parse_json_object(raw, "index.json")
+
+    def _index_entries(self) -> tuple[Descriptor, ...]:
+        _, index = self.read_index()
+        return parse_index(index, "index.json", check_version=False).manifests
 
     def resolve(self, platform: str | None) -> ResolvedManifest:
         """The manifest for ``platform`` (``os/arch[/variant]``; default: this host)."""
         try:
             return self._resolve(platform)
-        except LayoutError as e:
-            raise type(e)("Resolving manifest for platform") from e
+        except (LayoutError, DocumentError) as e:
+            cls = type(e) if isinstance(e, LayoutError) else LayoutError
+            raise cls("Resolving manifest for platform") from e
 
     def _resolve(self, platform: str | None) -> ResolvedManifest:
         wanted = parse_platform(platform) if platform is not None else host_platform()
         if self.ref.digest is not None:
             return self._resolve_digest(self.ref.digest, wanted, explicit=platform is not None)
-        _, index = self.read_index()
-        entries = descriptors_of(index, "index.json")
+        entries: Sequence[Descriptor] = self._index_entries()
         if self.ref.tag is not None:
             tag = self.ref.tag
             entries = [d for d in entries if (d.annotations or {}).get(REF_NAME_ANNOTATION) == tag]
             if not entries:
-                raise LayoutError(f"Tag '{tag}' not found in image index")
+                raise LayoutError(f"Tag '{quote(tag)}' not found in image index")
         elif not entries:
             raise LayoutError("Image index contains no manifests")
         search = _Search(wanted)
@@ -245,7 +301,7 @@ class LayoutSource:
     def _finish(self, search: _Search) -> ResolvedManifest:
         if search.best is None:
             raise NoMatchingPlatform(
-                f"No manifest found for platform {search.wanted}; available: "
+                f"No manifest found for platform {quote(search.wanted)}; available: "
                 f"{format_platforms(search.seen)}"
             )
         _, _, desc, chain = search.best
@@ -258,11 +314,16 @@ class LayoutSource:
         search: _Search,
         depth: int,
     ) -> bool:
-        """Ranks every manifest below ``entries``; ``True`` once an exact match was found."""
+        """Ranks every manifest below ``entries``; ``True`` once an exact match was found.
+
+        Linear in the entries of the distinct indexes: each index is read and walked once
+        (walking it again could only find the same candidates later in file order, which
+        never win), and each manifest's config platform is looked up once.
+        """
         for desc in entries:
             if desc.media_type == MANIFEST_MEDIA_TYPE:
                 plat = self._platform_of(desc)
-                search.seen.append(plat)
+                search.seen.setdefault(plat)
                 rank = None if plat is None else match_rank(plat, search.wanted)
                 if rank is not None:
                     key = (rank, search.order, desc, chain)
@@ -274,75 +335,84 @@ class LayoutSource:
             elif desc.media_type == INDEX_MEDIA_TYPE:
                 if depth >= MAX_INDEX_DEPTH or any(d == desc.digest for d, _ in chain):
                     raise LayoutError(f"image index {desc.digest} nests too deep (a loop?)")
+                if desc.digest in search.walked:
+                    continue
+                search.walked.add(desc.digest)
                 raw = self.read_blob(desc)
-                children = descriptors_of(_json_object(raw, f"index {desc.digest}"), desc.digest)
+                children = _entries(raw, f"index {desc.digest}")
                 if self._walk(children, (*chain, (desc.digest, raw)), search, depth + 1):
                     return True
             elif not desc.media_type:
                 raise LayoutError(f"descriptor {desc.digest} has no mediaType")
             else:
-                raise LayoutError(f"Unexpected media type {desc.media_type}")
+                raise LayoutError(f"Unexpected media type {quote(desc.media_type)}")
         return False
 
     def _platform_of(self, desc: Descriptor) -> Platform | None:
         """The descriptor's platform, else the one in the image's config (``None``: none)."""
         if desc.platform:
             return Platform.from_json(desc.platform)
-        manifest = _json_object(self.read_blob(desc), f"manifest {desc.digest}")
-        config = manifest.get("config")
-        if not isinstance(config, dict) or config.get("mediaType") != CONFIG_MEDIA_TYPE:
-            return None
-        config_desc = _descriptor(config, f"manifest {desc.digest}")
-        doc = _json_object(self.read_blob(config_desc), f"config {config_desc.digest}")
-        if not doc.get("architecture") or not doc.get("os"):
-            return None
-        return Platform.from_json(doc)
+        if desc.digest in self._config_platforms:
+            return self._config_platforms[desc.digest]
+        what = f"manifest {desc.digest}"
+        manifest = parse_manifest(parse_json_object(self.read_blob(desc), what), what)
+        plat = None
+        if manifest.config.media_type == CONFIG_MEDIA_TYPE:
+            config_what = f"config {manifest.config.digest}"
+            doc = parse_json_object(self.read_blob(manifest.config), config_what)
+            if doc.get("architecture") and doc.get("os"):
+                plat = Platform.from_json(doc)
+        self._config_platforms[desc.digest] = plat
+        return plat
 
     def _resolve_digest(self, digest: str, wanted: Platform, *, explicit: bool) -> ResolvedManifest:
         """A digest names a manifest (taken as it is) or an index (resolved from there)."""
         desc = self._find_descriptor(digest)
         if desc.media_type == INDEX_MEDIA_TYPE:
             raw = self.read_blob(desc)
-            children = descriptors_of(_json_object(raw, f"index {digest}"), digest)
-            search = _Search(wanted)
+            children = _entries(raw, f"index {digest}")
+            search = _Search(wanted, walked={digest})
             self._walk(children, ((digest, raw),), search, 1)
             return self._finish(search)
         if desc.media_type != MANIFEST_MEDIA_TYPE:
-            raise LayoutError(f"Unexpected media type {desc.media_type}")
+            raise LayoutError(f"Unexpected media type {quote(desc.media_type)}")
         if explicit:
             plat = self._platform_of(desc)
             if plat is None or match_rank(plat, wanted) is None:
                 raise NoMatchingPlatform(
-                    f"No manifest found for platform {wanted}; available: "
+                    f"No manifest found for platform {quote(wanted)}; available: "
                     f"{format_platforms([plat])}"
                 )
         return ResolvedManifest(digest, self.read_blob(desc))
 
     def _find_descriptor(self, digest: str) -> Descriptor:
         """The descriptor of ``digest``: from ``index.json`` (and its nested indexes) if it is
-        listed there, else made from the blob itself (media type from its JSON)."""
-        _, index = self.read_index()
-        pending = [(d, 0) for d in descriptors_of(index, "index.json")]
+        listed there, else made from the blob itself (media type from its JSON).
+
+        Breadth first, each index read once (a queue, not ``list.pop(0)``: linear).
+        """
+        pending = collections.deque((d, 0) for d in self._index_entries())
         visited: set[str] = set()
         while pending:
-            desc, depth = pending.pop(0)
+            desc, depth = pending.popleft()
             if desc.digest == digest:
                 return desc
             if desc.media_type == INDEX_MEDIA_TYPE and desc.digest not in visited:
                 visited.add(desc.digest)
                 if depth >= MAX_INDEX_DEPTH:
                     continue
-                with contextlib.suppress(LayoutError):
-                    raw = self.read_blob(desc)
-                    children = descriptors_of(_json_object(raw, desc.digest), desc.digest)
+                with contextlib.suppress(LayoutError, DocumentError):
+                    children = _entries(self.read_blob(desc), f"index {desc.digest}")
                     pending.extend((c, depth + 1) for c in children)
-        hexdigest = digest[len("sha256:") :]
+        hexdigest = parse_digest(digest)[len("sha256:") :]
         try:
-            size = os.stat(hexdigest, dir_fd=self._blobs).st_size
+            st = os.stat(hexdigest, dir_fd=self._blobs)
         except FileNotFoundError:
             raise LayoutError(f"Blob {digest} not found in {self.path}") from None
-        probe = Descriptor(media_type="", digest=digest, size=size)
-        doc = _json_object(self.read_blob(probe), f"blob {digest}")
+        except OSError as e:
+            raise LayoutError(f"Opening blob {digest}") from e
+        probe = Descriptor(media_type="", digest=digest, size=st.st_size)
+        doc = parse_json_object(self.read_blob(probe, SIZE_LIMITS["manifest"]), f"blob {digest}")
         media_type = doc.get("mediaType")
         if not isinstance(media_type, str) or not media_type:
             media_type = INDEX_MEDIA_TYPE if "manifests" in doc else MANIFEST_MEDIA_TYPE

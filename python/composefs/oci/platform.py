@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from composefs.errors import ComposefsError
+from composefs.oci.documents import quote
 
 __all__ = [
     "Platform",
@@ -98,9 +99,7 @@ class Platform:
     def from_json(cls, doc: Mapping[str, Any]) -> Platform:
         """From a descriptor's ``platform`` or an image config (``os``, ``architecture``, ...)."""
         return normalize(
-            str(doc.get("os") or ""),
-            str(doc.get("architecture") or ""),
-            _str_or_none(doc.get("variant")),
+            _str(doc.get("os")), _str(doc.get("architecture")), _str(doc.get("variant"))
         )
 
     def effective_variant(self) -> str | None:
@@ -108,8 +107,9 @@ class Platform:
         return self.variant or _DEFAULT_VARIANT.get(self.architecture)
 
 
-def _str_or_none(value: Any) -> str | None:
-    return str(value) if value else None
+def _str(value: Any) -> str:
+    """A string field of an untrusted document; anything else counts as absent."""
+    return value if isinstance(value, str) else ""
 
 
 def normalize(os_name: str, architecture: str, variant: str | None = None) -> Platform:
@@ -167,16 +167,21 @@ def match_rank(candidate: Platform, wanted: Platform) -> int | None:
 
 
 def format_platforms(platforms: Iterable[Platform | None], limit: int = 10) -> str:
-    """``linux/amd64, linux/arm64/v8, ...`` (at most ``limit``), or ``(no platform info)``."""
-    seen: list[str] = []
+    """``linux/amd64, linux/arm64/v8, ...`` (at most ``limit``), or ``(no platform info)``.
+
+    Linear in the number of platforms (it stops at the ``limit + 1``-th distinct one); the
+    strings come from untrusted documents, so non-printable characters are escaped.
+    """
+    seen: dict[str, None] = {}
     for p in platforms:
         if p is None:
             continue
-        text = str(p)
-        if text not in seen:
-            seen.append(text)
+        seen.setdefault(quote(str(p)))
+        if len(seen) > limit:
+            break
     if not seen:
         return "(no platform info)"
-    if len(seen) > limit:
-        return ", ".join(seen[:limit]) + ", ..."
-    return ", ".join(seen)
+    texts = list(seen)
+    if len(texts) > limit:
+        return ", ".join(texts[:limit]) + ", ..."
+    return ", ".join(texts)

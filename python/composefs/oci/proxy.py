@@ -48,6 +48,7 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 from composefs.errors import ComposefsError
+from composefs.oci.documents import SIZE_LIMITS
 from composefs.oci.platform import Platform, host_platform, parse_platform
 from composefs.oci.source import Descriptor, ResolvedManifest
 
@@ -356,7 +357,7 @@ class ProxyImageSource:
             if not isinstance(reply.value, str) or ":" not in reply.value:
                 reply.close()
                 raise ProxyError(f"invalid manifest digest {reply.value!r} from the image proxy")
-            raw = self._read_pipe(reply, expected=None)
+            raw = self._read_pipe(reply, expected=None, limit=SIZE_LIMITS["manifest"])
         except ProxyError as e:
             raise ProxyError(f"Fetching manifest of {self.imgref}") from e
         digest: str = reply.value
@@ -375,7 +376,7 @@ class ProxyImageSource:
             return
         if hashlib.new(algorithm, raw).hexdigest() == value:
             return
-        with contextlib.suppress(ValueError, KeyError, TypeError):
+        with contextlib.suppress(ValueError, KeyError, TypeError, RecursionError):
             config = json.loads(raw)["config"]["digest"]
             if isinstance(config, str):
                 self._converted_configs.add(config)
@@ -383,6 +384,10 @@ class ProxyImageSource:
     def read_blob(self, descriptor: Descriptor) -> bytes:
         """A (small) blob, checked by skopeo and here against the digest and size."""
         context = f"Fetching blob {descriptor.digest}"
+        if descriptor.size > SIZE_LIMITS["config"]:
+            raise ProxyError(context) from ProxyError(
+                f"blob is too large ({descriptor.size} bytes, the limit is {SIZE_LIMITS['config']})"
+            )
         if descriptor.digest in self._converted_configs:
             # A config converted by skopeo along with its Docker manifest (see resolve): the
             # bytes come from GetFullConfig, and must hash to the digest the manifest names.
@@ -413,6 +418,10 @@ class ProxyImageSource:
         on exit. If the block is left early, the transfer is abandoned.
         """
         context = f"Fetching blob {descriptor.digest}"
+        if descriptor.size > SIZE_LIMITS["config"]:
+            raise ProxyError(context) from ProxyError(
+                f"blob is too large ({descriptor.size} bytes, the limit is {SIZE_LIMITS['config']})"
+            )
         try:
             reply = self._get_blob(descriptor)
         except ProxyError as e:
@@ -444,19 +453,28 @@ class ProxyImageSource:
             raise ProxyError("the image proxy sent no pipe for GetBlob", method="GetBlob")
         return reply
 
-    def _read_pipe(self, reply: _Reply, expected: int | None) -> bytes:
-        """Reads a reply's pipe to the end (through a relay), finishing it."""
+    def _read_pipe(self, reply: _Reply, expected: int | None, limit: int | None = None) -> bytes:
+        """Reads a reply's pipe to the end (through a relay), finishing it; more than
+        ``limit`` bytes is an error (a document, not a layer, is read here)."""
         try:
             relay = _Relay(self, reply, expected)
         finally:
             reply.close()  # unless the relay took it
         chunks: list[bytes] = []
+        total = 0
+        too_large = False
         try:
             while block := os.read(relay.read_fd, _CHUNK):
+                total += len(block)
+                if limit is not None and total > limit:
+                    too_large = True
+                    break
                 chunks.append(block)
         finally:
             relay.close_reader()
             error = relay.wait()
+        if too_large:
+            raise ProxyError(f"document too large (more than {limit} bytes)")
         if error is not None:
             raise error
         return b"".join(chunks)
@@ -613,6 +631,10 @@ def _parse_reply(method: str, data: bytes) -> _Reply:
         pipeid = doc.get("pipeid", 0) or 0
         if not isinstance(success, bool) or not isinstance(pipeid, int):
             raise ValueError("missing or invalid 'success' or 'pipeid'")
+    except RecursionError:
+        raise ProxyError(
+            f"invalid reply from the image proxy to {method}: nested too deeply"
+        ) from None
     except ValueError as e:
         raise ProxyError(f"invalid reply from the image proxy to {method}: {e}") from None
     code = doc.get("error_code")

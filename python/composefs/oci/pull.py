@@ -31,6 +31,13 @@ from typing import Any, Literal
 from composefs import splitstream
 from composefs.errors import ComposefsError
 from composefs.oci import layer as _layer
+from composefs.oci.documents import (
+    DocumentError,
+    config_diff_ids,
+    parse_json_object,
+    parse_manifest,
+    quote,
+)
 from composefs.oci.filesystem import CommitResult, commit_images
 from composefs.oci.image import OciImage
 from composefs.oci.index import write_index
@@ -48,7 +55,6 @@ from composefs.oci.platform import Platform, parse_platform
 from composefs.oci.reference import (
     ImageReference,
     ReferenceError,
-    parse_digest,
     parse_layout_name,
     parse_reference,
 )
@@ -326,64 +332,27 @@ def _no_progress(event: PullEvent) -> None:
     pass
 
 
-def _parse_json(raw: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PullError(f"{what} is not valid JSON") from e
-    if not isinstance(doc, dict):
-        raise PullError(f"{what} is not a JSON object")
-    return doc
-
-
-def _descriptor(doc: Any, what: str) -> Descriptor:
-    if not isinstance(doc, dict):
-        raise PullError(f"invalid {what} descriptor: not a JSON object")
-    try:
-        desc = Descriptor.from_json(doc)
-        parse_digest(desc.digest)
-    except (KeyError, TypeError, ValueError, ReferenceError) as e:
-        raise PullError(f"invalid {what} descriptor") from e
-    return desc
-
-
 def _check_manifest(resolved: ResolvedManifest) -> tuple[Descriptor, list[Descriptor]]:
-    manifest = _parse_json(resolved.raw, f"manifest {resolved.digest}")
+    """The config and layer descriptors of the manifest, every field checked
+    (:func:`composefs.oci.documents.parse_manifest`)."""
+    what = f"manifest {resolved.digest}"
+    manifest = parse_json_object(resolved.raw, what)
     media_type = manifest.get("mediaType", MANIFEST_MEDIA_TYPE)
     if media_type == INDEX_MEDIA_TYPE or "manifests" in manifest:
         raise PullError(f"{resolved.digest} is an image index, not a manifest")
     if media_type not in (MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE):
-        raise PullError(f"Unexpected media type {media_type}")
-    if manifest.get("schemaVersion") != 2:
-        raise PullError(
-            f"manifest {resolved.digest}: unsupported schemaVersion "
-            f"{manifest.get('schemaVersion')!r}"
-        )
-    config = _descriptor(manifest.get("config"), "config")
-    layers_doc = manifest.get("layers")
-    if layers_doc is None:
-        layers_doc = []
-    if not isinstance(layers_doc, list):
-        raise PullError(f"manifest {resolved.digest}: 'layers' is not a list")
-    return config, [_descriptor(d, "layer") for d in layers_doc]
+        shown = quote(media_type) if isinstance(media_type, str) else repr(media_type)[:80]
+        raise PullError(f"Unexpected media type {shown}")
+    parsed = parse_manifest(manifest, what)
+    return parsed.config, list(parsed.layers)
 
 
 def _diff_ids(config: Descriptor, raw: bytes, layers: Sequence[Descriptor]) -> list[str]:
     """``rootfs.diff_ids`` for image configs; the layer digests for anything else."""
     if config.media_type not in (CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE):
         return [d.digest for d in layers]
-    doc = _parse_json(raw, f"config {config.digest}")
-    rootfs = doc.get("rootfs")
-    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(diff_ids, list):
-        raise PullError("config has no rootfs.diff_ids")
-    out = []
-    for d in diff_ids:
-        try:
-            out.append(parse_digest(str(d)))
-        except ReferenceError as e:
-            raise PullError("parsing diff_id from image config") from e
-    return out
+    what = f"config {config.digest}"
+    return config_diff_ids(parse_json_object(raw, what), what)
 
 
 def _missing(diff_id: str, available: Sequence[str]) -> PullError:
@@ -419,8 +388,8 @@ def _import(
         )
     platform = None
     if config_desc.media_type == CONFIG_MEDIA_TYPE:
-        with contextlib.suppress(PullError):
-            platform = Platform.from_json(_parse_json(config_raw, "config"))
+        with contextlib.suppress(DocumentError):
+            platform = Platform.from_json(parse_json_object(config_raw, "config"))
     return PullResult(
         manifest_digest=resolved.digest,
         manifest_verity=manifest_verity,
@@ -453,7 +422,7 @@ def _import_config_and_layers(
             raise PullError(f"Failed to read cached config {config_digest}") from e
         try:
             diff_ids = _diff_ids(config_desc, raw, layers)
-        except PullError as e:
+        except DocumentError as e:
             raise PullError(f"Failed to parse config {config_digest}") from e
         layer_refs = []
         for diff_id in diff_ids:
@@ -483,7 +452,7 @@ def _import_config_and_layers(
         for desc in layers:
             if desc.media_type not in LAYER_MEDIA_TYPES:
                 raise PullError(f"Failed to import layer {desc.digest}") from PullError(
-                    f"unsupported layer media type {desc.media_type!r}"
+                    f"unsupported layer media type '{quote(desc.media_type)}'"
                 )
 
     results = _import_layers(

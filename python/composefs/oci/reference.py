@@ -106,7 +106,7 @@ def parse_digest(text: str) -> str:
     if not colon or not algorithm or not value:
         raise ReferenceError(f"invalid digest {text!r} (expected sha256:<hex>)")
     if algorithm != "sha256":
-        raise ReferenceError(f"Expected digest algorithm sha256 but found {text}")
+        raise ReferenceError(f"Expected digest algorithm sha256 but found {text!r}")
     raise ReferenceError(f"invalid sha256 digest {text!r} (expected 64 lower-case hex digits)")
 
 

@@ -26,14 +26,12 @@ class Descriptor:
     annotations: dict[str, str] | None = None
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> Descriptor:
-        return cls(
-            media_type=doc.get("mediaType", ""),
-            digest=doc["digest"],
-            size=int(doc["size"]),
-            platform=doc.get("platform"),
-            annotations=doc.get("annotations"),
-        )
+    def from_json(cls, doc: Any, where: str = "descriptor") -> Descriptor:
+        """A descriptor from its JSON, every field checked
+        (:func:`composefs.oci.documents.parse_descriptor`; a bad one is a ``DocumentError``)."""
+        from composefs.oci.documents import parse_descriptor
+
+        return parse_descriptor(doc, where)
 
 
 @dataclasses.dataclass(frozen=True)

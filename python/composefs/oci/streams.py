@@ -3,11 +3,11 @@ manifest, config and index streams of OCI images (see ``docs/oci.md``)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from composefs import splitstream
+from composefs.oci.documents import DocumentError, parse_json, parse_manifest
 from composefs.oci.media_types import CONFIG_MEDIA_TYPE
 from composefs.oci.names import ImageError, config_identifier, manifest_identifier, sha256_digest
 
@@ -91,9 +91,10 @@ def write_manifest(
 
 
 def parse_object(raw: bytes, what: str) -> dict[str, Any]:
+    """A stored JSON document (read back from the repository, which may be hostile too)."""
     try:
-        doc = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        doc = parse_json(raw, what)
+    except DocumentError as e:
         raise ImageError(f"parsing {what} JSON") from e
     if not isinstance(doc, dict):
         raise ImageError(f"{what} is not a JSON object")
@@ -130,6 +131,10 @@ def open_manifest(repo: Repository, digest: str, verity: bytes | None = None) ->
     config_desc = manifest.get("config")
     if not isinstance(config_desc, dict) or not isinstance(config_desc.get("digest"), str):
         raise ImageError("manifest has no config descriptor")
+    try:
+        parse_manifest(manifest, f"manifest {digest}")
+    except DocumentError as e:
+        raise ImageError(f"invalid stored manifest {digest}") from e
     config_digest = config_desc["digest"]
     config_verity = refs.get(f"config:{config_digest}")
     if config_verity is None:
