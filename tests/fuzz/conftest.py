@@ -7,7 +7,10 @@ found gets a pinned regression case next to its target.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+from collections.abc import Iterator
 
 from hypothesis import HealthCheck, settings
 
@@ -23,3 +26,19 @@ settings.register_profile(
     derandomize=False,
 )
 FUZZ = settings.get_profile("fuzz")
+
+
+@contextlib.contextmanager
+def bounded(seconds: float = 10.0) -> Iterator[None]:
+    """Fails the example (a hang) when the block runs longer than ``seconds``."""
+
+    def expired(signum: int, frame: object) -> None:
+        raise AssertionError(f"no result after {seconds} s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
