@@ -16,9 +16,11 @@ from __future__ import annotations
 __all__ = [
     "ComposefsError",
     "FsVerityError",
+    "InvalidName",
     "ObjectDigestMismatch",
     "OldFormatRepository",
     "RepositoryError",
+    "RepositoryEscape",
     "RepositoryMetadataInvalid",
     "RepositoryMetadataMissing",
     "RepositoryNotWritable",
@@ -71,6 +73,16 @@ class SplitStreamError(ComposefsError):
 
 class RepositoryError(ComposefsError):
     """A repository operation failed."""
+
+
+class InvalidName(RepositoryError):
+    """A stream, image or ref name that would leave the repository (absolute, a ``..`` or
+    empty component, a NUL byte): refused before anything is opened."""
+
+
+class RepositoryEscape(RepositoryError):
+    """A symlink inside the repository points outside it (absolute, or ``..`` past its root);
+    it is never followed."""
 
 
 class RepositoryNotWritable(RepositoryError):
