@@ -124,8 +124,15 @@ def _message(exc: BaseException) -> str:
 
 
 def format_error(exc: BaseException) -> str:
-    """Formats ``exc`` with its causes the way cfsctl (anyhow) prints an error."""
-    first, *causes = error_chain(exc)
+    """Formats ``exc`` with its causes the way cfsctl (anyhow) prints an error.
+
+    Messages can carry untrusted text (tags, file names, registry replies): their control
+    characters are escaped (:func:`composefs._text.printable`); the only line breaks are the
+    ones added here.
+    """
+    from composefs._text import printable
+
+    first, *causes = (printable(m) for m in error_chain(exc))
     out = f"Error: {first}"
     if len(causes) == 1:
         out += f"\n\nCaused by:\n    {causes[0]}"

@@ -4,11 +4,12 @@ counters and error strings (``Repository.fsck`` calls :func:`fsck`)."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import errno
+import os
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from composefs import fsverity, splitstream
+from composefs._text import printable
 from composefs.errors import (
     ComposefsError,
     FsVerityError,
@@ -77,7 +78,7 @@ class FsckResult:
             lines.append(f"missing objects: {self.missing_objects}")
         if self.errors:
             lines.append(f"status: {len(self.errors)} error(s)")
-            lines.extend(f"  - {e}" for e in self.errors)
+            lines.extend(f"  - {printable(e)}" for e in self.errors)
         else:
             lines.append("status: ok")
         return "\n".join(lines) + "\n"

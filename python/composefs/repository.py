@@ -29,8 +29,8 @@ from typing import IO, BinaryIO
 
 from composefs import fsverity, splitstream
 from composefs._linux import syncfs
-from composefs._text import printable
 from composefs._pure.objects import ObjectStore, random_suffix
+from composefs._text import printable
 from composefs.constants import DEFAULT_EROFS_VERSION, EROFS_VERSIONS
 from composefs.errors import (
     ComposefsError,
@@ -474,9 +474,7 @@ class Repository:
 
     def _open_beneath(self, path: str, flags: int = os.O_RDONLY) -> int:
         """Opens the repo-relative ``path``, following symlinks only inside the repository."""
-        return os.open(
-            self.resolve(path), flags | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.fd
-        )
+        return os.open(self.resolve(path), flags | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.fd)
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -601,7 +599,9 @@ class Repository:
         object_id = self.ensure_object(data)
         self._symlink(f"images/{object_id.hex()}", f"objects/{object_pathname(object_id)}")
         if name is not None:
-            self._symlink(f"images/refs/{check_name(name, 'ref name')}", f"images/{object_id.hex()}")
+            self._symlink(
+                f"images/refs/{check_name(name, 'ref name')}", f"images/{object_id.hex()}"
+            )
         return object_id
 
     def has_image(self, name: str) -> bytes | None:
