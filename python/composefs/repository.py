@@ -192,15 +192,26 @@ class Repository:
         path = os.fspath(path)
         alg = Algorithm(fsverity._name(algorithm))
         wanted = RepoMetadata.new(alg, erofs_version)
-        with contextlib.suppress(FileExistsError):
+        try:
             os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise RepositoryError(f"creating the repository directory {path}") from e
         dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            created = True
+            # an existing meta.json is only read (init of a repository we may not write, e.g.
+            # a root-owned one, is then the same answer as for any other)
+            created = not os.path.lexists(os.path.join(path, METADATA_FILENAME))
             try:
-                write_metadata(dfd, wanted, insecure=insecure)
+                if created:
+                    write_metadata(dfd, wanted, insecure=insecure)
             except FileExistsError:
                 created = False
+            except PermissionError as e:
+                raise RepositoryNotWritable(
+                    f"cannot initialize the repository at {path}: not writable"
+                ) from e
             except ComposefsError:
                 # like composefs-rs: an existing identical meta.json makes init idempotent
                 if not os.path.exists(os.path.join(path, METADATA_FILENAME)):
