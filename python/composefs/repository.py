@@ -766,9 +766,9 @@ class Repository:
         finally:
             os.close(fd)
         out = []
-        for e in entries:
-            if e.name != "refs" and e.is_symlink():
-                out.append((e.name, os.readlink(f"{category}/{e.name}", dir_fd=self.fd)))
+        for entry in entries:
+            if entry.name != "refs" and entry.is_symlink():
+                out.append((entry.name, os.readlink(f"{category}/{entry.name}", dir_fd=self.fd)))
         return out
 
     def _gc_roots(self, category: str, roots: list[str], result: GcResult) -> Iterator[bytes]:
