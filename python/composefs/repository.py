@@ -231,6 +231,13 @@ class Repository:
             os.close(dfd)
         return cls.open(path, alg, insecure=insecure), created
 
+    def duplicate(self) -> Repository:
+        """Another handle on this repository, with its own descriptors (the directory's is a
+        ``dup``: the same shared lock) and the same settings: for a thread that may outlive
+        this handle. Close it when done."""
+        fd = os.dup(self.fd)
+        return Repository(self.path, fd, self.metadata, secure=self._secure)
+
     def close(self) -> None:
         if self._objects_fd is not None:
             os.close(self._objects_fd)

@@ -99,21 +99,25 @@ def _check_cancel(cancel: _Stop) -> None:
         raise PullCancelled("cancelled")
 
 
-def _interruptible(cancel: _Stop, fn: Callable[[], Any]) -> Any:
+def _interruptible(cancel: _Stop, repo: Repository, fn: Callable[[Repository], Any]) -> Any:
     """Runs ``fn`` in a helper thread while this one waits, so that Ctrl-C (delivered to the
-    main thread only, between bytecodes) is seen at once even while ``fn`` spends its time in
-    native code. On an interruption ``cancel`` is set and the helper is left to finish on its
-    own: what it writes is crash-consistent (atomic objects, renamed symlinks), and a daemon
-    thread does not delay the exit."""
+    main thread only, between bytecodes) or ``cancel`` is seen at once even while ``fn`` spends
+    its time in native code. Then the helper is left to finish on its own: it works on its
+    own handle of the repository (:meth:`Repository.duplicate`, closed when it ends), what it
+    writes is crash-consistent (atomic objects, renamed symlinks), and as a daemon thread it
+    does not delay the exit of the process."""
     done = threading.Event()
     outcome: list[Any] = []
 
+    own = repo.duplicate()
+
     def run() -> None:
         try:
-            outcome.append((True, fn()))
+            outcome.append((True, fn(own)))
         except BaseException as e:  # handed to the waiting thread, never printed here
             outcome.append((False, e))
         finally:
+            own.close()
             done.set()
 
     thread = threading.Thread(target=run, name="composefs-pull-step", daemon=True)
@@ -389,7 +393,7 @@ def _pull(
         if img.is_container_image:
             emit(PullEvent("message", message="Creating composefs image"))
             _check_cancel(cancel)
-            committed = _interruptible(cancel, lambda: commit_images(repo, img))
+            committed = _interruptible(cancel, repo, lambda own: commit_images(own, img))
             stored_verity = committed.manifest_verity
     except PullCancelled:
         raise

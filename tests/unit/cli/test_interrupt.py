@@ -208,3 +208,33 @@ def test_cancel_event_stops_the_layer_import(tmp_path: Path, backend: str) -> No
         assert not any(e.kind == "done" for e in progress)
         assert oci.list_refs(repo) == []
         assert repo.fsck().ok
+
+
+def test_cancel_during_the_erofs_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The EROFS step runs in a helper thread: a cancel (or Ctrl-C) is seen at once even while
+    the step is busy in native code (simulated here by a slow ``commit_images``)."""
+    pull_module = sys.modules["composefs.oci.pull"]
+    real = pull_module.commit_images
+    release = threading.Event()
+
+    def slow_commit(repo: Repository, image: Any) -> Any:
+        release.wait(30)
+        return real(repo, image)
+
+    monkeypatch.setattr(pull_module, "commit_images", slow_commit)
+    layout = tmp_path / "layout"
+    _write_layout(layout, layers=1, files=1, size=1 << 16)
+    repo, _ = Repository.init(tmp_path / "repo", insecure=True)
+    cancel = threading.Event()
+
+    def on_event(event: PullEvent) -> None:
+        if event.message == "Creating composefs image":
+            threading.Timer(0.2, cancel.set).start()
+
+    with repo:
+        start = time.monotonic()
+        with pytest.raises(PullCancelled):
+            oci.pull(repo, f"oci:{layout}:big", "t", progress=on_event, cancel=cancel)
+        assert time.monotonic() - start < 20  # not the 30 s the step would take
+        release.set()
+        assert oci.list_refs(repo) == []
