@@ -4,16 +4,21 @@ The formats (fs-verity, splitstream, …) are implemented twice: natively in Rus
 (``composefs._native``) and in pure Python (``composefs._pure``), with identical output.
 ``composefs.backend`` names the one in use; set ``COMPOSEFS_BACKEND=python`` or ``native``
 before importing to choose.
+
+The names below are imported on first use: importing ``composefs`` itself runs almost
+nothing, so that the ``composefs`` command can catch Ctrl-C around its own imports.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from composefs import errors, fsverity, splitstream
-from composefs.errors import ComposefsError
-from composefs.fsverity import Algorithm
-from composefs.repository import Repository
+if TYPE_CHECKING:
+    from composefs import errors, fsverity, splitstream
+    from composefs.errors import ComposefsError
+    from composefs.fsverity import Algorithm
+    from composefs.repository import Repository
 
 __version__ = "0.1.0"
 
@@ -30,10 +35,30 @@ __all__ = [
 
 backend: str  # ``"native"`` or ``"python"``; resolved at access time by __getattr__
 
+#: name -> (module, attribute or None for the module itself)
+_LAZY = {
+    "errors": ("composefs.errors", None),
+    "fsverity": ("composefs.fsverity", None),
+    "splitstream": ("composefs.splitstream", None),
+    "ComposefsError": ("composefs.errors", "ComposefsError"),
+    "Algorithm": ("composefs.fsverity", "Algorithm"),
+    "Repository": ("composefs.repository", "Repository"),
+}
+
 
 def __getattr__(name: str) -> Any:
     if name == "backend":
         from composefs import _backend
 
         return _backend.name()
-    raise AttributeError(f"module 'composefs' has no attribute {name!r}")
+    lazy = _LAZY.get(name)
+    if lazy is None:
+        raise AttributeError(f"module 'composefs' has no attribute {name!r}")
+    module = importlib.import_module(lazy[0])
+    value = module if lazy[1] is None else getattr(module, lazy[1])
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -16,9 +16,11 @@ from __future__ import annotations
 __all__ = [
     "ComposefsError",
     "FsVerityError",
+    "InvalidName",
     "ObjectDigestMismatch",
     "OldFormatRepository",
     "RepositoryError",
+    "RepositoryEscape",
     "RepositoryMetadataInvalid",
     "RepositoryMetadataMissing",
     "RepositoryNotWritable",
@@ -73,6 +75,16 @@ class RepositoryError(ComposefsError):
     """A repository operation failed."""
 
 
+class InvalidName(RepositoryError):
+    """A stream, image or ref name that would leave the repository (absolute, a ``..`` or
+    empty component, a NUL byte): refused before anything is opened."""
+
+
+class RepositoryEscape(RepositoryError):
+    """A symlink inside the repository points outside it (absolute, or ``..`` past its root);
+    it is never followed."""
+
+
 class RepositoryNotWritable(RepositoryError):
     """The repository is on a read-only filesystem or lacks write permission."""
 
@@ -112,8 +124,15 @@ def _message(exc: BaseException) -> str:
 
 
 def format_error(exc: BaseException) -> str:
-    """Formats ``exc`` with its causes the way cfsctl (anyhow) prints an error."""
-    first, *causes = error_chain(exc)
+    """Formats ``exc`` with its causes the way cfsctl (anyhow) prints an error.
+
+    Messages can carry untrusted text (tags, file names, registry replies): their control
+    characters are escaped (:func:`composefs._text.printable`); the only line breaks are the
+    ones added here.
+    """
+    from composefs._text import printable
+
+    first, *causes = (printable(m) for m in error_chain(exc))
     out = f"Error: {first}"
     if len(causes) == 1:
         out += f"\n\nCaused by:\n    {causes[0]}"

@@ -4,11 +4,19 @@ counters and error strings (``Repository.fsck`` calls :func:`fsck`)."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from composefs import fsverity, splitstream
-from composefs.errors import ComposefsError, FsVerityError, SplitStreamError, error_chain
+from composefs._text import printable
+from composefs.errors import (
+    ComposefsError,
+    FsVerityError,
+    RepositoryEscape,
+    SplitStreamError,
+    error_chain,
+)
 from composefs.object_ids import parse_hex
 from composefs.repo_metadata import METADATA_FILENAME, RepoMetadata
 
@@ -70,7 +78,7 @@ class FsckResult:
             lines.append(f"missing objects: {self.missing_objects}")
         if self.errors:
             lines.append(f"status: {len(self.errors)} error(s)")
-            lines.extend(f"  - {e}" for e in self.errors)
+            lines.extend(f"  - {printable(e)}" for e in self.errors)
         else:
             lines.append("status: ok")
         return "\n".join(lines) + "\n"
@@ -173,9 +181,8 @@ def _fsck_object(repo: Repository, dfd: int, sub: str, name: str, result: FsckRe
 
 def _fsck_category(repo: Repository, category: str, result: FsckResult) -> None:
     is_streams = category == "streams"
-    try:
-        cfd = os.open(category, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=repo.fd)
-    except FileNotFoundError:
+    cfd = _open_dir(repo, category, result)
+    if cfd is None:
         return
     try:
         entries = sorted(os.scandir(cfd), key=lambda e: e.name)
@@ -201,7 +208,12 @@ def _fsck_category(repo: Repository, category: str, result: FsckResult) -> None:
             result.errors.append(f"fsck: entry-not-symlink: {path}")
             continue
         try:
-            os.stat(path, dir_fd=repo.fd)
+            resolved = repo.resolve(path)
+            os.stat(resolved, dir_fd=repo.fd, follow_symlinks=False)
+        except RepositoryEscape:
+            corrupted()
+            result.errors.append(f"fsck: symlink-escapes-repository: {path}")
+            continue
         except FileNotFoundError:
             result.broken_links += 1
             corrupted()
@@ -211,16 +223,15 @@ def _fsck_category(repo: Repository, category: str, result: FsckResult) -> None:
             result.errors.append(f"fsck: stat-failed: {path}: {_errno_text(e)}")
             continue
         if is_streams:
-            _fsck_stream(repo, entry.name, result)
+            _fsck_stream(repo, entry.name, resolved, result)
         else:
-            _fsck_image(repo, entry.name, result)
+            _fsck_image(repo, entry.name, resolved, result)
     _fsck_refs(repo, category, f"{category}/refs", result)
 
 
 def _fsck_refs(repo: Repository, category: str, path: str, result: FsckResult) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=repo.fd)
-    except FileNotFoundError:
+    fd = _open_dir(repo, path, result)
+    if fd is None:
         return
     try:
         entries = sorted(os.scandir(fd), key=lambda e: e.name)
@@ -230,7 +241,9 @@ def _fsck_refs(repo: Repository, category: str, path: str, result: FsckResult) -
         sub = f"{path}/{entry.name}"
         if entry.is_symlink():
             try:
-                os.stat(sub, dir_fd=repo.fd)
+                os.stat(repo.resolve(sub), dir_fd=repo.fd, follow_symlinks=False)
+            except RepositoryEscape:
+                result.errors.append(f"fsck: symlink-escapes-repository: {sub}")
             except FileNotFoundError:
                 result.broken_links += 1
                 result.errors.append(f"fsck: broken-symlink: {sub}")
@@ -243,10 +256,10 @@ def _fsck_refs(repo: Repository, category: str, path: str, result: FsckResult) -
             result.errors.append(f"fsck: unexpected-file-type: {sub}: {kind}")
 
 
-def _fsck_stream(repo: Repository, name: str, result: FsckResult) -> None:
+def _fsck_stream(repo: Repository, name: str, resolved: str, result: FsckResult) -> None:
     path = f"streams/{name}"
     try:
-        with open(f"/proc/self/fd/{repo.fd}/{path}", "rb") as f:
+        with _open_resolved(repo, resolved) as f:
             data = f.read()
     except OSError as e:
         result.streams_corrupted += 1
@@ -268,12 +281,12 @@ def _fsck_stream(repo: Repository, name: str, result: FsckResult) -> None:
             result.errors.append(f"fsck: missing-named-ref: {path}: ref {ref_name}: {ref_id.hex()}")
 
 
-def _fsck_image(repo: Repository, name: str, result: FsckResult) -> None:
+def _fsck_image(repo: Repository, name: str, resolved: str, result: FsckResult) -> None:
     from composefs import erofs
 
     path = f"images/{name}"
     try:
-        with open(f"/proc/self/fd/{repo.fd}/{path}", "rb") as f:
+        with _open_resolved(repo, resolved) as f:
             data = f.read()
     except OSError as e:
         result.images_corrupted += 1
@@ -290,6 +303,26 @@ def _fsck_image(repo: Repository, name: str, result: FsckResult) -> None:
             result.missing_objects += 1
             result.images_corrupted += 1
             result.errors.append(f"fsck: image-missing-object: {path}: {object_id.hex()}")
+
+
+def _open_dir(repo: Repository, path: str, result: FsckResult) -> int | None:
+    """A directory of the repository, never through a symlink (reported instead)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, dir_fd=repo.fd)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+    result.errors.append(f"fsck: unexpected-file-type: {path}: not a directory")
+    return None
+
+
+def _open_resolved(repo: Repository, resolved: str) -> BinaryIO:
+    """Opens a path :meth:`Repository.resolve` returned (no symlink left to follow)."""
+    fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=repo.fd)
+    return os.fdopen(fd, "rb")
 
 
 def _errno_text(e: OSError) -> str:

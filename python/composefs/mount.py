@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Iterator
 
 from composefs.errors import ComposefsError
-from composefs.repository import Repository
+from composefs.repository import Repository, check_name
 
 __all__ = ["MountError", "mount_image", "unmount"]
 
@@ -322,6 +322,7 @@ def mount_image(
     """
     if (upperdir is None) != (workdir is None):
         raise MountError("upperdir and workdir must be given together")
+    check_name(image, "image name")  # before anything is opened
     if isinstance(repo, Repository):
         _mount(repo, image, mountpoint, upperdir, workdir, read_write, _fd_layers)
         return

@@ -30,12 +30,15 @@ from typing import IO, BinaryIO
 from composefs import fsverity, splitstream
 from composefs._linux import syncfs
 from composefs._pure.objects import ObjectStore, random_suffix
+from composefs._text import printable
 from composefs.constants import DEFAULT_EROFS_VERSION, EROFS_VERSIONS
 from composefs.errors import (
     ComposefsError,
     FsVerityError,
+    InvalidName,
     ObjectDigestMismatch,
     RepositoryError,
+    RepositoryEscape,
     RepositoryNotWritable,
     SplitStreamError,
     VerityAlreadyEnabled,
@@ -66,6 +69,7 @@ __all__ = [
     "GcResult",
     "RepoMetadata",
     "Repository",
+    "check_name",
     "object_pathname",
     "parse_hex_id",
     "parse_object_pathname",
@@ -73,6 +77,38 @@ __all__ = [
 ]
 
 _COPY_CHUNK = 1 << 20
+#: symlinks followed while resolving one name inside the repository (the kernel's limit)
+_MAX_LINKS = 40
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Returns ``name`` if it names something inside the repository, else :class:`InvalidName`.
+
+    Stream, image and ref names are relative paths below ``streams/``, ``images/`` or their
+    ``refs/``: ``/`` separates components (``refs/oci/tag``), but a name must not be empty or
+    absolute, nor contain a NUL, an empty component (``a//b``, a trailing ``/``), ``.`` or
+    ``..``. This is checked before anything is opened.
+    """
+    if not isinstance(name, str):
+        raise InvalidName(f"invalid {what}: expected a string, got {type(name).__name__}")
+    why = None
+    if not name:
+        why = "it is empty"
+    elif "\0" in name:
+        why = "it contains a NUL character"
+    elif name.startswith("/"):
+        why = "it is an absolute path"
+    else:
+        parts = name.split("/")
+        if ".." in parts:
+            why = "a '..' component would leave the repository"
+        elif "." in parts:
+            why = "it has a '.' component"
+        elif "" in parts:
+            why = "it has an empty component"
+    if why is not None:
+        raise InvalidName(f"invalid {what} {printable(repr(name))}: {why}")
+    return name
 
 
 # -- results -------------------------------------------------------------------------------
@@ -156,15 +192,26 @@ class Repository:
         path = os.fspath(path)
         alg = Algorithm(fsverity._name(algorithm))
         wanted = RepoMetadata.new(alg, erofs_version)
-        with contextlib.suppress(FileExistsError):
+        try:
             os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise RepositoryError(f"creating the repository directory {path}") from e
         dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            created = True
+            # an existing meta.json is only read (init of a repository we may not write, e.g.
+            # a root-owned one, is then the same answer as for any other)
+            created = not os.path.lexists(os.path.join(path, METADATA_FILENAME))
             try:
-                write_metadata(dfd, wanted, insecure=insecure)
+                if created:
+                    write_metadata(dfd, wanted, insecure=insecure)
             except FileExistsError:
                 created = False
+            except PermissionError as e:
+                raise RepositoryNotWritable(
+                    f"cannot initialize the repository at {path}: not writable"
+                ) from e
             except ComposefsError:
                 # like composefs-rs: an existing identical meta.json makes init idempotent
                 if not os.path.exists(os.path.join(path, METADATA_FILENAME)):
@@ -183,6 +230,13 @@ class Repository:
         finally:
             os.close(dfd)
         return cls.open(path, alg, insecure=insecure), created
+
+    def duplicate(self) -> Repository:
+        """Another handle on this repository, with its own descriptors (the directory's is a
+        ``dup``: the same shared lock) and the same settings: for a thread that may outlive
+        this handle. Close it when done."""
+        fd = os.dup(self.fd)
+        return Repository(self.path, fd, self.metadata, secure=self._secure)
 
     def close(self) -> None:
         if self._objects_fd is not None:
@@ -358,6 +412,8 @@ class Repository:
         The link's content is relative: one ``..`` per directory of ``name`` beyond the part
         it shares with ``target``.
         """
+        check_name(name, "symlink name")
+        check_name(target, "symlink target")
         self.ensure_writable()
         self._symlink(name, target)
 
@@ -380,15 +436,69 @@ class Repository:
         _replace_symlink(self.fd, name, link)
 
     def _readlink(self, name: str) -> str | None:
+        """The content of the symlink ``name`` (repo-relative; its directories resolved inside
+        the repository), or ``None`` when absent."""
+        parent, _, leaf = name.rpartition("/")
         try:
-            return os.readlink(name, dir_fd=self.fd)
-        except FileNotFoundError:
+            where = self.resolve(parent) if parent else "."
+            return os.readlink(leaf if where == "." else f"{where}/{leaf}", dir_fd=self.fd)
+        except (FileNotFoundError, NotADirectoryError):
             return None
+
+    def read_link(self, name: str) -> str | None:
+        """The target of the repo-relative symlink ``name`` (``None`` when absent)."""
+        return self._readlink(check_name(name))
+
+    def resolve(self, path: str) -> str:
+        """``path`` (repo-relative) with every symlink resolved *inside* the repository.
+
+        Symlinks are followed one component at a time from the repository's directory
+        descriptor, as the kernel would, except that an absolute target, or a ``..`` that
+        would climb above the repository's root, raises :class:`RepositoryEscape` instead of
+        being followed. Missing components raise :class:`FileNotFoundError`. The result names
+        no symlink and can be opened with ``O_NOFOLLOW`` relative to :attr:`fd`.
+        """
+        pending = [p for p in path.split("/") if p not in ("", ".")]
+        pending.reverse()
+        resolved: list[str] = []
+        links = 0
+        while pending:
+            part = pending.pop()
+            if part == "..":
+                if not resolved:
+                    raise RepositoryEscape(
+                        f"{printable(path)}: a symlink leads out of the repository (..)"
+                    )
+                resolved.pop()
+                continue
+            here = "/".join([*resolved, part])
+            try:
+                target = os.readlink(here, dir_fd=self.fd)
+            except OSError as e:
+                if e.errno == errno.EINVAL:  # not a symlink
+                    resolved.append(part)
+                    continue
+                raise
+            links += 1
+            if links > _MAX_LINKS:
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+            if target.startswith("/") or "\0" in target:
+                raise RepositoryEscape(
+                    f"{printable(path)}: symlink {printable(here)} points outside the "
+                    f"repository ({printable(target)})"
+                )
+            pending.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
+        return "/".join(resolved) or "."
+
+    def _open_beneath(self, path: str, flags: int = os.O_RDONLY) -> int:
+        """Opens the repo-relative ``path``, following symlinks only inside the repository."""
+        return os.open(self.resolve(path), flags | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.fd)
 
     # -- streams ---------------------------------------------------------------------------
 
     def has_stream(self, identifier: str) -> bytes | None:
         """The object id of ``streams/<identifier>``, or ``None`` when absent."""
+        check_name(identifier, "stream name")
         target = self._readlink(f"streams/{identifier}")
         if target is None:
             return None
@@ -407,18 +517,21 @@ class Repository:
 
     def register_stream(self, object_id: bytes, identifier: str, ref: str | None = None) -> None:
         """Links ``streams/<identifier>`` to a stored stream object, after syncing the repo."""
-        if "/" in identifier or not identifier:
-            raise RepositoryError(f"invalid stream identifier {identifier!r}")
+        if "/" in identifier:
+            raise InvalidName(f"invalid stream identifier {printable(repr(identifier))}")
+        check_name(identifier, "stream identifier")
         self.ensure_writable()
         self.sync()
         self._symlink(f"streams/{identifier}", f"objects/{object_pathname(object_id)}")
         if ref is not None:
-            self._symlink(f"streams/refs/{_check_ref(ref)}", f"streams/{identifier}")
+            self._symlink(f"streams/refs/{check_name(ref, 'ref name')}", f"streams/{identifier}")
 
     def name_stream(self, identifier: str, name: str) -> None:
         """Creates the ref ``streams/refs/<name>`` -> ``streams/<identifier>``."""
+        check_name(identifier, "stream name")
+        check_name(name, "ref name")
         self.ensure_writable()
-        self._symlink(f"streams/refs/{_check_ref(name)}", f"streams/{identifier}")
+        self._symlink(f"streams/refs/{name}", f"streams/{identifier}")
 
     def open_stream(
         self,
@@ -427,16 +540,17 @@ class Repository:
         verity: bytes | None = None,
     ) -> splitstream.SplitStream:
         """Reads and parses ``streams/<identifier>`` (``identifier`` may be ``refs/<name>``)."""
+        check_name(identifier, "stream name")
         if verity is not None:
             data = self.read_object(verity)
         else:
             try:
-                fd = os.open(f"streams/{identifier}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
-            except FileNotFoundError:
-                raise RepositoryError(f"stream not found: {identifier}") from None
+                fd = self._open_beneath(f"streams/{identifier}")
+            except (FileNotFoundError, NotADirectoryError):
+                raise RepositoryError(f"stream not found: {printable(identifier)}") from None
             with os.fdopen(fd, "rb") as f:
                 data = f.read()
-        with _ctx(f"Opening stream {identifier}", SplitStreamError):
+        with _ctx(f"Opening stream {printable(identifier)}", SplitStreamError):
             return splitstream.parse(data, self.algorithm, content_type)
 
     def cat(self, identifier: str, out: BinaryIO) -> int:
@@ -460,9 +574,13 @@ class Repository:
 
     def list_stream_refs(self, prefix: str = "") -> list[tuple[str, str]]:
         """``(name, target)`` of every ref below ``streams/refs/<prefix>``, sorted by name."""
+        if prefix:
+            check_name(prefix.rstrip("/"), "ref prefix")
         return self._list_refs(f"streams/refs/{prefix}".rstrip("/"))
 
     def list_image_refs(self, prefix: str = "") -> list[tuple[str, str]]:
+        if prefix:
+            check_name(prefix.rstrip("/"), "ref prefix")
         return self._list_refs(f"images/refs/{prefix}".rstrip("/"))
 
     def _list_refs(self, path: str) -> list[tuple[str, str]]:
@@ -471,9 +589,16 @@ class Repository:
     def _walk_symlinks(self, base: str, rel: str = "") -> Iterator[tuple[str, str]]:
         path = f"{base}/{rel}" if rel else base
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
+            # a directory that is a symlink (possibly leading out) is not walked into
+            fd = os.open(
+                path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd
+            )
         except (FileNotFoundError, NotADirectoryError):
             return
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return
+            raise
         try:
             entries = sorted(os.scandir(fd), key=lambda e: e.name)
         finally:
@@ -492,10 +617,13 @@ class Repository:
         object_id = self.ensure_object(data)
         self._symlink(f"images/{object_id.hex()}", f"objects/{object_pathname(object_id)}")
         if name is not None:
-            self._symlink(f"images/refs/{_check_ref(name)}", f"images/{object_id.hex()}")
+            self._symlink(
+                f"images/refs/{check_name(name, 'ref name')}", f"images/{object_id.hex()}"
+            )
         return object_id
 
     def has_image(self, name: str) -> bytes | None:
+        check_name(name, "image name")
         target = self._readlink(f"images/{name}")
         if target is None:
             return None
@@ -506,19 +634,21 @@ class Repository:
 
         Returns the fd and whether verity must be required when mounting it.
         """
+        check_name(name, "image name")
+        missing = (FileNotFoundError, NotADirectoryError)
         if "/" in name:
             try:
-                fd = os.open(f"images/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
-            except FileNotFoundError:
-                raise RepositoryError(f"image not found: {name}") from None
+                fd = self._open_beneath(f"images/{name}")
+            except missing:
+                raise RepositoryError(f"image not found: {printable(name)}") from None
             return fd, self._secure
         try:
-            fd = os.open(f"images/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
-        except FileNotFoundError:
+            fd = self._open_beneath(f"images/{name}")
+        except missing:
             try:
-                fd = os.open(f"images/refs/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
-            except FileNotFoundError:
-                raise RepositoryError(f"image not found: {name}") from None
+                fd = self._open_beneath(f"images/refs/{name}")
+            except missing:
+                raise RepositoryError(f"image not found: {printable(name)}") from None
             return fd, self._secure
         try:
             expected = parse_hex_id(name, self.algorithm)
@@ -548,7 +678,7 @@ class Repository:
         Unlike cfsctl, a dangling ref or an unexpected file is reported in
         ``GcResult.warnings`` and stepped over instead of aborting the collection.
         """
-        roots = list(roots)
+        roots = [check_name(r, "GC root") for r in roots]
         if not dry_run:
             self.ensure_writable()
             fcntl.flock(self.fd, fcntl.LOCK_EX)
@@ -629,18 +759,23 @@ class Repository:
             return f.read()
 
     def _first_level(self, category: str) -> list[tuple[str, str]]:
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(category, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
-        except FileNotFoundError:
+            fd = os.open(category, flags, dir_fd=self.fd)
+        except (FileNotFoundError, NotADirectoryError):
             return []
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # a symlink: never followed
+                return []
+            raise
         try:
             entries = list(os.scandir(fd))
         finally:
             os.close(fd)
         out = []
-        for e in entries:
-            if e.name != "refs" and e.is_symlink():
-                out.append((e.name, os.readlink(f"{category}/{e.name}", dir_fd=self.fd)))
+        for entry in entries:
+            if entry.name != "refs" and entry.is_symlink():
+                out.append((entry.name, os.readlink(f"{category}/{entry.name}", dir_fd=self.fd)))
         return out
 
     def _gc_roots(self, category: str, roots: list[str], result: GcResult) -> Iterator[bytes]:
@@ -715,13 +850,6 @@ def _ctx(message: str, kind: type[ComposefsError]) -> Iterator[None]:
         yield
     except kind as e:
         raise kind(f"{message}: {e}") from e
-
-
-def _check_ref(name: str) -> str:
-    parts = name.split("/")
-    if not name or any(p in ("", ".", "..") for p in parts):
-        raise RepositoryError(f"invalid ref name {name!r}")
-    return name
 
 
 def _replace_symlink(dir_fd: int, name: str, target: str) -> None:

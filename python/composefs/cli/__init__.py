@@ -1,68 +1,67 @@
 """The ``composefs`` command: cfsctl's commands, names, arguments and output formats.
 
 Errors are printed as ``Error: ...`` followed by a ``Caused by:`` chain (like cfsctl) and
-exit with status 1; usage errors exit with status 2. No Python traceback is shown for errors
-of the user's making (set ``COMPOSEFS_TRACEBACK=1`` to see one anyway).
+exit with status 1; usage errors exit with status 2; Ctrl-C prints ``Error: interrupted`` and
+exits with status 130. No Python traceback is shown for errors of the user's making (set
+``COMPOSEFS_TRACEBACK=1`` to see one anyway).
+
+This module is the console script's entry point and stays tiny: the commands (and most of the
+package) are imported inside :func:`main`, under the same Ctrl-C handling as the run itself.
+A SIGINT that arrives while the interpreter itself starts, before this module runs, is out of
+our reach (see docs/differences.md).
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from composefs.cli import _common, fsverity_cmd, image_cmd, oci_cmd, repo_cmd
-from composefs.errors import ComposefsError, format_error
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="composefs",
-        description="Manage composefs repositories, OCI images and composefs images.",
-    )
-    _common.add_global_options(parser)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    repo_cmd.register(sub)
-    fsverity_cmd.register(sub)
-    oci_cmd.register(sub)
-    image_cmd.register(sub)
-    return parser
+    from composefs.cli._main import build_parser as build
+
+    return build()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``composefs`` console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Entry point of the ``composefs`` console script; returns the exit status.
+
+    Called without ``argv`` (as the console script), a Ctrl-C after the run has ended (while
+    the interpreter shuts down) is left to the default action: the process ends by the
+    signal, without a traceback.
+    """
     try:
-        status = args.func(args)
+        try:
+            from composefs.cli._main import run
+
+            status = run(argv)
+        finally:
+            if argv is None:
+                _default_sigint()
     except KeyboardInterrupt:
-        print("Error: interrupted", file=sys.stderr)
+        if argv is None:
+            _default_sigint()
+        _report_interrupted()
         return 130
-    except BrokenPipeError:
-        # the reader went away (e.g. `| head`); exit quietly like a Unix tool
-        _silence_stdout()
-        return 141
-    except (ComposefsError, OSError, ValueError) as e:
-        if os.environ.get("COMPOSEFS_TRACEBACK"):
-            raise
-        _flush_quietly()
-        print(format_error(e), file=sys.stderr)
-        return 1
-    _flush_quietly()
-    return int(status or 0)
+    return status
 
 
-def _flush_quietly() -> None:
-    try:
+def _default_sigint() -> None:
+    with contextlib.suppress(ValueError, OSError):  # ValueError: not the main thread
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _report_interrupted() -> None:
+    with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()
-    except BrokenPipeError:
-        _silence_stdout()
-
-
-def _silence_stdout() -> None:
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+    with contextlib.suppress(OSError):
+        os.write(2, b"Error: interrupted\n")

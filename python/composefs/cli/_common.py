@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 from typing import Any
 
+from composefs._text import printable
 from composefs.constants import EROFS_VERSIONS
 from composefs.errors import (
     ComposefsError,
@@ -16,6 +19,19 @@ from composefs.fsverity import Algorithm
 from composefs.repository import Repository
 
 SYSTEM_PATH = "/sysroot/composefs"
+
+__all__ = ["SYSTEM_PATH", "json_text", "open_repo", "printable", "repo_path"]
+
+# what json.dumps(ensure_ascii=False) leaves raw that a terminal could act on: DEL, C1, the
+# Unicode line separators, bidi overrides, lone surrogates (C0 controls are escaped already)
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def json_text(doc: Any, **kwargs: Any) -> str:
+    """``json.dumps(doc, ensure_ascii=False, **kwargs)`` with the characters a terminal could
+    act on written as ``\\uXXXX`` escapes: still exact JSON, the same value."""
+    text = json.dumps(doc, ensure_ascii=False, **kwargs)
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def add_global_options(parser: argparse.ArgumentParser) -> None:

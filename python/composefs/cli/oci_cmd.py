@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import threading
 import time
 from typing import Any, TextIO
 
-from composefs.cli._common import add_command, add_mount_options, open_repo
+from composefs.cli._common import add_command, add_mount_options, json_text, open_repo, printable
 from composefs.constants import ALLOWLIST_ONLY, XATTR_MODES
 from composefs.errors import ComposefsError
 from composefs.oci import layer
@@ -175,7 +174,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     print(f"manifest {result.manifest_digest}")
     print(f"config   {result.config_digest}")
     print(f"verity   {result.manifest_verity.hex()}")
-    print(f"tagged   {name}")
+    print(f"tagged   {printable(name)}")
     print(f"objects  {result.stats}")
     return 0
 
@@ -185,7 +184,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     from composefs.oci import image
 
     def warn(message: str) -> None:
-        print(f"warning: {message}", file=sys.stderr)
+        print(f"warning: {printable(message)}", file=sys.stderr)
 
     with open_repo(args) as repo:
         images = image.list_images(repo, warn=warn)
@@ -203,7 +202,7 @@ def cmd_images(args: argparse.Namespace) -> int:
         docs = [i.to_dict() for i in images]
         for doc, erofs_id in zip(docs, erofs_ids, strict=False):
             doc["composefs_erofs"] = erofs_id
-        print(json.dumps({"images": docs}, indent=2, ensure_ascii=False))
+        print(json_text({"images": docs}, indent=2))
     elif not images:
         print("No images found")
     else:
@@ -319,7 +318,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             _write_raw(img.config_raw)
         else:
             reply = image.inspect_reply(repo, img)
-            print(json.dumps(reply, indent=2, ensure_ascii=False))
+            print(json_text(reply, indent=2))
     return 0
 
 
@@ -343,7 +342,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
     with open_repo(args) as repo:
         image.tag_image(repo, args.digest, args.name)
-    print(f"Tagged {args.digest} as {args.name}")
+    print(f"Tagged {args.digest} as {printable(args.name)}")
     return 0
 
 
@@ -352,7 +351,7 @@ def cmd_untag(args: argparse.Namespace) -> int:
 
     with open_repo(args) as repo:
         image.untag_image(repo, args.name)
-    print(f"Removed tag {args.name}")
+    print(f"Removed tag {printable(args.name)}")
     return 0
 
 
@@ -362,7 +361,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     with open_repo(args) as repo:
         result = image.oci_fsck(repo, args.image)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        print(json_text(result.to_dict(), indent=2))
         return 0
     sys.stdout.write(str(result))
     if not result.ok:
@@ -385,7 +384,7 @@ class _ProgressRenderer:
         with self.lock:
             if ev.kind == "message":
                 self._clear()
-                self.out.write(ev.message + "\n")
+                self.out.write(printable(ev.message) + "\n")
                 self._draw()
                 return
             if ev.id not in self.state:
@@ -416,7 +415,7 @@ class _ProgressRenderer:
         width = shutil.get_terminal_size((80, 24)).columns
         for key in self.order:
             done, total, status = self.state[key]
-            label = key.removeprefix("sha256:")[:12]
+            label = printable(key.removeprefix("sha256:")[:12])
             if status == "importing" and total:
                 bar_width = max(10, min(40, width - 50))
                 filled = min(bar_width, bar_width * done // max(total, 1))

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from composefs.cli._common import add_command, open_repo, repo_path
+from composefs.cli._common import add_command, open_repo, printable, repo_path
 from composefs.constants import EROFS_VERSIONS
 from composefs.errors import ComposefsError
 from composefs.fsverity import Algorithm
@@ -71,11 +71,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     repo, created = Repository.init(path, algorithm, insecure=insecure, erofs_version=erofs_version)
     repo.close()
     if created:
-        print(f"Initialized composefs repository at {path}")
+        print(f"Initialized composefs repository at {printable(path)}")
         print(f"  algorithm: {algorithm}")
         print("  verity:    not required (insecure)" if insecure else "  verity:    required")
     else:
-        print(f"Repository already initialized at {path}")
+        print(f"Repository already initialized at {printable(path)}")
     return 0
 
 
@@ -95,7 +95,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     with open_repo(args) as repo:
         result = repo.gc(args.root, dry_run=args.dry_run)
     for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {printable(warning)}", file=sys.stderr)
     if args.dry_run:
         print("Dry run (no files deleted):")
     print(f"Objects: {result.objects_removed} removed ({result.objects_bytes} bytes)")
@@ -134,7 +134,12 @@ def cmd_image_objects(args: argparse.Namespace) -> int:
 
 
 def render_table(header: list[str], rows: Sequence[Sequence[str]]) -> str:
-    """A table in comfy-table's UTF8_FULL style, as cfsctl prints them."""
+    """A table in comfy-table's UTF8_FULL style, as cfsctl prints them.
+
+    Cells are untrusted (tags from a layout): control characters are escaped, one row stays
+    one line."""
+    header = [printable(c) for c in header]
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
     def line(left: str, fill: str, mid: str, right: str) -> str:

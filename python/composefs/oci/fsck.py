@@ -8,6 +8,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from composefs import splitstream
+from composefs._text import printable
 from composefs.errors import ComposefsError
 from composefs.fsck import FsckResult
 from composefs.oci import layer as _layer
@@ -61,7 +62,7 @@ class OciFsckResult:
         text += f"oci images: {good}/{self.images_checked} ok\n"
         if self.errors:
             text += f"oci errors: {len(self.errors)}\n"
-            text += "".join(f"  - {e}\n" for e in self.errors)
+            text += "".join(f"  - {printable(e)}\n" for e in self.errors)
         return text
 
 

@@ -20,7 +20,8 @@ import json
 import os
 from typing import TYPE_CHECKING
 
-from composefs.errors import ComposefsError
+from composefs._text import printable
+from composefs.errors import ComposefsError, InvalidName
 from composefs.oci.reference import ReferenceError, parse_digest
 
 if TYPE_CHECKING:
@@ -109,8 +110,15 @@ def sha256_digest(data: bytes) -> str:
 
 
 def ref_path(name: str, prefix: str = OCI_REF_PREFIX) -> str:
-    """The path of a tag below ``streams/refs/``."""
-    return prefix + encode_tag(name)
+    """The path of a tag below ``streams/refs/``.
+
+    A tag becomes one file name (``%`` and ``/`` encoded): the empty tag, ``.``, ``..`` and
+    tags with a NUL cannot be one and are refused (:class:`~composefs.errors.InvalidName`).
+    """
+    encoded = encode_tag(name)
+    if encoded in ("", ".", "..") or "\0" in encoded:
+        raise InvalidName(f"invalid tag {printable(repr(name))}: not usable as a file name")
+    return prefix + encoded
 
 
 # -- tags ------------------------------------------------------------------------------------
@@ -140,20 +148,29 @@ def tag_image(repo: Repository, digest: str, name: str) -> None:
 
 def untag_image(repo: Repository, name: str) -> None:
     """Removes the tag ``name`` (and the index tag of the same name, if any)."""
+    tag_path = ref_path(name)
+    index_path = ref_path(name, INDEX_REF_PREFIX)
     repo.ensure_writable()
     removed = False
     try:
-        os.unlink(f"streams/refs/{ref_path(name)}", dir_fd=repo.fd)
+        os.unlink(_beneath(repo, f"streams/refs/{tag_path}"), dir_fd=repo.fd)
         removed = True
-    except FileNotFoundError as e:
+    except (FileNotFoundError, NotADirectoryError) as e:
         missing: OSError = e
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(f"streams/refs/{ref_path(name, INDEX_REF_PREFIX)}", dir_fd=repo.fd)
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        os.unlink(_beneath(repo, f"streams/refs/{index_path}"), dir_fd=repo.fd)
         removed = True
     if not removed:
-        raise ImageError(f"Failed to remove tag {name}") from FileNotFoundError(
+        raise ImageError(f"Failed to remove tag {printable(name)}") from FileNotFoundError(
             missing.errno, missing.strerror
         )
+
+
+def _beneath(repo: Repository, path: str) -> str:
+    """``path`` with its directories resolved inside the repository (the last component is
+    left alone: it is the link itself)."""
+    parent, _, leaf = path.rpartition("/")
+    return f"{repo.resolve(parent)}/{leaf}"
 
 
 def _digest_of_target(target: str, prefix: str) -> str | None:
@@ -168,13 +185,12 @@ def _digest_of_target(target: str, prefix: str) -> str | None:
 
 def resolve_ref(repo: Repository, name: str) -> tuple[str, bytes]:
     """A tag's ``(manifest digest, manifest verity)``."""
-    try:
-        target = os.readlink(f"streams/refs/{ref_path(name)}", dir_fd=repo.fd)
-    except FileNotFoundError:
-        raise ImageError(f"OCI reference not found: {name}") from None
+    target = repo.read_link(f"streams/refs/{ref_path(name)}")
+    if target is None:
+        raise ImageError(f"OCI reference not found: {printable(name)}")
     digest = _digest_of_target(target, "oci-manifest-")
     if digest is None:
-        raise ImageError(f"Invalid manifest reference: {target.rsplit('/', 1)[-1]}")
+        raise ImageError(f"Invalid manifest reference: {printable(target.rsplit('/', 1)[-1])}")
     verity = repo.has_stream(manifest_identifier(digest))
     if verity is None:
         raise ImageError(f"Manifest {digest} not found")
@@ -183,9 +199,8 @@ def resolve_ref(repo: Repository, name: str) -> tuple[str, bytes]:
 
 def resolve_index_ref(repo: Repository, name: str) -> tuple[str, bytes] | None:
     """The ``(digest, verity)`` of the index a tag was pulled through, if it was kept."""
-    try:
-        target = os.readlink(f"streams/refs/{ref_path(name, INDEX_REF_PREFIX)}", dir_fd=repo.fd)
-    except FileNotFoundError:
+    target = repo.read_link(f"streams/refs/{ref_path(name, INDEX_REF_PREFIX)}")
+    if target is None:
         return None
     digest = _digest_of_target(target, "oci-index-")
     if digest is None:

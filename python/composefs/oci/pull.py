@@ -65,6 +65,7 @@ from composefs.repository import Repository
 __all__ = [
     "SOURCES",
     "ImportStats",
+    "PullCancelled",
     "PullError",
     "PullEvent",
     "PullResult",
@@ -76,6 +77,67 @@ __all__ = [
 
 class PullError(ComposefsError):
     """A pull failed; the cause chain says where and why."""
+
+
+class PullCancelled(PullError):
+    """The pull's ``cancel`` event was set: every phase stopped at its next check."""
+
+
+class _Stop:
+    """A pull's stop flag: set by the pull itself (a failed layer stops the others, Ctrl-C
+    stops everything) or by the caller's ``cancel`` event, which the pull never sets."""
+
+    __slots__ = ("_external", "_own")
+
+    def __init__(self, external: threading.Event | None) -> None:
+        self._own = threading.Event()
+        self._external = external
+
+    def set(self) -> None:
+        self._own.set()
+
+    def is_set(self) -> bool:
+        return self._own.is_set() or (self._external is not None and self._external.is_set())
+
+
+def _check_cancel(cancel: _Stop) -> None:
+    if cancel.is_set():
+        raise PullCancelled("cancelled")
+
+
+def _interruptible(cancel: _Stop, repo: Repository, fn: Callable[[Repository], Any]) -> Any:
+    """Runs ``fn`` in a helper thread while this one waits, so that Ctrl-C (delivered to the
+    main thread only, between bytecodes) or ``cancel`` is seen at once even while ``fn`` spends
+    its time in native code. Then the helper is left to finish on its own: it works on its
+    own handle of the repository (:meth:`Repository.duplicate`, closed when it ends), what it
+    writes is crash-consistent (atomic objects, renamed symlinks), and as a daemon thread it
+    does not delay the exit of the process."""
+    done = threading.Event()
+    outcome: list[Any] = []
+
+    own = repo.duplicate()
+
+    def run() -> None:
+        try:
+            outcome.append((True, fn(own)))
+        except BaseException as e:  # handed to the waiting thread, never printed here
+            outcome.append((False, e))
+        finally:
+            own.close()
+            done.set()
+
+    thread = threading.Thread(target=run, name="composefs-pull-step", daemon=True)
+    thread.start()
+    try:
+        while not done.wait(0.05):
+            _check_cancel(cancel)
+    except BaseException:
+        cancel.set()
+        raise
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 # -- results and events ----------------------------------------------------------------------
@@ -273,6 +335,7 @@ def pull(
     progress: ProgressCallback | None = None,
     *,
     threads: int = 0,
+    cancel: threading.Event | None = None,
 ) -> PullResult:
     """Pulls ``ref`` (``oci:PATH[:TAG]``, ``oci:PATH@sha256:...``, ``docker://...``, ...).
 
@@ -280,7 +343,30 @@ def pull(
     the CLI defaults it to ``ref``). ``platform`` is ``os/arch[/variant]`` (default: this
     host). ``progress`` receives :class:`PullEvent`\\ s from worker threads. ``threads`` bounds
     the parallel layer imports (``0``: one per core). Safe to call from several threads.
+
+    Setting ``cancel`` (from any thread) stops the pull at its next check, raising
+    :class:`PullCancelled`: the layer imports see it every few MiB (their progress callback),
+    the EROFS step and blob copies too. A :class:`KeyboardInterrupt` in the calling thread
+    sets it for the workers and propagates at once. Nothing is tagged then; what was stored
+    is consistent (objects and links are written atomically) and left for ``gc``.
     """
+    stop = _Stop(cancel)
+    try:
+        return _pull(repo, ref, name, platform, progress, threads, stop)
+    except BaseException:
+        stop.set()  # stop every worker still running, whatever the error
+        raise
+
+
+def _pull(
+    repo: Repository,
+    ref: str,
+    name: str | None,
+    platform: str | None,
+    progress: ProgressCallback | None,
+    threads: int,
+    cancel: _Stop,
+) -> PullResult:
     repo.ensure_writable()
     if name is not None and name.startswith("@"):
         raise PullError(
@@ -298,7 +384,10 @@ def pull(
             source = open_source(image_ref, platform)
             stack.callback(source.close)
             resolved = source.resolve(platform)
-            result = _import(repo, source, resolved, image_ref, emit, threads)
+            _check_cancel(cancel)
+            result = _import(repo, source, resolved, image_ref, emit, threads, cancel)
+        except PullCancelled:
+            raise
         except ComposefsError as e:
             raise PullError(_source_context(image_ref)) from e
         except OSError as e:
@@ -309,11 +398,16 @@ def pull(
         img = OciImage.open(repo, result.manifest_digest, result.manifest_verity)
         if img.is_container_image:
             emit(PullEvent("message", message="Creating composefs image"))
-            committed = commit_images(repo, img)
+            _check_cancel(cancel)
+            committed = _interruptible(cancel, repo, lambda own: commit_images(own, img))
             stored_verity = committed.manifest_verity
+    except PullCancelled:
+        raise
     except (ComposefsError, OSError) as e:
         raise PullError(f"Creating the composefs image of manifest {result.manifest_digest}") from e
+    _check_cancel(cancel)
     index_verity = write_index(repo, resolved.indexes, result.manifest_digest, stored_verity, name)
+    _check_cancel(cancel)
     if name is not None:
         tag_image(repo, result.manifest_digest, name)
     return dataclasses.replace(
@@ -369,16 +463,20 @@ def _import(
     ref: ImageReference,
     emit: ProgressCallback,
     threads: int,
+    cancel: _Stop,
 ) -> PullResult:
     config_desc, layers = _check_manifest(resolved)
     if ref.transport == "oci":
         emit(PullEvent("message", message=f"Importing {len(layers)} layers from OCI layout"))
     try:
         config_digest, config_verity, config_raw, layer_refs, stats = _import_config_and_layers(
-            repo, source, config_desc, layers, emit, threads
+            repo, source, config_desc, layers, emit, threads, cancel
         )
+    except PullCancelled:
+        raise
     except ComposefsError as e:
         raise PullError(f"Failed to import image content for manifest {resolved.digest}") from e
+    _check_cancel(cancel)
     emit(PullEvent("message", message="Storing manifest"))
     identifier = manifest_identifier(resolved.digest)
     manifest_verity = repo.has_stream(identifier)
@@ -408,6 +506,7 @@ def _import_config_and_layers(
     layers: Sequence[Descriptor],
     emit: ProgressCallback,
     threads: int,
+    cancel: _Stop,
 ) -> tuple[str, bytes, bytes, list[tuple[str, bytes]], ImportStats]:
     config_digest = config_desc.digest
     identifier = config_identifier(config_digest)
@@ -456,8 +555,9 @@ def _import_config_and_layers(
                 )
 
     results = _import_layers(
-        repo, source, list(zip(layers, diff_ids, strict=True)), artifact, emit, threads
+        repo, source, list(zip(layers, diff_ids, strict=True)), artifact, emit, threads, cancel
     )
+    _check_cancel(cancel)
     layer_refs = [(d, results[d][0]) for d in diff_ids]
     stats = ImportStats()
     for diff_id in dict.fromkeys(diff_ids):
@@ -473,6 +573,7 @@ def _import_layers(
     artifact: bool,
     emit: ProgressCallback,
     threads: int,
+    cancel: _Stop,
 ) -> dict[str, tuple[bytes, ImportStats]]:
     """Imports every layer (largest first, in parallel); diff_id -> (verity, stats)."""
     unique: dict[str, Descriptor] = {}
@@ -484,32 +585,44 @@ def _import_layers(
     results: dict[str, tuple[bytes, ImportStats]] = {}
     if not order:
         return results
-    cancelled = threading.Event()
 
     def job(diff_id: str, desc: Descriptor) -> tuple[bytes, ImportStats]:
-        if cancelled.is_set():
-            raise PullError("cancelled")
+        _check_cancel(cancel)
         try:
-            return _import_one(repo, source, desc, diff_id, artifact, emit, threads, cancelled)
+            return _import_one(repo, source, desc, diff_id, artifact, emit, threads, cancel)
+        except PullCancelled:
+            raise
         except ComposefsError as e:
             raise PullError(f"Failed to import layer {desc.digest}") from e
         except OSError as e:
             raise PullError(f"Failed to import layer {desc.digest}") from e
 
-    with concurrent.futures.ThreadPoolExecutor(
+    # not a ``with`` block: on Ctrl-C the main thread must not first wait for every layer
+    pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=workers, thread_name_prefix="composefs-pull"
-    ) as pool:
+    )
+    futures: dict[concurrent.futures.Future[tuple[bytes, ImportStats]], str] = {}
+    error: BaseException | None = None
+    try:
         futures = {pool.submit(job, d, desc): d for d, desc in order}
-        error: BaseException | None = None
         for future in concurrent.futures.as_completed(futures):
             try:
                 results[futures[future]] = future.result()
             except BaseException as e:
-                if error is None:
+                if error is None or isinstance(error, PullCancelled):
                     error = e
-                    cancelled.set()
-                    for f in futures:
-                        f.cancel()
+                cancel.set()
+                for f in futures:
+                    f.cancel()
+    except BaseException:
+        # KeyboardInterrupt while waiting: the workers see ``cancel`` within a few MiB of
+        # input; they are waited for (briefly) so that no thread writes after we return
+        cancel.set()
+        for f in futures:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     if error is not None:
         raise error
     return results
@@ -523,7 +636,7 @@ def _import_one(
     artifact: bool,
     emit: ProgressCallback,
     threads: int,
-    cancelled: threading.Event,
+    cancel: _Stop,
 ) -> tuple[bytes, ImportStats]:
     existing = repo.has_stream(_layer.layer_identifier(diff_id))
     if existing is not None:
@@ -532,11 +645,14 @@ def _import_one(
     emit(PullEvent("started", id=diff_id, total=desc.size))
 
     def on_progress(done: int) -> None:
+        # called by the backend's split_layer every few MiB, with the GIL: raising here aborts
+        # the native import as well as the pure one
+        _check_cancel(cancel)
         emit(PullEvent("progress", id=diff_id, total=desc.size, transferred=done))
 
     if artifact and desc.media_type not in LAYER_MEDIA_TYPES:
         with source.open_blob(desc) as fd:
-            verity, stats = _store_blob(repo, fd, desc, diff_id)
+            verity, stats = _store_blob(repo, fd, desc, diff_id, cancel)
     else:
         with source.open_blob(desc) as fd:
             result = _layer.import_layer(
@@ -553,9 +669,11 @@ def _import_one(
     return verity, stats
 
 
-def _store_blob(repo: Repository, fd: int, desc: Descriptor, key: str) -> tuple[bytes, ImportStats]:
+def _store_blob(
+    repo: Repository, fd: int, desc: Descriptor, key: str, cancel: _Stop
+) -> tuple[bytes, ImportStats]:
     """A non-tar artifact layer: the raw blob as one object in an ``oci_blob`` stream."""
-    raw = _HashingReader(fd)
+    raw = _HashingReader(fd, cancel)
     object_id = repo.ensure_object_from_stream(io.BufferedReader(raw, 1 << 20), desc.size)
     found = "sha256:" + raw.hasher.hexdigest()
     if found != desc.digest:
@@ -569,14 +687,16 @@ def _store_blob(repo: Repository, fd: int, desc: Descriptor, key: str) -> tuple[
 class _HashingReader(io.RawIOBase):
     """Reads a file descriptor (not closing it) and hashes what passes through."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, cancel: _Stop) -> None:
         self.fd = fd
+        self.cancel = cancel
         self.hasher = hashlib.sha256()
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
+        _check_cancel(self.cancel)
         view = memoryview(buffer).cast("B")
         n = os.readv(self.fd, [view])
         self.hasher.update(view[:n])

@@ -172,8 +172,11 @@ def test_native_backend_fails_loudly_when_missing() -> None:
         "sys.meta_path.insert(0, Block())\n"
         "import composefs\n"
     )
+    # importing the package runs nothing (the CLI catches Ctrl-C around its imports): the
+    # backend is chosen, and fails, on first use
+    used = code + "composefs.Repository\n"
     proc = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", used],
         capture_output=True,
         check=False,
         env={**os.environ, "COMPOSEFS_BACKEND": "native"},
