@@ -23,12 +23,13 @@ import stat
 from collections.abc import Mapping
 from typing import Any, Final
 
+from composefs._text import printable
 from composefs.errors import ComposefsError
 from composefs.oci.reference import ReferenceError, parse_digest
-from composefs.oci.source import Descriptor
 
 __all__ = [
     "SIZE_LIMITS",
+    "Descriptor",
     "DocumentError",
     "ImageIndex",
     "ImageManifest",
@@ -58,31 +59,11 @@ class DocumentError(ComposefsError):
     """An OCI document is unreadable, too large, not JSON, or has a field of the wrong type."""
 
 
-def _escape_char(ch: str) -> str:
-    if ch == "\\":
-        return "\\\\"
-    if ch.isprintable():
-        return ch
-    code = ord(ch)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
-
 def quote(text: object) -> str:
-    """``text`` safe to show on a terminal: control and other non-printable characters
-    (newline, escape, NUL, bidi overrides, ...) and backslashes escaped as in a Python string
-    literal, everything else kept as it is (``linux/amd64`` stays ``linux/amd64``).
-
-    Use it wherever a string from an untrusted document (a tag, a media type, an annotation, a
-    platform) is put into an error message.
-    """
-    text = str(text)
-    if text.isprintable() and "\\" not in text:
-        return text
-    return "".join(_escape_char(ch) for ch in text)
+    """``text`` safe to show on a terminal (:func:`composefs._text.printable`, the one escaping
+    rule of the package): use it wherever a string from an untrusted document (a tag, a media
+    type, an annotation, a platform) is put into an error message."""
+    return printable(text)
 
 
 def read_regular_file(
@@ -238,6 +219,23 @@ def _platform(value: Any, where: str) -> dict[str, Any] | None:
         _str_list(value, "os.features", f"{where}.platform")
         _str_list(value, "features", f"{where}.platform")
     return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Descriptor:
+    """An OCI content descriptor (the fields pull uses)."""
+
+    media_type: str
+    digest: str
+    size: int
+    platform: dict[str, Any] | None = None
+    annotations: dict[str, str] | None = None
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str = "descriptor") -> Descriptor:
+        """A descriptor from its JSON, every field checked (:func:`parse_descriptor`; a bad one
+        is a :class:`DocumentError`)."""
+        return parse_descriptor(doc, where)
 
 
 def parse_descriptor(doc: Any, where: str) -> Descriptor:

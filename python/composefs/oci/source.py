@@ -10,28 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Protocol
+from typing import Protocol
+
+# The descriptor is a document type: defined with its parser, named here for the sources.
+from composefs.oci.documents import Descriptor
 
 __all__ = ["Descriptor", "ImageSource", "ResolvedManifest"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Descriptor:
-    """An OCI content descriptor (the fields pull uses)."""
-
-    media_type: str
-    digest: str
-    size: int
-    platform: dict[str, Any] | None = None
-    annotations: dict[str, str] | None = None
-
-    @classmethod
-    def from_json(cls, doc: Any, where: str = "descriptor") -> Descriptor:
-        """A descriptor from its JSON, every field checked
-        (:func:`composefs.oci.documents.parse_descriptor`; a bad one is a ``DocumentError``)."""
-        from composefs.oci.documents import parse_descriptor
-
-        return parse_descriptor(doc, where)
 
 
 @dataclasses.dataclass(frozen=True)
