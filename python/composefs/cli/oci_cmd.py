@@ -129,7 +129,7 @@ def cmd_layer(args: argparse.Namespace) -> int:
         elif args.dumpfile:
             out = sys.stdout
             for entry in layer.layer_entries(repo, args.layer):
-                out.write(entry.dumpfile_line() + "\n")
+                out.write(layer.dumpfile_line(entry) + "\n")
         else:
             if sys.stdout.isatty():
                 raise ComposefsError(

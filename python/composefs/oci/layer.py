@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any, BinaryIO
 
 from composefs import _backend, dumpfile, splitstream
+from composefs._contract import TarEntry
 from composefs.errors import ComposefsError
 from composefs.oci.media_types import LAYER_MEDIA_TYPE, LAYER_MEDIA_TYPES
 from composefs.repository import Repository
@@ -28,6 +29,7 @@ __all__ = [
     "LayerImportResult",
     "TarEntry",
     "compression_for",
+    "dumpfile_line",
     "import_layer",
     "layer_entries",
     "layer_identifier",
@@ -218,55 +220,37 @@ _KIND_MODE = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class TarEntry:
-    """One entry of a layer, as composefs-rs's ``tar::get_entry`` reads it back."""
-
-    path: bytes
-    kind: str
-    mode: int
-    uid: int
-    gid: int
-    mtime: int
-    mtime_nsec: int
-    size: int
-    link_target: bytes | None
-    rdev: int
-    xattrs: tuple[tuple[bytes, bytes], ...]
-    inline: bytes | None
-    object_id: bytes | None
-
-    def dumpfile_line(self) -> str:
-        """The entry as composefs-rs prints it in ``cfsctl oci layer --dumpfile``."""
-        if self.kind == "hardlink":
-            return dumpfile.hardlink_line(self.path, self.link_target or b"")
-        mode = self.mode | _KIND_MODE[self.kind]
-        common: dict[str, Any] = {
-            "mode": mode,
-            "uid": self.uid,
-            "gid": self.gid,
-            "mtime": self.mtime,
-            "mtime_nsec": self.mtime_nsec,
-            "xattrs": self.xattrs,
-        }
-        if self.kind == "file":
-            if self.object_id is not None:
-                h = self.object_id.hex()
-                return dumpfile.entry_line(
-                    self.path,
-                    size=self.size,
-                    payload=f"{h[:2]}/{h[2:]}".encode(),
-                    digest=h,
-                    **common,
-                )
-            data = self.inline or b""
-            return dumpfile.entry_line(self.path, size=len(data), content=data, **common)
-        if self.kind == "symlink":
-            target = self.link_target or b""
-            return dumpfile.entry_line(self.path, size=len(target), payload=target, **common)
-        if self.kind in ("char", "block"):
-            return dumpfile.entry_line(self.path, rdev=self.rdev, **common)
-        return dumpfile.entry_line(self.path, **common)
+def dumpfile_line(entry: TarEntry) -> str:
+    """The entry as composefs-rs prints it in ``cfsctl oci layer --dumpfile``."""
+    if entry.kind == "hardlink":
+        return dumpfile.hardlink_line(entry.path, entry.link_target or b"")
+    mode = entry.mode | _KIND_MODE[entry.kind]
+    common: dict[str, Any] = {
+        "mode": mode,
+        "uid": entry.uid,
+        "gid": entry.gid,
+        "mtime": entry.mtime,
+        "mtime_nsec": entry.mtime_nsec,
+        "xattrs": entry.xattrs,
+    }
+    if entry.kind == "file":
+        if entry.object_id is not None:
+            h = entry.object_id.hex()
+            return dumpfile.entry_line(
+                entry.path,
+                size=entry.size,
+                payload=f"{h[:2]}/{h[2:]}".encode(),
+                digest=h,
+                **common,
+            )
+        data = entry.inline or b""
+        return dumpfile.entry_line(entry.path, size=len(data), content=data, **common)
+    if entry.kind == "symlink":
+        target = entry.link_target or b""
+        return dumpfile.entry_line(entry.path, size=len(target), payload=target, **common)
+    if entry.kind in ("char", "block"):
+        return dumpfile.entry_line(entry.path, rdev=entry.rdev, **common)
+    return dumpfile.entry_line(entry.path, **common)
 
 
 def _open_layer(repo: Repository, diff_id: str) -> tuple[bytes, splitstream.SplitStream, bytes]:
@@ -296,22 +280,7 @@ def _entries(stream_file: bytes, diff_id: str) -> Iterator[TarEntry]:
         raw = _backend.backend().tar_split.read_entries(stream_file)
     except ValueError as e:
         raise LayerError(f"reading layer {diff_id}: {e}") from None
-    for item in raw:
-        yield TarEntry(
-            bytes(item.path),
-            item.kind,
-            item.mode,
-            item.uid,
-            item.gid,
-            item.mtime,
-            item.mtime_nsec,
-            item.size,
-            None if item.link_target is None else bytes(item.link_target),
-            item.rdev,
-            tuple((bytes(k), bytes(v)) for k, v in item.xattrs),
-            None if item.inline is None else bytes(item.inline),
-            None if item.object_id is None else bytes(item.object_id),
-        )
+    yield from raw
 
 
 def layer_info(repo: Repository, diff_id: str) -> dict[str, Any]:

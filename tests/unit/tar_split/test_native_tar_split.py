@@ -26,7 +26,7 @@ from types import ModuleType
 import pytest
 import zstandard
 
-from composefs.oci.layer import TarEntry
+from composefs.oci.layer import dumpfile_line
 from support import load_backend, need, run, tool
 
 OCILAYER = int.from_bytes(b"ocilayer", "little")
@@ -504,12 +504,8 @@ def test_decompression_bomb_bounded_memory(tmp_path: Path, compression: str) -> 
 
 def entries_dumpfile(native: ModuleType, stream_file: bytes) -> str:
     lines = []
-    for item in native.read_entries(stream_file):
-        (path, kind, mode, uid, gid, mtime, nsec, size, link, rdev, xattrs, inline, oid) = item
-        entry = TarEntry(
-            path, kind, mode, uid, gid, mtime, nsec, size, link, rdev, tuple(xattrs), inline, oid
-        )
-        lines.append(entry.dumpfile_line() + "\n")
+    for entry in native.read_entries(stream_file):
+        lines.append(dumpfile_line(entry) + "\n")
     return "".join(lines)
 
 
