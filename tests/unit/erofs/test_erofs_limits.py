@@ -286,3 +286,28 @@ def test_hard_link_reported_at_first_name() -> None:
     leaf = Leaf(FILE, Stat(xattrs={b"user.x": b"v" * 65_536}), inline=b"")
     fs = _fs({b"b": leaf, b"a": Directory(Stat(0o755), {b"z": leaf})})
     assert _error(pure_erofs.write, fs, 1).startswith('"/a/z": xattr "user.x" value too large')
+
+
+# -- directories (create-image) -----------------------------------------------------------------
+
+
+def test_directory_with_a_65536_byte_xattr(backend_module: Backend) -> None:
+    """Linux allows xattr values of 65,536 bytes (tmpfs, XFS): one more than EROFS holds."""
+    import os
+    import tempfile
+
+    base = Path("/dev/shm")
+    if not base.is_dir():
+        pytest.skip("no /dev/shm")
+    with tempfile.TemporaryDirectory(dir=base) as tmp:
+        (Path(tmp) / "usr").mkdir()
+        f = Path(tmp) / "usr" / "f"
+        f.write_bytes(b"x")
+        try:
+            os.setxattr(f, "user.big", b"v" * 65_536)
+        except OSError as e:
+            pytest.skip(f"this kernel's tmpfs cannot hold a 65,536-byte user xattr: {e}")
+        message = _error(
+            backend_module.fs.mkfs_directory, tmp, "sha256", None, True, "keep-user-xattrs", [1]
+        )
+    assert message == '"/usr/f": xattr "user.big" value too large (65536 bytes; EROFS allows 65535)'
