@@ -270,5 +270,5 @@ def test_pull_of_a_name_erofs_cannot_hold(tmp_path: Path) -> None:
         f"    0: Layer {bad.diff_id}\n"
         f'    1: "/usr/{long_name}": file name too long (300 bytes; EROFS allows 255)\n'
     )
-    assert json.loads(ok("--repo", repo, "oci", "images", "--json")) == []
+    assert json.loads(ok("--repo", repo, "oci", "images", "--json")) == {"images": []}
     ok("--repo", repo, "fsck")
