@@ -204,7 +204,10 @@ fn path_of(fs: &FileSystem, stat: &Stat) -> Option<Vec<u8>> {
                 stack.push((d.entries.iter(), path.len()));
                 hit
             }
-            Inode::Leaf(i) => fs.leaves.get(*i).is_some_and(|l| std::ptr::eq(&l.stat, stat)),
+            Inode::Leaf(i) => fs
+                .leaves
+                .get(*i)
+                .is_some_and(|l| std::ptr::eq(&l.stat, stat)),
         };
         if found {
             return Some(path);
@@ -256,4 +259,157 @@ pub fn check_inline(fs: &FileSystem, stat: &Stat, start: usize, len: usize) -> R
 /// bug, reported rather than written wrapped).
 pub fn fit<T: TryFrom<U>, U: Copy + Display>(v: U, field: &str) -> Result<T, String> {
     T::try_from(v).map_err(|_| format!("internal error: EROFS {field} {v} out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::erofs::write;
+    use crate::tree::{Content, Directory, FileSystem, Inode, Leaf, Stat};
+
+    fn fs_with(name: &[u8], stat: Stat, content: Content) -> FileSystem {
+        let mut fs = FileSystem::default();
+        fs.root.stat.mode = 0o755;
+        fs.leaves.push(Leaf { stat, content });
+        fs.root.entries.insert(name.to_vec(), Inode::Leaf(0));
+        fs
+    }
+
+    fn err(fs: &FileSystem, version: u8) -> String {
+        write(fs, version).unwrap_err()
+    }
+
+    #[test]
+    fn names() {
+        let long = vec![b'n'; 300];
+        let fs = fs_with(&long, Stat::default(), Content::Inline(vec![]));
+        let want = format!(
+            "\"/{}\": file name too long (300 bytes; EROFS allows 255)",
+            "n".repeat(300)
+        );
+        for version in 0..3 {
+            assert_eq!(err(&fs, version), want);
+        }
+        assert!(write(&fs_with(&[b'n'; 255], Stat::default(), Content::Fifo), 1).is_ok());
+        for bad in [&b""[..], b".", b"..", b"a/b", b"a\0"] {
+            let fs = fs_with(bad, Stat::default(), Content::Fifo);
+            assert!(err(&fs, 1)
+                .ends_with(": invalid file name (empty, \".\", \"..\" or containing '/' or NUL)"));
+        }
+    }
+
+    #[test]
+    fn stats_and_contents() {
+        let stat = Stat {
+            mtime_nsec: 1_000_000_000,
+            ..Stat::default()
+        };
+        let fs = fs_with(b"f", stat, Content::Fifo);
+        assert_eq!(
+            err(&fs, 1),
+            "\"/f\": mtime nanoseconds 1000000000 out of range (at most 999999999)"
+        );
+        let stat = Stat {
+            xattrs: [(Vec::new(), b"v".to_vec())].into_iter().collect(),
+            ..Stat::default()
+        };
+        assert_eq!(
+            err(&fs_with(b"f", stat, Content::Fifo), 2),
+            "\"/f\": empty xattr name"
+        );
+        let stat = Stat {
+            xattrs: [(b"user.x".to_vec(), vec![b'v'; 65_536])]
+                .into_iter()
+                .collect(),
+            ..Stat::default()
+        };
+        assert_eq!(
+            err(&fs_with(b"f", stat, Content::Fifo), 0),
+            "\"/f\": xattr \"user.x\" value too large (65536 bytes; EROFS allows 65535)"
+        );
+        let fs = fs_with(b"s", Stat::default(), Content::Symlink(vec![b't'; 4096]));
+        assert_eq!(
+            err(&fs, 1),
+            "\"/s\": symlink target too long (4096 bytes; EROFS allows 4095)"
+        );
+        let fs = fs_with(b"f", Stat::default(), Content::Sparse((1 << 43) + 1));
+        assert!(write(&fs, 1).is_ok());
+        assert_eq!(
+            err(&fs, 2),
+            "\"/f\": file too large (8796093022209 bytes; EROFS format V2 allows 8796093022208)"
+        );
+        let fs = fs_with(b"f", Stat::default(), Content::Sparse((1 << 53) + 1));
+        assert!(err(&fs, 0)
+            .starts_with("\"/f\": file too large (9007199254740993 bytes; EROFS format V0/V1"));
+    }
+
+    #[test]
+    fn xattr_suffixes() {
+        let cases: [(&[u8], usize, u8, bool); 5] = [
+            (b"user.", 255, 1, true),
+            (b"user.", 256, 1, false),
+            (b"trusted.overlay.", 239, 1, true),
+            (b"trusted.overlay.", 240, 1, false),
+            (b"lustre.", 255, 2, true),
+        ];
+        for (prefix, n, version, fits) in cases {
+            let name = [prefix, &vec![b'x'; n]].concat();
+            let stat = Stat {
+                xattrs: [(name, b"v".to_vec())].into_iter().collect(),
+                ..Stat::default()
+            };
+            let fs = fs_with(b"f", stat, Content::Fifo);
+            assert_eq!(write(&fs, version).is_ok(), fits, "{n}");
+        }
+    }
+
+    #[test]
+    fn hard_link_reported_at_first_name() {
+        let stat = Stat {
+            xattrs: [(b"user.x".to_vec(), vec![b'v'; 65_536])]
+                .into_iter()
+                .collect(),
+            ..Stat::default()
+        };
+        let mut fs = fs_with(b"b", stat, Content::Fifo);
+        let sub = Directory {
+            stat: Stat::default(),
+            entries: [(b"z".to_vec(), Inode::Leaf(0))].into_iter().collect(),
+        };
+        fs.root
+            .entries
+            .insert(b"a".to_vec(), Inode::Directory(Box::new(sub)));
+        assert!(err(&fs, 1).starts_with("\"/a/z\": xattr"));
+    }
+
+    #[test]
+    fn xattr_area_and_shared_count() {
+        let many: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = (0..5)
+            .map(|i| (format!("user.x{i}").into_bytes(), vec![b'v'; 60_000]))
+            .collect();
+        let stat = Stat {
+            xattrs: many,
+            ..Stat::default()
+        };
+        assert_eq!(
+            err(&fs_with(b"f", stat, Content::Fifo), 1),
+            "\"/f\": xattrs too large (300052 bytes; EROFS allows 262148 per inode)"
+        );
+        let shared: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = (0..256)
+            .map(|i| (format!("user.s{i:03}").into_bytes(), b"v".to_vec()))
+            .collect();
+        let stat = Stat {
+            xattrs: shared,
+            ..Stat::default()
+        };
+        let mut fs = fs_with(b"a", stat.clone(), Content::Fifo);
+        fs.leaves.push(Leaf {
+            stat,
+            content: Content::Fifo,
+        });
+        fs.root.entries.insert(b"b".to_vec(), Inode::Leaf(1));
+        assert_eq!(
+            err(&fs, 2),
+            "\"/a\": too many shared xattrs (256; EROFS allows 255)"
+        );
+    }
 }

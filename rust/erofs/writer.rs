@@ -1,6 +1,5 @@
 //! The writer: collects the inodes of a [`FileSystem`], lays them out, fills the image.
 
-use super::limits::{self, fit};
 use super::format::{
     i_format, BLOCK_BITS, BLOCK_SIZE, COMPACT_INODE_SIZE, COMPOSEFS_FLAGS_HAS_ACL,
     COMPOSEFS_HEADER_VERSION, COMPOSEFS_MAGIC, EROFS_MAGIC, EROFS_SUPER_OFFSET,
@@ -8,6 +7,7 @@ use super::format::{
     INODE_SLOT_SIZE, LAYOUT_CHUNK_BASED, LAYOUT_FLAT_INLINE, LAYOUT_FLAT_PLAIN, SUPERBLOCK_SIZE,
     XATTR_FILTER_SEED, XATTR_INDEX_POSIX_ACL_ACCESS, XATTR_INDEX_POSIX_ACL_DEFAULT, XATTR_PREFIXES,
 };
+use super::limits::{self, fit};
 use crate::tree::{Content, Directory, FileSystem, Inode, Stat};
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -1018,14 +1018,22 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
     put32(&mut buf, sb, EROFS_MAGIC);
     put32(&mut buf, sb + 8, FEATURE_COMPAT);
     buf[sb + 12] = BLOCK_BITS;
-    put16(&mut buf, sb + 14, fit(offsets[0] / INODE_SLOT_SIZE, "root nid")?);
+    put16(
+        &mut buf,
+        sb + 14,
+        fit(offsets[0] / INODE_SLOT_SIZE, "root nid")?,
+    );
     put64(&mut buf, sb + 16, n as u64);
     if epoch1 {
         put64(&mut buf, sb + 24, min_mtime.0);
         put32(&mut buf, sb + 32, min_mtime.1);
     }
     put32(&mut buf, sb + 36, fit(end / BLOCK_SIZE, "block count")?);
-    put32(&mut buf, sb + 44, fit(xattr_blkaddr, "xattr block address")?);
+    put32(
+        &mut buf,
+        sb + 44,
+        fit(xattr_blkaddr, "xattr block address")?,
+    );
 
     for (idx, ino) in inodes.iter().enumerate() {
         let at = offsets[idx];
