@@ -120,7 +120,7 @@ def _check_name(path: bytes, name: bytes) -> None:
         )
     if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
         raise ValueError(
-            f"{_at(path)}: invalid file name (empty, \".\", \"..\" or containing '/' or NUL)"
+            f'{_at(path)}: invalid file name (empty, ".", ".." or containing \'/\' or NUL)'
         )
 
 

@@ -85,23 +85,27 @@ def test_xattr_area_too_large(backend_module: Backend, version: int) -> None:
 def test_too_many_shared_xattrs(backend_module: Backend) -> None:
     """256 xattrs shared by two files: the inode header counts shared xattrs in a u8."""
     pairs = _xattrs([(f"s{i:03}", 1) for i in range(256)])
-    dump = ROOT + "".join(
-        f"/{n} 0 100644 1 0 0 0 0.0 - - -{pairs}\n" for n in ("a", "b")
-    ).encode()
+    dump = ROOT + "".join(f"/{n} 0 100644 1 0 0 0 0.0 - - -{pairs}\n" for n in ("a", "b")).encode()
     for version in (0, 1, 2):
         message = _error(_mkfs, backend_module, dump, version)
         assert message == '"/a": too many shared xattrs (256; EROFS allows 255)'
-    fewer = ROOT + "".join(
-        f"/{n} 0 100644 1 0 0 0 0.0 - - -{_xattrs([(f's{i:03}', 1) for i in range(255)])}\n"
-        for n in ("a", "b")
-    ).encode()
+    fewer = (
+        ROOT
+        + "".join(
+            f"/{n} 0 100644 1 0 0 0 0.0 - - -{_xattrs([(f's{i:03}', 1) for i in range(255)])}\n"
+            for n in ("a", "b")
+        ).encode()
+    )
     assert _mkfs(backend_module, fewer, 1)
+
+
+BIG = [(f"a{i}", 65_535) for i in range(5)]
 
 
 def test_same_messages_in_both_backends(pure_backend: Backend, native_backend: Backend) -> None:
     cases = [
         ROOT + f"/{LONG} 0 100644 1 0 0 0 0.0 - - -\n".encode(),
-        ROOT + ("/f 0 100644 1 0 0 0 0.0 - - -" + _xattrs([(f"a{i}", 65_535) for i in range(5)]) + "\n").encode(),
+        ROOT + f"/f 0 100644 1 0 0 0 0.0 - - -{_xattrs(BIG)}\n".encode(),
     ]
     for dump in cases:
         for version in (0, 1, 2):

@@ -522,7 +522,7 @@ def test_gc_after_pull_keeps_the_image(repo: Repository, layout: dict[str, Any])
     [
         (
             TarBuilder().dir("usr").file(f"usr/{'n' * 300}", b"x"),
-            f"\"/usr/{'n' * 300}\": file name too long (300 bytes; EROFS allows 255)",
+            f'"/usr/{"n" * 300}": file name too long (300 bytes; EROFS allows 255)',
         ),
         (
             TarBuilder()
