@@ -15,6 +15,7 @@
 //! of the final size (the padding is already there).
 
 pub mod format;
+pub mod limits;
 mod writer;
 
 pub use writer::{mkfs, write, xxh32};

@@ -7,6 +7,7 @@ use super::format::{
     INODE_SLOT_SIZE, LAYOUT_CHUNK_BASED, LAYOUT_FLAT_INLINE, LAYOUT_FLAT_PLAIN, SUPERBLOCK_SIZE,
     XATTR_FILTER_SEED, XATTR_INDEX_POSIX_ACL_ACCESS, XATTR_INDEX_POSIX_ACL_DEFAULT, XATTR_PREFIXES,
 };
+use super::limits::{self, fit};
 use crate::tree::{Content, Directory, FileSystem, Inode, Stat};
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -125,13 +126,15 @@ impl XAttr<'_> {
             .then_with(|| self.value.cmp(&other.value))
     }
 
-    fn write(&self, out: &mut [u8]) {
-        out[0] = self.suffix.len() as u8;
+    fn write(&self, out: &mut [u8]) -> Result<(), String> {
+        out[0] = fit(self.suffix.len(), "xattr name length")?;
         out[1] = self.prefix;
-        out[2..4].copy_from_slice(&(self.value.len() as u16).to_le_bytes());
+        let value_len: u16 = fit(self.value.len(), "xattr value size")?;
+        out[2..4].copy_from_slice(&value_len.to_le_bytes());
         let name_end = 4 + self.suffix.len();
         out[4..name_end].copy_from_slice(&self.suffix);
         out[name_end..name_end + self.value.len()].copy_from_slice(&self.value);
+        Ok(())
     }
 }
 
@@ -297,7 +300,7 @@ impl Ino<'_> {
         const TYPE_BITS: [u16; 8] = [
             0, 0o100000, 0o040000, 0o020000, 0o060000, 0o010000, 0o140000, 0o120000,
         ];
-        TYPE_BITS[self.file_type() as usize] | (self.stat.mode as u16 & 0o7777)
+        TYPE_BITS[self.file_type() as usize] | (self.stat.mode & 0o7777) as u16
     }
 
     fn nlink(&self) -> u32 {
@@ -824,7 +827,12 @@ fn put64(buf: &mut [u8], at: usize, v: u64) {
 }
 
 /// Writes directory entries (headers, then names) at `at`; returns the bytes written.
-fn write_dirents(buf: &mut [u8], at: usize, entries: &[DirEnt<'_>], offsets: &[usize]) -> usize {
+fn write_dirents(
+    buf: &mut [u8],
+    at: usize,
+    entries: &[DirEnt<'_>],
+    offsets: &[usize],
+) -> Result<usize, String> {
     let mut name_at = 12 * entries.len();
     for (k, e) in entries.iter().enumerate() {
         let Target::Known(idx) = e.target else {
@@ -832,12 +840,12 @@ fn write_dirents(buf: &mut [u8], at: usize, entries: &[DirEnt<'_>], offsets: &[u
         };
         let h = at + 12 * k;
         put64(buf, h, (offsets[idx] / INODE_SLOT_SIZE) as u64);
-        put16(buf, h + 8, name_at as u16);
+        put16(buf, h + 8, fit(name_at, "directory entry name offset")?);
         buf[h + 10] = e.file_type;
         buf[at + name_at..at + name_at + e.name.len()].copy_from_slice(e.name);
         name_at += e.name.len();
     }
-    name_at
+    Ok(name_at)
 }
 
 /// Builds the EROFS image of `fs` in format `version` (0, 1 or 2).
@@ -845,6 +853,7 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
     super::check_version(i64::from(version))?;
     let epoch1 = version < 2;
     let nlinks = validate(fs)?;
+    limits::check_tree(fs, version)?;
     let leaf_count = fs.leaves.len();
     let mut c = Collector {
         inodes: Vec::with_capacity(leaf_count + 64 + if epoch1 { 256 } else { 0 }),
@@ -890,6 +899,9 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
     }
     let mut inodes = c.inodes;
     let shared = share_xattrs(&mut inodes, epoch1);
+    for ino in &inodes {
+        limits::check_xattr_area(fs, ino.stat, ino.xattrs.size(), ino.xattrs.shared.len())?;
+    }
     let min_mtime = inodes
         .iter()
         .map(|i| (i.stat.mtime as u64, i.stat.mtime_nsec))
@@ -969,6 +981,9 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
                 }
             }
         }
+        if layout == LAYOUT_FLAT_INLINE {
+            limits::check_inline(fs, ino.stat, pos + h + x, ino.inline_len())?;
+        }
         offsets.push(pos);
         compact.push(small);
         pos += h + x + ino.inline_len();
@@ -1003,19 +1018,27 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
     put32(&mut buf, sb, EROFS_MAGIC);
     put32(&mut buf, sb + 8, FEATURE_COMPAT);
     buf[sb + 12] = BLOCK_BITS;
-    put16(&mut buf, sb + 14, (offsets[0] / INODE_SLOT_SIZE) as u16);
+    put16(
+        &mut buf,
+        sb + 14,
+        fit(offsets[0] / INODE_SLOT_SIZE, "root nid")?,
+    );
     put64(&mut buf, sb + 16, n as u64);
     if epoch1 {
         put64(&mut buf, sb + 24, min_mtime.0);
         put32(&mut buf, sb + 32, min_mtime.1);
     }
-    put32(&mut buf, sb + 36, (end / BLOCK_SIZE) as u32);
-    put32(&mut buf, sb + 44, xattr_blkaddr as u32);
+    put32(&mut buf, sb + 36, fit(end / BLOCK_SIZE, "block count")?);
+    put32(
+        &mut buf,
+        sb + 44,
+        fit(xattr_blkaddr, "xattr block address")?,
+    );
 
     for (idx, ino) in inodes.iter().enumerate() {
         let at = offsets[idx];
         let (layout, size) = ino.layout();
-        let blkaddr = (block_starts[idx] / BLOCK_SIZE) as u32;
+        let blkaddr: u32 = fit(block_starts[idx] / BLOCK_SIZE, "block address")?;
         let i_u = match &ino.body {
             Body::Dir(d) => {
                 if d.block_ends.is_empty() && layout == LAYOUT_FLAT_INLINE {
@@ -1037,23 +1060,25 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
                         format
                     }
                 }
-                Content::CharacterDevice(rdev) | Content::BlockDevice(rdev) => *rdev as u32,
+                Content::CharacterDevice(rdev) | Content::BlockDevice(rdev) => {
+                    fit(*rdev, "device number")?
+                }
                 Content::Fifo | Content::Socket => 0,
             },
         };
         let x = ino.xattrs.size();
-        let icount = if x == 0 { 0 } else { 1 + (x - 12) / 4 } as u16;
+        let icount: u16 = fit(if x == 0 { 0 } else { 1 + (x - 12) / 4 }, "xattr_icount")?;
         let stat = ino.stat;
         let h = if compact[idx] {
             put16(&mut buf, at, i_format(layout, false));
             put16(&mut buf, at + 2, icount);
             put16(&mut buf, at + 4, ino.mode());
-            put16(&mut buf, at + 6, ino.nlink() as u16);
-            put32(&mut buf, at + 8, size as u32);
+            put16(&mut buf, at + 6, fit(ino.nlink(), "compact nlink")?);
+            put32(&mut buf, at + 8, fit(size, "compact size")?);
             put32(&mut buf, at + 16, i_u);
-            put32(&mut buf, at + 20, idx as u32);
-            put16(&mut buf, at + 24, stat.uid as u16);
-            put16(&mut buf, at + 26, stat.gid as u16);
+            put32(&mut buf, at + 20, fit(idx, "inode number")?);
+            put16(&mut buf, at + 24, fit(stat.uid, "compact uid")?);
+            put16(&mut buf, at + 26, fit(stat.gid, "compact gid")?);
             COMPACT_INODE_SIZE
         } else {
             put16(&mut buf, at, i_format(layout, true));
@@ -1062,7 +1087,7 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
             put64(&mut buf, at + 8, size);
             put32(&mut buf, at + 16, i_u);
             let ino_nr = if epoch1 { idx } else { at / INODE_SLOT_SIZE };
-            put32(&mut buf, at + 20, ino_nr as u32);
+            put32(&mut buf, at + 20, fit(ino_nr, "inode number")?);
             put32(&mut buf, at + 24, stat.uid);
             put32(&mut buf, at + 28, stat.gid);
             put64(&mut buf, at + 32, stat.mtime as u64);
@@ -1075,21 +1100,22 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
         let mut p = at + h;
         if x > 0 {
             put32(&mut buf, p, !ino.xattrs.filter);
-            buf[p + 4] = ino.xattrs.shared.len() as u8;
+            buf[p + 4] = fit(ino.xattrs.shared.len(), "shared xattr count")?;
             p += 12;
             for &s in &ino.xattrs.shared {
                 let off = xattr_offsets[s as usize];
-                put32(&mut buf, p, ((off - xattr_blkaddr * BLOCK_SIZE) / 4) as u32);
+                let slot = (off - xattr_blkaddr * BLOCK_SIZE) / 4;
+                put32(&mut buf, p, fit(slot, "shared xattr index")?);
                 p += 4;
             }
             for l in &ino.xattrs.local {
-                l.write(&mut buf[p..]);
+                l.write(&mut buf[p..])?;
                 p += l.size();
             }
         }
         match &ino.body {
             Body::Dir(d) => {
-                write_dirents(&mut buf, p, d.tail(), &offsets);
+                write_dirents(&mut buf, p, d.tail(), &offsets)?;
             }
             Body::Leaf { content, .. } => match content {
                 Content::Inline(data) => {
@@ -1107,13 +1133,13 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
         }
     }
     for (x, &at) in shared.iter().zip(&xattr_offsets) {
-        x.write(&mut buf[at..]);
+        x.write(&mut buf[at..])?;
     }
     for (ino, &start) in inodes.iter().zip(&block_starts) {
         match &ino.body {
             Body::Dir(d) => {
                 for (k, block) in d.blocks().enumerate() {
-                    write_dirents(&mut buf, start + k * BLOCK_SIZE, block, &offsets);
+                    write_dirents(&mut buf, start + k * BLOCK_SIZE, block, &offsets)?;
                 }
             }
             Body::Leaf { content, .. } if ino.data_blocks > 0 => match content {

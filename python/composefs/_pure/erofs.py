@@ -25,6 +25,7 @@ from typing import Final
 
 from composefs import constants
 from composefs._pure import dumpfile as _dumpfile
+from composefs._pure import erofs_limits as _limits
 from composefs._pure import tree as _tree
 from composefs._pure.tree import Directory, FileSystem, Leaf, Stat
 from composefs.erofs_format import (
@@ -597,7 +598,7 @@ def _write_dir_block(out: bytearray, pos: int, block: list[_DirEnt], nids: list[
     for e in block:
         idx = e.idx
         assert idx is not None
-        DIRENT.pack_into(out, pos, nids[idx], nameofs & 0xFFFF, e.ftype)
+        DIRENT.pack_into(out, pos, nids[idx], nameofs, e.ftype)
         pos += DIRENT.size
         nameofs += len(e.name)
     names = b"".join(e.name for e in block)
@@ -629,6 +630,7 @@ def write(fs: FileSystem, version: int) -> bytes:
     root = fs.root
     nlinks = _count_links(root)
     _validate(root, nlinks)
+    _limits.check_tree(fs, version)
 
     root_entries = root.entries
     if epoch1:
@@ -670,6 +672,8 @@ def write(fs: FileSystem, version: int) -> bytes:
     # per inode: layout, i_u (without block address), size, nlink, xattr area size
     n_inodes = len(inodes)
     xsizes = [_xattr_area(inode) for inode in inodes]
+    for inode, x in zip(inodes, xsizes, strict=True):
+        _limits.check_xattr_area(fs, inode.stat, x, len(inode.shared))
     layouts = [0] * n_inodes
     sizes = [0] * n_inodes
     for i, inode in enumerate(inodes):
@@ -756,6 +760,8 @@ def write(fs: FileSystem, version: int) -> bytes:
                 if (start - 1) // _BLOCK != (start + inline_size) // _BLOCK:
                     pos += _BLOCK - (start - 1) % _BLOCK
                     pos = (pos + 31) & ~31
+        if layout == LAYOUT_FLAT_INLINE:
+            _limits.check_inline(fs, inode.stat, pos + h + x, _inline_len(inode))
         offsets[i] = pos
         pos += h + x + _inline_len(inode)
     pos = (pos + 31) & ~31
@@ -791,7 +797,7 @@ def write(fs: FileSystem, version: int) -> bytes:
         FEATURE_COMPAT,
         BLOCK_BITS,
         0,
-        nids[0] & 0xFFFF,
+        nids[0],
         n_inodes,
         build_time,
         build_nsec,
@@ -820,7 +826,7 @@ def write(fs: FileSystem, version: int) -> bytes:
                 out,
                 pos,
                 inode_format(layout, extended=False),
-                icount & 0xFFFF,
+                icount,
                 mode,
                 inode.nlink,
                 size,
@@ -836,21 +842,21 @@ def write(fs: FileSystem, version: int) -> bytes:
                 out,
                 pos,
                 inode_format(layout, extended=True),
-                icount & 0xFFFF,
+                icount,
                 mode,
                 0,
-                size & _M64,
+                size,
                 i_u,
-                (i if epoch1 else nids[i]) & _M32,
-                st.uid & _M32,
-                st.gid & _M32,
-                st.mtime & _M64,
+                i if epoch1 else nids[i],
+                st.uid,
+                st.gid,
+                st.mtime & _M64,  # a negative mtime as its two's complement (composefs-rs)
                 st.mtime_nsec if epoch1 else 0,
-                inode.nlink & _M32,
+                inode.nlink,
             )
             pos += EXTENDED_INODE_SIZE
         if x:
-            XATTR_HEADER.pack_into(out, pos, ~inode.filter & _M32, len(inode.shared) & 0xFF)
+            XATTR_HEADER.pack_into(out, pos, ~inode.filter & _M32, len(inode.shared))
             pos += XATTR_HEADER.size
             for ref in inode.shared:
                 struct.pack_into("<I", out, pos, shared_refs[ref])
@@ -891,7 +897,7 @@ def write(fs: FileSystem, version: int) -> bytes:
 
 def _write_xattr(out: bytearray, pos: int, x: _XAttr) -> int:
     _, prefix, suffix, value = x
-    XATTR_ENTRY.pack_into(out, pos, len(suffix) & 0xFF, prefix, len(value) & 0xFFFF)
+    XATTR_ENTRY.pack_into(out, pos, len(suffix), prefix, len(value))
     pos += 4
     out[pos : pos + len(suffix)] = suffix
     pos += len(suffix)

@@ -24,6 +24,7 @@ import json
 from collections.abc import Sequence
 
 from composefs import _backend, erofs, splitstream
+from composefs._pure.dumpfile import debug_bytes
 from composefs.constants import ALLOWLIST_ONLY, EROFS_VERSIONS, XATTR_MODES
 from composefs.errors import ComposefsError
 from composefs.oci.documents import DocumentError, config_diff_ids, parse_json_object
@@ -181,8 +182,31 @@ def create_images(
     try:
         images = _backend.backend().merge.mkfs_layers(streams, xattrs, list(versions))
     except ValueError as e:
-        raise FilesystemError(str(e)) from None
+        cause = FilesystemError(str(e))
+        diff_id = _layer_of(streams, image_layers(repo, image).diff_ids, str(e))
+        if diff_id is None:
+            raise cause from None
+        raise FilesystemError(f"Layer {diff_id}") from cause
     return [bytes(i) for i in images]
+
+
+def _layer_of(streams: Sequence[bytes], diff_ids: Sequence[str], message: str) -> str | None:
+    """For an error of the EROFS limits (``"/path": what``, see ``erofs_limits``): the diff_id
+    of the topmost layer with an entry at that path (the layer whose entry the merged tree
+    kept), or None. Runs only after a failure, so a second read of the layers is fine."""
+    if not message.startswith('"/'):
+        return None
+    read_entries = _backend.backend().tar_split.read_entries
+    for diff_id, stream in reversed(list(zip(diff_ids, streams, strict=False))):
+        try:
+            entries = read_entries(stream)
+        except ValueError:
+            continue
+        for entry in entries:
+            parts = [c for c in entry.path.split(b"/") if c and c != b"."]
+            if parts and message.startswith(debug_bytes(b"/" + b"/".join(parts)) + ": "):
+                return diff_id
+    return None
 
 
 def create_image(

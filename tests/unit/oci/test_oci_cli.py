@@ -251,3 +251,24 @@ def test_progress_renderer() -> None:
     assert "bbbbbbbbbbbb already present" in text
     final = text.rsplit("\x1b[J", 1)[-1]
     assert final == "aaaaaaaaaaaa done 2.00 KiB\nbbbbbbbbbbbb already present\n"
+
+
+def test_pull_of_a_name_erofs_cannot_hold(tmp_path: Path) -> None:
+    """One ``Error:`` and its causes (manifest, layer, path), exit 1, no traceback, no tag."""
+    long_name = "n" * 300
+    w = LayoutWriter(tmp_path / "layout")
+    base = w.layer(TarBuilder().dir("usr").file("usr/f", b"f" * 1000).build(), "gzip")
+    bad = w.layer(TarBuilder().dir("usr").file(f"usr/{long_name}", b"x").build(), "none")
+    image = w.image([base, bad], architecture=HOST)
+    w.write_index([w.tagged(image, "bad")])
+    repo = tmp_path / "repo"
+    ok("--repo", repo, "init", "--insecure")
+    proc = cli("--repo", repo, "oci", "pull", f"oci:{tmp_path / 'layout'}:bad", "t")
+    assert proc.returncode == 1 and proc.stdout == b""
+    assert proc.stderr.decode() == (
+        f"Error: Creating the composefs image of manifest {image['digest']}\n\nCaused by:\n"
+        f"    0: Layer {bad.diff_id}\n"
+        f'    1: "/usr/{long_name}": file name too long (300 bytes; EROFS allows 255)\n'
+    )
+    assert json.loads(ok("--repo", repo, "oci", "images", "--json")) == {"images": []}
+    ok("--repo", repo, "fsck")

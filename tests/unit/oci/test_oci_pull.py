@@ -515,3 +515,45 @@ def test_gc_after_pull_keeps_the_image(repo: Repository, layout: dict[str, Any])
     oci.untag_image(repo, "img")
     repo.gc()
     assert repo.has_image(result.image_id.hex()) is None
+
+
+@pytest.mark.parametrize(
+    ("layer", "what"),
+    [
+        (
+            TarBuilder().dir("usr").file(f"usr/{'n' * 300}", b"x"),
+            f'"/usr/{"n" * 300}": file name too long (300 bytes; EROFS allows 255)',
+        ),
+        (
+            TarBuilder()
+            .dir("usr")
+            .file("usr/ping", b"p", xattrs={"security.capability": "\x01" * 65_560}),
+            '"/usr/ping": xattr "security.capability" value too large (65560 bytes; '
+            "EROFS allows 65535)",
+        ),
+    ],
+)
+def test_pull_refuses_what_erofs_cannot_hold(
+    repo: Repository, tmp_path: Path, layer: TarBuilder, what: str
+) -> None:
+    """A name of 300 bytes, an xattr value over 65,535 bytes (cfsctl 0.9.4 writes images the
+    kernel misreads): the pull fails naming the layer and the path, nothing is tagged, and
+    the repository stays consistent."""
+    w = LayoutWriter(tmp_path / "bad")
+    base = w.layer(_tar("base"), "gzip")
+    bad = w.layer(layer.build(), "none")
+    image = w.image([base, bad], architecture=HOST)
+    w.write_index([w.tagged(image, "bad")])
+    with pytest.raises(PullError) as e:
+        oci.pull(repo, f"oci:{tmp_path / 'bad'}:bad", "t")
+    assert _chain(e.value) == [
+        f"Creating the composefs image of manifest {image['digest']}",
+        f"Layer {bad.diff_id}",
+        what,
+    ]
+    assert oci.list_refs(repo) == []
+    assert oci.oci_fsck(repo).ok
+    assert repo.fsck().ok
+    with contextlib.suppress(ComposefsError):
+        repo.gc()
+    assert repo.fsck().ok
