@@ -39,5 +39,5 @@ _ARMED = os.environ.get("COMPOSEFS_FAULT") or None
 
 def point(name: str) -> None:
     """Kills the process with ``SIGKILL`` if ``COMPOSEFS_FAULT`` is ``name``; else nothing."""
-    if _ARMED is not None and _ARMED == name:
+    if _ARMED is not None and name == _ARMED:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -13,7 +13,6 @@ import pytest
 from composefs import _faults
 from support import pulls
 
-
 #: the refs each pull writes: the manifest tag (and for ``one``, pulled through an image index,
 #: the index tag)
 ONE_REFS = ["oci-index/one", "oci/one"]
@@ -45,7 +44,7 @@ def reference(
 def test_fault_unset_is_inert() -> None:
     _faults.point("no-such-point")  # returns: the process is still here
     for name in _faults.POINTS:
-        assert _faults._ARMED != name
+        assert name != _faults._ARMED
 
 
 @pytest.mark.parametrize("point", _faults.POINTS)

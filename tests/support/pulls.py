@@ -15,13 +15,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from composefs.oci.image import OciImage
 from composefs.oci.platform import host_platform
 from composefs.repository import Repository
 from composefs.testing import LayoutWriter, TarBuilder
-
 from support import run, tool
 
 HOST = host_platform().architecture
@@ -69,6 +69,39 @@ def shared_layout(path: Path) -> SharedLayout:
 
 def cli_args(repo: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "composefs.cli", "--repo", os.fspath(repo), *args]
+
+
+#: runs ``composefs.cli.main`` with ``sys.argv[2:]`` once the file ``sys.argv[1]`` exists (the
+#: interpreter and the package are loaded first, so that processes started one after the other
+#: really run together)
+_AT_BARRIER = """
+import os, sys, time
+from composefs.cli import main
+import composefs.cli._main, composefs.oci.pull  # noqa: the run after the barrier is warm
+barrier = sys.argv[1]
+sys.argv = ["composefs", *sys.argv[2:]]
+while not os.path.exists(barrier):
+    time.sleep(0.002)
+sys.exit(main())
+"""
+
+
+def start(barrier: Path, repo: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Starts ``composefs --repo REPO ARGS...``, to run when :func:`release` creates ``barrier``."""
+    return subprocess.Popen(
+        [sys.executable, "-c", _AT_BARRIER, os.fspath(barrier), "--repo", os.fspath(repo), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "COMPOSEFS_FAULT"},
+    )
+
+
+def release(barrier: Path, procs: list[subprocess.Popen[bytes]]) -> list[tuple[int, str]]:
+    """Lets the processes of :func:`start` run; their exit codes and outputs."""
+    time.sleep(0.3)  # their imports
+    barrier.touch()
+    return [finish(p, timeout=60) for p in procs]
 
 
 def cli(repo: Path, *args: str) -> str:
@@ -127,7 +160,9 @@ def objects(repo: Path) -> list[str]:
     """Every object's ``xx/rest`` name, sorted."""
     root = repo / "objects"
     return sorted(
-        f"{sub.name}/{entry.name}" for sub in root.iterdir() if sub.is_dir()
+        f"{sub.name}/{entry.name}"
+        for sub in root.iterdir()
+        if sub.is_dir()
         for entry in sub.iterdir()
     )
 

@@ -9,7 +9,7 @@ The pipeline (see ``docs/oci.md``)::
       -> EROFS image(s) of the merged layers, one per format of meta.json (container images
          only), config and manifest streams rewritten with the image refs
          (:func:`composefs.oci.filesystem.commit_images`)
-      -> oci-index-<digest> for every index walked (our extension) -> tag
+      -> oci-index-<digest> for every index walked (our extension) -> tag -> index tag
 
 The repository ends up byte for byte as ``cfsctl oci pull`` leaves it (streams, images, refs).
 Sources are opened through :data:`SOURCES`, one entry per transport.
