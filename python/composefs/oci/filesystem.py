@@ -23,7 +23,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 
-from composefs import _backend, erofs, splitstream
+from composefs import _backend, _faults, erofs, splitstream
 from composefs._pure.dumpfile import debug_bytes
 from composefs.constants import ALLOWLIST_ONLY, EROFS_VERSIONS, XATTR_MODES
 from composefs.errors import ComposefsError
@@ -260,6 +260,7 @@ def commit_images(repo: Repository, image: OciImage, tag: str | None = None) -> 
     images: dict[int, bytes] = {}
     for version, data in zip(versions, create_images(repo, image, versions), strict=True):
         images[version] = repo.write_image(None, data)
+    _faults.point("image-linked")
 
     # config: layer refs in diff_id order, composefs.image (V2), composefs.image.v1 (V1), then
     # the boot image refs already present (we do not build boot images)

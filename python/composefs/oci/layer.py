@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import IO, Any, BinaryIO
 
-from composefs import _backend, dumpfile, splitstream
+from composefs import _backend, _faults, dumpfile, splitstream
 from composefs._contract import TarEntry
 from composefs.errors import ComposefsError
 from composefs.oci.media_types import LAYER_MEDIA_TYPE, LAYER_MEDIA_TYPES
@@ -146,6 +146,7 @@ def import_layer(
             f"layer content does not match diff_id: expected {diff_id}, got sha256:{tar_hex}"
         )
     verity = repo.ensure_object(split.stream_file)
+    _faults.point("layer-objects-written")
     repo.register_stream(verity, identifier, name)
     return LayerImportResult(
         diff_id,

@@ -9,7 +9,7 @@ The pipeline (see ``docs/oci.md``)::
       -> EROFS image(s) of the merged layers, one per format of meta.json (container images
          only), config and manifest streams rewritten with the image refs
          (:func:`composefs.oci.filesystem.commit_images`)
-      -> oci-index-<digest> for every index walked (our extension) -> tag
+      -> oci-index-<digest> for every index walked (our extension) -> tag -> index tag
 
 The repository ends up byte for byte as ``cfsctl oci pull`` leaves it (streams, images, refs).
 Sources are opened through :data:`SOURCES`, one entry per transport.
@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from composefs import splitstream
+from composefs import _faults, splitstream
 from composefs.errors import ComposefsError
 from composefs.oci import layer as _layer
 from composefs.oci.documents import (
@@ -50,7 +50,14 @@ from composefs.oci.media_types import (
     LAYER_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPE,
 )
-from composefs.oci.names import config_identifier, manifest_identifier, tag_image
+from composefs.oci.names import (
+    INDEX_REF_PREFIX,
+    config_identifier,
+    index_identifier,
+    manifest_identifier,
+    ref_path,
+    tag_image,
+)
 from composefs.oci.platform import Platform, parse_platform
 from composefs.oci.reference import (
     ImageReference,
@@ -392,6 +399,7 @@ def _pull(
             raise PullError(_source_context(image_ref)) from e
         except OSError as e:
             raise PullError(_source_context(image_ref)) from e
+    _faults.point("manifest-stored")
     stored_verity = result.manifest_verity
     committed: CommitResult | None = None
     try:
@@ -406,10 +414,18 @@ def _pull(
     except (ComposefsError, OSError) as e:
         raise PullError(f"Creating the composefs image of manifest {result.manifest_digest}") from e
     _check_cancel(cancel)
-    index_verity = write_index(repo, resolved.indexes, result.manifest_digest, stored_verity, name)
+    index_verity = write_index(repo, resolved.indexes, result.manifest_digest, stored_verity)
     _check_cancel(cancel)
+    _faults.point("before-tag")
     if name is not None:
+        # the manifest tag first: it is what makes the image visible (``oci images``), so a
+        # crash before it leaves no ref at all, and one after it only lacks the index tag
         tag_image(repo, result.manifest_digest, name)
+        if resolved.indexes:
+            repo.name_stream(
+                index_identifier(resolved.indexes[0][0]), ref_path(name, INDEX_REF_PREFIX)
+            )
+        _faults.point("tagged")
     return dataclasses.replace(
         result,
         tag=name,
@@ -558,6 +574,7 @@ def _import_config_and_layers(
         repo, source, list(zip(layers, diff_ids, strict=True)), artifact, emit, threads, cancel
     )
     _check_cancel(cancel)
+    _faults.point("layers-imported")
     layer_refs = [(d, results[d][0]) for d in diff_ids]
     stats = ImportStats()
     for diff_id in dict.fromkeys(diff_ids):
