@@ -88,7 +88,8 @@ class _Scanner:
                 if child is None:
                     stack.pop()
                     if not stack:
-                        return directory
+                        root: Directory = directory
+                        return root
                     parent = stack[-1]
                     if parent[0] is None:
                         with _scanning("directory", parent[5]):
