@@ -1370,4 +1370,37 @@ mod tests {
         assert_eq!(write(&back, true), out);
         assert!(t.elapsed().as_secs() < 5);
     }
+
+    /// Writing a deep tree (dumpfile and every EROFS format) does not recurse per level.
+    #[test]
+    fn deep_trees_are_written_without_recursion() {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                let depth = 20_000;
+                let mut dir = Directory::new(stat(0o755));
+                dir.entries.insert(b"f".to_vec(), Inode::Leaf(0));
+                for _ in 0..depth {
+                    let mut up = Directory::new(stat(0o755));
+                    up.entries
+                        .insert(b"d".to_vec(), Inode::Directory(Box::new(dir)));
+                    dir = up;
+                }
+                let fs = FileSystem {
+                    root: dir,
+                    leaves: vec![Leaf {
+                        stat: stat(0o644),
+                        content: Content::Inline(b"x".to_vec()),
+                    }],
+                };
+                let text = write(&fs, true);
+                assert_eq!(text.iter().filter(|&&b| b == b'\n').count(), depth + 2);
+                for version in [0, 1, 2] {
+                    assert!(crate::erofs::write(&fs, version).is_ok());
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 }

@@ -151,16 +151,16 @@ impl Eq for Directory {}
 /// recurse once per level and overflow the stack on a deep tree.
 impl Drop for Directory {
     fn drop(&mut self) {
-        fn take(entries: &mut BTreeMap<Vec<u8>, Inode>, stack: &mut Vec<Box<Directory>>) {
+        fn take(entries: &mut BTreeMap<Vec<u8>, Inode>, stack: &mut Vec<Directory>) {
             if entries.values().any(|i| matches!(i, Inode::Directory(_))) {
                 for (_, inode) in std::mem::take(entries) {
                     if let Inode::Directory(d) = inode {
-                        stack.push(d);
+                        stack.push(*d);
                     }
                 }
             }
         }
-        let mut stack: Vec<Box<Directory>> = Vec::new();
+        let mut stack: Vec<Directory> = Vec::new();
         take(&mut self.entries, &mut stack);
         while let Some(mut d) = stack.pop() {
             take(&mut d.entries, &mut stack);
