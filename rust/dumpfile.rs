@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 
-use crate::tree::{debug_bytes, Content, Directory, FileSystem, Inode, Leaf, Stat};
+use crate::tree::{debug_bytes, Content, Directory, FileSystem, Inode, Leaf, Stat, Walk};
 
 pub const S_IFMT: u32 = 0o170000;
 pub const S_IFSOCK: u32 = 0o140000;
@@ -150,15 +150,33 @@ impl Writer<'_> {
         self.head(&dir.stat, S_IFDIR, 0, 2 + subdirs, 0);
         self.out.extend_from_slice(b"- - -");
         self.tail(&dir.stat);
-        for (name, inode) in &dir.entries {
-            let len = self.path.len();
-            self.path.push(b'/');
-            self.path.extend_from_slice(name);
-            match inode {
-                Inode::Directory(d) => self.dir(d),
-                Inode::Leaf(id) => self.leaf(*id),
+    }
+
+    /// The whole tree, depth-first in name order, without recursion: `self.path` is the
+    /// current path, `lens` its length before each directory's name was appended.
+    fn tree(&mut self, root: &Directory) {
+        self.dir(root);
+        let mut lens: Vec<usize> = Vec::new();
+        for event in root.walk() {
+            match event {
+                Walk::Enter(name, d) => {
+                    lens.push(self.path.len());
+                    self.path.push(b'/');
+                    self.path.extend_from_slice(name);
+                    self.dir(d);
+                }
+                Walk::Leaf(name, _, id) => {
+                    let len = self.path.len();
+                    self.path.push(b'/');
+                    self.path.extend_from_slice(name);
+                    self.leaf(id);
+                    self.path.truncate(len);
+                }
+                Walk::Leave(_) => {
+                    let len = lens.pop().unwrap_or_default();
+                    self.path.truncate(len);
+                }
             }
-            self.path.truncate(len);
         }
     }
 
@@ -232,7 +250,7 @@ pub fn write(fs: &FileSystem, raw_modes: bool) -> Vec<u8> {
         raw_modes,
         path: Vec::with_capacity(256),
     };
-    w.dir(&fs.root);
+    w.tree(&fs.root);
     w.out
 }
 
@@ -1351,5 +1369,38 @@ mod tests {
         let back = parse(&out).unwrap();
         assert_eq!(write(&back, true), out);
         assert!(t.elapsed().as_secs() < 5);
+    }
+
+    /// Writing a deep tree (dumpfile and every EROFS format) does not recurse per level.
+    #[test]
+    fn deep_trees_are_written_without_recursion() {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                let depth = 20_000;
+                let mut dir = Directory::new(stat(0o755));
+                dir.entries.insert(b"f".to_vec(), Inode::Leaf(0));
+                for _ in 0..depth {
+                    let mut up = Directory::new(stat(0o755));
+                    up.entries
+                        .insert(b"d".to_vec(), Inode::Directory(Box::new(dir)));
+                    dir = up;
+                }
+                let fs = FileSystem {
+                    root: dir,
+                    leaves: vec![Leaf {
+                        stat: stat(0o644),
+                        content: Content::Inline(b"x".to_vec()),
+                    }],
+                };
+                let text = write(&fs, true);
+                assert_eq!(text.iter().filter(|&&b| b == b'\n').count(), depth + 2);
+                for version in [0, 1, 2] {
+                    assert!(crate::erofs::write(&fs, version).is_ok());
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

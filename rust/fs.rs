@@ -61,15 +61,12 @@ fn cstring(bytes: &[u8]) -> io::Result<CString> {
     CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-/// `os.path.join(base, name)` for a name without slashes.
-fn join(base: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(base.len() + name.len() + 1);
-    p.extend_from_slice(base);
+/// `os.path.join(base, name)` for a name without slashes, in place.
+fn join_into(base: &mut Vec<u8>, name: &[u8]) {
     if !base.is_empty() && !base.ends_with(b"/") {
-        p.push(b'/');
+        base.push(b'/');
     }
-    p.extend_from_slice(name);
-    p
+    base.extend_from_slice(name);
 }
 
 fn openat(dir: libc::c_int, name: &CString, flags: libc::c_int) -> io::Result<OwnedFd> {
@@ -360,13 +357,26 @@ struct Scanner<'s> {
     buf: Vec<u8>,
 }
 
+/// Directories held open at once by a scan: deeper ones are closed while their
+/// sub-directories are read, and opened again (through `..`, checked to be the same
+/// directory) when the scan comes back to them.
+const MAX_OPEN_DIRS: usize = 64;
+
+/// A directory being read: its descriptor (`None` while closed), its identity, the tree
+/// built so far, the entries left to read, its name in its parent and the length of the
+/// current path before that name.
+struct Frame {
+    fd: Option<OwnedFd>,
+    key: (u64, u64),
+    dir: Directory,
+    children: std::vec::IntoIter<(Vec<u8>, bool)>,
+    name: Vec<u8>,
+    path_len: usize,
+}
+
 impl Scanner<'_> {
-    fn directory(
-        &mut self,
-        parent: libc::c_int,
-        name: &[u8],
-        path: &[u8],
-    ) -> Result<Directory, Error> {
+    /// Opens and lists the directory `name` of `parent` (whose path is `path`).
+    fn open_dir(&mut self, parent: libc::c_int, name: &[u8], path: &[u8]) -> Result<Frame, Error> {
         let e = |err| io_err(path, err);
         let cname = cstring(name).map_err(e)?;
         let fd = openat(
@@ -377,20 +387,97 @@ impl Scanner<'_> {
         .map_err(e)?;
         let st = fstat(fd.as_fd()).map_err(e)?;
         let stat = make_stat(&st, &XattrSource::Fd(fd.as_fd())).map_err(e)?;
-        let mut dir = Directory::new(stat);
-        for (child, is_dir) in list(fd.as_fd()).map_err(e)? {
-            if self.abort.load(Ordering::Relaxed) {
-                break;
-            }
-            let sub = join(path, &child);
-            let inode = if is_dir {
-                Inode::Directory(Box::new(self.directory(fd.as_raw_fd(), &child, &sub)?))
-            } else {
-                Inode::Leaf(self.leaf(fd.as_fd(), &child, &sub)?)
+        let children = list(fd.as_fd()).map_err(e)?;
+        Ok(Frame {
+            fd: Some(fd),
+            key: (st.st_dev, st.st_ino),
+            dir: Directory::new(stat),
+            children: children.into_iter(),
+            name: Vec::new(),
+            path_len: 0,
+        })
+    }
+
+    /// Reads the tree at `path`, depth-first in name order, without recursion: one frame
+    /// per open directory, one path buffer.
+    fn directory(&mut self, path: &[u8]) -> Result<Directory, Error> {
+        let mut cur = path.to_vec();
+        let mut stack = vec![self.open_dir(libc::AT_FDCWD, path, path)?];
+        loop {
+            let Some(top) = stack.last_mut() else {
+                unreachable!("the root frame is returned, never popped here");
             };
-            dir.entries.insert(child, inode);
+            let next = if self.abort.load(Ordering::Relaxed) {
+                None
+            } else {
+                top.children.next()
+            };
+            let Some(fd) = top.fd.as_ref() else {
+                unreachable!("the directory being read is open");
+            };
+            match next {
+                Some((child, true)) => {
+                    let len = cur.len();
+                    join_into(&mut cur, &child);
+                    let mut frame = self.open_dir(fd.as_raw_fd(), &child, &cur)?;
+                    frame.name = child;
+                    frame.path_len = len;
+                    stack.push(frame);
+                    if stack.len() > MAX_OPEN_DIRS {
+                        let at = stack.len() - 1 - MAX_OPEN_DIRS;
+                        stack[at].fd = None;
+                    }
+                }
+                Some((child, false)) => {
+                    let len = cur.len();
+                    join_into(&mut cur, &child);
+                    let idx = self.leaf(fd.as_fd(), &child, &cur)?;
+                    top.dir.entries.insert(child, Inode::Leaf(idx));
+                    cur.truncate(len);
+                }
+                None => {
+                    let Some(done) = stack.pop() else {
+                        unreachable!("checked above");
+                    };
+                    let Some(parent) = stack.last_mut() else {
+                        return Ok(done.dir);
+                    };
+                    cur.truncate(done.path_len);
+                    if parent.fd.is_none() {
+                        parent.fd = Some(Self::reopen_parent(&done, parent.key, &cur)?);
+                    }
+                    let Frame { name, dir, .. } = done;
+                    parent
+                        .dir
+                        .entries
+                        .insert(name, Inode::Directory(Box::new(dir)));
+                }
+            }
         }
-        Ok(dir)
+    }
+
+    /// The parent of `child` again (closed while deeper directories were read), through
+    /// `..`; it must be the directory first opened.
+    fn reopen_parent(child: &Frame, key: (u64, u64), path: &[u8]) -> Result<OwnedFd, Error> {
+        let e = |err| io_err(path, err);
+        let Some(fd) = child.fd.as_ref() else {
+            unreachable!("the directory just read is open");
+        };
+        let dotdot = cstring(b"..").map_err(e)?;
+        let parent = openat(
+            fd.as_raw_fd(),
+            &dotdot,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        )
+        .map_err(e)?;
+        let st = fstat(parent.as_fd()).map_err(e)?;
+        if (st.st_dev, st.st_ino) != key {
+            return Err(Error::Invalid(format!(
+                "{}: directory moved during the scan",
+                String::from_utf8_lossy(path)
+            )));
+        }
+        Ok(parent)
     }
 
     fn changed(path: &[u8]) -> Error {
@@ -530,7 +617,7 @@ pub fn read_filesystem(path: &[u8], opts: &Options<'_>) -> Result<FileSystem, Er
     };
     if threads <= 1 {
         scanner.buf = vec![0u8; READ_BUF];
-        let root = scanner.directory(libc::AT_FDCWD, path, path)?;
+        let root = scanner.directory(path)?;
         return Ok(FileSystem {
             root,
             leaves: scanner.leaves,
@@ -547,7 +634,7 @@ pub fn read_filesystem(path: &[u8], opts: &Options<'_>) -> Result<FileSystem, Er
         }
         drop(rtx);
         scanner.queue = Some(tx);
-        let scanned = scanner.directory(libc::AT_FDCWD, path, path);
+        let scanned = scanner.directory(path);
         // Closing the queue lets the workers finish.
         scanner.queue = None;
         if scanned.is_err() {

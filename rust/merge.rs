@@ -5,9 +5,11 @@
 
 use crate::tar_split::{self, Kind};
 use crate::tree::{
-    debug_bytes, join, normalize_into, not_found, Content, Directory, FileSystem, Inode, Leaf,
-    Stat, XattrFiltering,
+    self, debug_bytes, join, normalize_into, not_found, Content, Directory, FileSystem, Inode,
+    Leaf, Stat, XattrFiltering,
 };
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 fn is_whiteout(name: &[u8]) -> bool {
     name.starts_with(b".wh.")
@@ -53,140 +55,323 @@ fn new_inode(leaves: &mut Vec<Leaf>, e: &tar_split::Entry) -> Inode {
     Inode::Leaf(leaves.len() - 1)
 }
 
-fn unpack_error(e: &tar_split::Entry, m: &str) -> String {
-    format!(
-        "Error unpacking container layer file {}: {m}",
-        debug_bytes(&e.path)
-    )
+/// The paths of one layer, interned: node 0 is the root, every other node a name in its
+/// parent node. A layer's members are stored as nodes rather than paths, so a deep tree
+/// costs memory per entry, not per entry and level; consecutive members share the
+/// components they have in common with the previous one without looking them up again.
+struct Paths {
+    nodes: Vec<PathNode>,
+    /// Hash of (parent, name) -> the last node created with it (the others chained).
+    index: HashMap<u64, u32>,
+    /// The nodes of the previous path interned, root excluded.
+    prev: Vec<u32>,
 }
 
-fn apply_layer(fs: &mut FileSystem, entries: &[tar_split::Entry]) -> Result<(), String> {
-    // Member names and hard link targets are resolved first, in stream order: the
-    // components of all of them in `arena`, each name's as a range of it.
-    let mut arena: Vec<&[u8]> = Vec::with_capacity(entries.len() * 4);
-    let mut spans = Vec::with_capacity(entries.len());
-    for e in entries {
-        let start = arena.len();
-        normalize_into(&e.path, &mut arena)?;
-        let mid = arena.len();
-        let target = match (e.kind, &e.link_target) {
-            (Kind::Hardlink, Some(t)) => {
-                normalize_into(t, &mut arena)?;
-                Some(arena.len())
-            }
-            _ => None,
-        };
-        spans.push((start, mid, target));
-    }
-    let comps_of = |i: usize| {
-        let (a, b, _) = spans[i];
-        &arena[a..b]
-    };
-    let target_of = |i: usize| {
-        let (_, b, t) = spans[i];
-        t.map(|t| &arena[b..t])
-    };
-    // Pass 1: the whiteouts, against the tree of the lower layers.
-    for comps in (0..entries.len()).map(comps_of) {
-        let Some((name, parent)) = comps.split_last() else {
-            continue;
-        };
-        if !is_whiteout(name) {
-            continue;
-        }
-        if let Some(dir) = fs.root.find_dir_mut(parent) {
-            if *name == b".wh..wh..opq" {
-                dir.entries.clear();
-            } else {
-                dir.entries.remove(&name[4..]);
-            }
-        }
-    }
-    // Pass 2: the other entries, in stream order. After an entry that is not a hard
-    // link, the following such entries in the same directory are added to it without
-    // looking it up again (nothing they do can move it).
-    let mut i = 0;
-    while i < entries.len() {
-        let (e, comps) = (&entries[i], comps_of(i));
-        i += 1;
-        if comps.last().is_some_and(|n| is_whiteout(n)) {
-            continue;
-        }
-        let Some((name, parent)) = comps.split_last() else {
-            process_entry(fs, e, comps, None).map_err(|m| format!("Processing tar entry: {m}"))?;
-            continue;
-        };
-        if e.kind == Kind::Hardlink {
-            process_entry(fs, e, comps, target_of(i - 1))
-                .map_err(|m| format!("Processing tar entry: {m}"))?;
-            continue;
-        }
-        let FileSystem { root, leaves } = fs;
-        let inode = new_inode(leaves, e);
-        let dir = root
-            .dir_mut(parent)
-            .map_err(|m| format!("Processing tar entry: {}", unpack_error(e, &m)))?;
-        dir.merge(name, inode);
-        while i < entries.len() {
-            let (e, comps) = (&entries[i], comps_of(i));
-            if comps.last().is_some_and(|n| is_whiteout(n)) {
-                i += 1;
-                continue;
-            }
-            let Some((name, p)) = comps.split_last() else {
-                break;
-            };
-            if e.kind == Kind::Hardlink || p != parent {
-                break;
-            }
-            dir.merge(name, new_inode(leaves, e));
-            i += 1;
-        }
-    }
-    Ok(())
+struct PathNode {
+    parent: u32,
+    name: Box<[u8]>,
+    /// The previous node with the same hash (`NONE` for none).
+    same_hash: u32,
 }
 
-/// composefs-rs `process_entry` for an entry that is not a whiteout.
-fn process_entry(
-    fs: &mut FileSystem,
-    e: &tar_split::Entry,
-    comps: &[&[u8]],
-    target: Option<&[&[u8]]>,
-) -> Result<(), String> {
-    let Some((name, parent)) = comps.split_last() else {
-        if e.kind != Kind::Dir {
-            return Err(format!(
-                "Unpacking layer tar: filename {} must be a directory",
-                debug_bytes(&e.path)
-            ));
+const ROOT: u32 = 0;
+const NONE: u32 = u32::MAX;
+
+impl Paths {
+    fn new() -> Self {
+        Self {
+            nodes: vec![PathNode {
+                parent: NONE,
+                name: Box::default(),
+                same_hash: NONE,
+            }],
+            index: HashMap::new(),
+            prev: Vec::new(),
         }
-        fs.root.stat = entry_stat(e);
-        return Ok(());
-    };
-    let inode = match e.kind {
-        Kind::Dir => Inode::Directory(Box::new(Directory::new(entry_stat(e)))),
-        Kind::Hardlink => {
-            let raw = e.link_target.as_deref().unwrap_or_default();
-            let Some((tname, tparent)) = target.unwrap_or_default().split_last() else {
-                return Err(format!("Invalid filename {}", debug_bytes(raw)));
-            };
-            let dir = fs.root.dir_ref(tparent, &join(tparent))?;
-            match dir.entries.get(*tname) {
-                Some(Inode::Leaf(id)) => Inode::Leaf(*id),
-                Some(Inode::Directory(_)) => {
-                    return Err(format!(
-                        "Directory entry {} is a directory",
-                        debug_bytes(tname)
-                    ))
+    }
+
+    fn hash(parent: u32, name: &[u8]) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        parent.hash(&mut h);
+        name.hash(&mut h);
+        h.finish()
+    }
+
+    /// The node of the path made of `comps` (created as needed).
+    fn intern(&mut self, comps: &[&[u8]]) -> Result<u32, String> {
+        let mut same = 0;
+        while same < comps.len()
+            && same < self.prev.len()
+            && *self.nodes[self.prev[same] as usize].name == *comps[same]
+        {
+            same += 1;
+        }
+        self.prev.truncate(same);
+        let mut node = self.prev.last().copied().unwrap_or(ROOT);
+        for &name in &comps[same..] {
+            let h = Self::hash(node, name);
+            let mut at = self.index.get(&h).copied().unwrap_or(NONE);
+            while at != NONE {
+                let n = &self.nodes[at as usize];
+                if n.parent == node && *n.name == *name {
+                    break;
                 }
-                None => return Err(not_found(tname)),
+                at = n.same_hash;
+            }
+            if at == NONE {
+                at = u32::try_from(self.nodes.len())
+                    .ok()
+                    .filter(|&n| n != NONE)
+                    .ok_or("too many paths in one layer")?;
+                let same_hash = self.index.insert(h, at).unwrap_or(NONE);
+                self.nodes.push(PathNode {
+                    parent: node,
+                    name: name.into(),
+                    same_hash,
+                });
+            }
+            self.prev.push(at);
+            node = at;
+        }
+        Ok(node)
+    }
+
+    fn parent(&self, node: u32) -> u32 {
+        self.nodes[node as usize].parent
+    }
+
+    fn name(&self, node: u32) -> &[u8] {
+        &self.nodes[node as usize].name
+    }
+
+    /// The nodes from below `top` down to `node` (in that order), if `top` is an ancestor
+    /// of `node` (or `node` itself: then empty); else those from below the root.
+    fn chain_from(&self, top: u32, node: u32, out: &mut Vec<u32>) -> bool {
+        out.clear();
+        let mut n = node;
+        while n != top && n != ROOT {
+            out.push(n);
+            n = self.parent(n);
+        }
+        out.reverse();
+        n == top
+    }
+
+    /// The components of a node's path.
+    fn components(&self, node: u32) -> Vec<&[u8]> {
+        let mut chain = Vec::new();
+        self.chain_from(ROOT, node, &mut chain);
+        chain.iter().map(|&n| self.name(n)).collect()
+    }
+}
+
+/// Whether `path` is exactly `/c1/c2/...` (then it need not be kept: it can be rebuilt).
+fn is_joined(path: &[u8], comps: &[&[u8]]) -> bool {
+    let mut rest = path;
+    for c in comps {
+        match rest
+            .strip_prefix(b"/".as_slice())
+            .and_then(|r| r.strip_prefix(*c))
+        {
+            Some(r) => rest = r,
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
+/// A layer member once read: the entry (its path and hard link target dropped when they
+/// can be rebuilt from their nodes), the node of its path, that of a hard link's target.
+struct Member {
+    entry: tar_split::Entry,
+    node: u32,
+    target: Option<u32>,
+    path_dropped: bool,
+}
+
+/// Receives the members of a layer from the splitstream reader.
+struct Layer {
+    paths: Paths,
+    members: Vec<Member>,
+    /// The first member name that could not be resolved (reported once the stream is
+    /// read: stream errors come first).
+    error: Option<String>,
+}
+
+impl Layer {
+    fn new() -> Self {
+        Self {
+            paths: Paths::new(),
+            members: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn member(&mut self, mut entry: tar_split::Entry) -> Result<Member, String> {
+        let mut comps: Vec<&[u8]> = Vec::new();
+        normalize_into(&entry.path, &mut comps)?;
+        let node = self.paths.intern(&comps)?;
+        let path_dropped = !comps.is_empty() && is_joined(&entry.path, &comps);
+        let mut target = None;
+        if entry.kind == Kind::Hardlink {
+            if let Some(t) = &entry.link_target {
+                comps.clear();
+                normalize_into(t, &mut comps)?;
+                target = Some(self.paths.intern(&comps)?);
             }
         }
-        _ => new_inode(&mut fs.leaves, e),
+        if path_dropped {
+            entry.path = Vec::new();
+        }
+        Ok(Member {
+            entry,
+            node,
+            target,
+            path_dropped,
+        })
+    }
+
+    /// The member's path as read (`make_absolute_path`).
+    fn path(&self, m: &Member) -> Vec<u8> {
+        if m.path_dropped {
+            join(&self.paths.components(m.node))
+        } else {
+            m.entry.path.clone()
+        }
+    }
+}
+
+impl tar_split::EntrySink for Layer {
+    fn restart(&mut self) {
+        *self = Self::new();
+    }
+
+    fn entry(&mut self, entry: tar_split::Entry) {
+        if self.error.is_some() {
+            return;
+        }
+        match self.member(entry) {
+            Ok(m) => self.members.push(m),
+            Err(e) => self.error = Some(e),
+        }
+    }
+}
+
+/// The directory at `node`, from `dir` (the directory at `from`) along `chain` (the nodes
+/// below `from` down to `node`, from [`Paths::chain_from`]). Errors name the failing
+/// component (composefs-rs `get_directory_mut`).
+fn descend<'t>(
+    paths: &Paths,
+    mut dir: &'t mut Directory,
+    chain: &[u32],
+) -> Result<&'t mut Directory, String> {
+    for &n in chain {
+        let name = paths.name(n);
+        dir = match dir.entries.get_mut(name) {
+            Some(Inode::Directory(d)) => d,
+            Some(Inode::Leaf(_)) => return Err(tree::not_a_directory(name)),
+            None => return Err(not_found(name)),
+        };
+    }
+    Ok(dir)
+}
+
+/// The start of a lookup of `node`: the cursor (the directory at a node, which stays valid
+/// while the tree changes only through it) when it is an ancestor, else the root.
+macro_rules! start {
+    ($paths:expr, $root:expr, $cursor:expr, $node:expr, $chain:expr) => {
+        match $cursor.take() {
+            Some((at, dir)) if $paths.chain_from(at, $node, $chain) => dir,
+            _ => {
+                $paths.chain_from(ROOT, $node, $chain);
+                &mut *$root
+            }
+        }
     };
-    let dir = fs.root.dir_mut(parent).map_err(|m| unpack_error(e, &m))?;
-    dir.merge(name, inode);
+}
+
+fn apply_layer(fs: &mut FileSystem, layer: &Layer) -> Result<(), String> {
+    let paths = &layer.paths;
+    let mut chain = Vec::new();
+    // Pass 1: the whiteouts, against the tree of the lower layers.
+    let mut cursor: Option<(u32, &mut Directory)> = None;
+    for m in &layer.members {
+        if m.node == ROOT || !is_whiteout(paths.name(m.node)) {
+            continue;
+        }
+        let (name, parent) = (paths.name(m.node), paths.parent(m.node));
+        let from = start!(paths, &mut fs.root, cursor, parent, &mut chain);
+        match descend(paths, from, &chain) {
+            Ok(dir) => {
+                if name == b".wh..wh..opq" {
+                    dir.entries.clear();
+                } else {
+                    dir.entries.remove(&name[4..]);
+                }
+                cursor = Some((parent, dir));
+            }
+            Err(_) => cursor = None,
+        }
+    }
+    // Pass 2: the other entries, in stream order.
+    let FileSystem { root, leaves } = fs;
+    let mut cursor: Option<(u32, &mut Directory)> = None;
+    for m in &layer.members {
+        let e = &m.entry;
+        if m.node == ROOT {
+            if e.kind != Kind::Dir {
+                return Err(format!(
+                    "Processing tar entry: Unpacking layer tar: filename {} must be a directory",
+                    debug_bytes(&e.path)
+                ));
+            }
+            cursor = None;
+            root.stat = entry_stat(e);
+            continue;
+        }
+        let (name, parent) = (paths.name(m.node), paths.parent(m.node));
+        if is_whiteout(name) {
+            continue;
+        }
+        let inode = match e.kind {
+            Kind::Hardlink => {
+                cursor = None;
+                hardlink_target(root, layer, m).map_err(|m| format!("Processing tar entry: {m}"))?
+            }
+            _ => new_inode(leaves, e),
+        };
+        let from = start!(paths, root, cursor, parent, &mut chain);
+        let dir = descend(paths, from, &chain).map_err(|msg| {
+            format!(
+                "Processing tar entry: Error unpacking container layer file {}: {msg}",
+                debug_bytes(&layer.path(m))
+            )
+        })?;
+        dir.merge(name, inode);
+        cursor = Some((parent, dir));
+    }
     Ok(())
+}
+
+/// The leaf a hard link member points at (composefs-rs `process_entry`).
+fn hardlink_target(root: &Directory, layer: &Layer, m: &Member) -> Result<Inode, String> {
+    let raw = m.entry.link_target.as_deref().unwrap_or_default();
+    let comps = m
+        .target
+        .map(|t| layer.paths.components(t))
+        .unwrap_or_default();
+    let Some((tname, tparent)) = comps.split_last() else {
+        return Err(format!("Invalid filename {}", debug_bytes(raw)));
+    };
+    let dir = root.dir_ref(tparent, &join(tparent))?;
+    match dir.entries.get(*tname) {
+        Some(Inode::Leaf(id)) => Ok(Inode::Leaf(*id)),
+        Some(Inode::Directory(_)) => Err(format!(
+            "Directory entry {} is a directory",
+            debug_bytes(tname)
+        )),
+        None => Err(not_found(tname)),
+    }
 }
 
 /// Merges layer splitstream files (bottom first) into one tree and applies
@@ -194,8 +379,12 @@ fn process_entry(
 pub fn merge(streams: &[&[u8]], xattrs: XattrFiltering) -> Result<FileSystem, String> {
     let mut fs = FileSystem::default();
     for stream in streams {
-        let entries = tar_split::read_entries(stream).map_err(|e| e.to_string())?;
-        apply_layer(&mut fs, &entries)?;
+        let mut layer = Layer::new();
+        tar_split::visit_entries(stream, &mut layer).map_err(|e| e.to_string())?;
+        if let Some(e) = layer.error.take() {
+            return Err(e);
+        }
+        apply_layer(&mut fs, &layer)?;
     }
     fs.transform_for_oci(xattrs)?;
     Ok(fs)

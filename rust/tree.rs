@@ -49,20 +49,21 @@ pub struct Leaf {
     pub content: Content,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Inode {
     Directory(Box<Directory>),
     /// Index into [`FileSystem::leaves`].
     Leaf(usize),
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// `Debug` recurses (tests only); dropping and comparing do not.
+#[derive(Debug, Default)]
 pub struct Directory {
     pub stat: Stat,
     pub entries: BTreeMap<Vec<u8>, Inode>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct FileSystem {
     pub root: Directory,
     pub leaves: Vec<Leaf>,
@@ -71,17 +72,100 @@ pub struct FileSystem {
 impl FileSystem {
     /// Number of tree entries referring to each leaf (hard link count), by leaf index.
     pub fn nlinks(&self) -> Vec<u32> {
-        fn walk(dir: &Directory, counts: &mut [u32]) {
-            for inode in dir.entries.values() {
-                match inode {
-                    Inode::Directory(d) => walk(d, counts),
-                    Inode::Leaf(i) => counts[*i] += 1,
+        let mut counts = vec![0; self.leaves.len()];
+        for event in self.root.walk() {
+            if let Walk::Leaf(_, _, i) = event {
+                counts[i] += 1;
+            }
+        }
+        counts
+    }
+}
+
+/// One step of [`Directory::walk`].
+#[derive(Clone, Copy, Debug)]
+pub enum Walk<'a> {
+    /// A sub-directory (the name in its parent, the directory), before its entries.
+    Enter(&'a [u8], &'a Directory),
+    /// A leaf entry: its name, the directory holding it, the leaf index.
+    Leaf(&'a [u8], &'a Directory, usize),
+    /// After the entries of the directory last entered.
+    Leave(&'a Directory),
+}
+
+/// The iterator of [`Directory::walk`]: depth-first, entries in name order, without
+/// recursion (one frame per level on the heap).
+pub struct WalkIter<'a> {
+    stack: Vec<(
+        &'a Directory,
+        std::collections::btree_map::Iter<'a, Vec<u8>, Inode>,
+    )>,
+}
+
+impl<'a> Iterator for WalkIter<'a> {
+    type Item = Walk<'a>;
+
+    fn next(&mut self) -> Option<Walk<'a>> {
+        let (dir, iter) = self.stack.last_mut()?;
+        let dir = *dir;
+        match iter.next() {
+            Some((name, Inode::Directory(d))) => {
+                self.stack.push((d, d.entries.iter()));
+                Some(Walk::Enter(name, d))
+            }
+            Some((name, Inode::Leaf(i))) => Some(Walk::Leaf(name, dir, *i)),
+            None => {
+                self.stack.pop();
+                // The walk's own root is not reported.
+                (!self.stack.is_empty()).then_some(Walk::Leave(dir))
+            }
+        }
+    }
+}
+
+/// Compares two trees without recursion.
+impl PartialEq for Directory {
+    fn eq(&self, other: &Self) -> bool {
+        if self.stat != other.stat {
+            return false;
+        }
+        let (mut a, mut b) = (self.walk(), other.walk());
+        loop {
+            let same = match (a.next(), b.next()) {
+                (None, None) => return true,
+                (Some(Walk::Enter(n, d)), Some(Walk::Enter(m, e))) => n == m && d.stat == e.stat,
+                (Some(Walk::Leaf(n, _, i)), Some(Walk::Leaf(m, _, j))) => n == m && i == j,
+                (Some(Walk::Leave(_)), Some(Walk::Leave(_))) => true,
+                _ => false,
+            };
+            if !same {
+                return false;
+            }
+        }
+    }
+}
+
+impl Eq for Directory {}
+
+/// Drops the sub-directories one at a time: the derived drop of nested boxes would
+/// recurse once per level and overflow the stack on a deep tree.
+impl Drop for Directory {
+    fn drop(&mut self) {
+        fn take(entries: &mut BTreeMap<Vec<u8>, Inode>, stack: &mut Vec<Directory>) {
+            if entries.values().any(|i| matches!(i, Inode::Directory(_))) {
+                for (_, inode) in std::mem::take(entries) {
+                    if let Inode::Directory(d) = inode {
+                        stack.push(*d);
+                    }
                 }
             }
         }
-        let mut counts = vec![0; self.leaves.len()];
-        walk(&self.root, &mut counts);
-        counts
+        let mut stack: Vec<Directory> = Vec::new();
+        take(&mut self.entries, &mut stack);
+        while let Some(mut d) = stack.pop() {
+            take(&mut d.entries, &mut stack);
+            // `d` has no sub-directory left: dropping it does not recurse.
+        }
     }
 }
 
@@ -231,20 +315,36 @@ impl Directory {
         self.entries.insert(name.to_vec(), inode);
     }
 
+    /// Depth-first walk of the entries below this directory in name order (the dumpfile
+    /// order), without recursion.
+    pub fn walk(&self) -> WalkIter<'_> {
+        WalkIter {
+            stack: vec![(self, self.entries.iter())],
+        }
+    }
+
+    /// Calls `f` on the stat of this directory and of every directory below it.
     pub fn for_each_dir_stat(&mut self, f: &mut impl FnMut(&mut Stat)) {
-        f(&mut self.stat);
-        for inode in self.entries.values_mut() {
-            if let Inode::Directory(d) = inode {
-                d.for_each_dir_stat(f);
+        let mut stack: Vec<&mut Directory> = vec![self];
+        while let Some(dir) = stack.pop() {
+            f(&mut dir.stat);
+            for inode in dir.entries.values_mut() {
+                if let Inode::Directory(d) = inode {
+                    stack.push(d);
+                }
             }
         }
     }
 
+    /// Replaces every leaf index `i` below this directory by `map[i]`.
     pub fn remap_leaves(&mut self, map: &[usize]) {
-        for inode in self.entries.values_mut() {
-            match inode {
-                Inode::Directory(d) => d.remap_leaves(map),
-                Inode::Leaf(i) => *i = map[*i],
+        let mut stack: Vec<&mut Directory> = vec![self];
+        while let Some(dir) = stack.pop() {
+            for inode in dir.entries.values_mut() {
+                match inode {
+                    Inode::Directory(d) => stack.push(d),
+                    Inode::Leaf(i) => *i = map[*i],
+                }
             }
         }
     }
@@ -310,5 +410,48 @@ mod tests {
     fn debug_rendering() {
         assert_eq!(debug_bytes(b"a\"b\\c'\n\x01"), "\"a\\\"b\\\\c'\\n\\u{1}\"");
         assert_eq!(debug_bytes(b"\xff\xc3\xa9"), "\"\\xFF\u{e9}\"");
+    }
+
+    /// A chain of `depth` directories `d`, a leaf at the bottom.
+    fn deep(depth: usize) -> FileSystem {
+        let mut fs = FileSystem::default();
+        fs.leaves.push(Leaf {
+            stat: Stat::default(),
+            content: Content::Fifo,
+        });
+        let mut dir = Directory::new(Stat::default());
+        dir.entries.insert(b"f".to_vec(), Inode::Leaf(0));
+        for _ in 0..depth {
+            let mut up = Directory::new(Stat::default());
+            up.entries
+                .insert(b"d".to_vec(), Inode::Directory(Box::new(dir)));
+            dir = up;
+        }
+        fs.root = dir;
+        fs
+    }
+
+    #[test]
+    fn deep_trees_do_not_recurse() {
+        // Run on a small stack: any recursion per level would overflow it.
+        std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(|| {
+                let mut fs = deep(200_000);
+                assert_eq!(fs.nlinks(), vec![1]);
+                let events = fs.root.walk().count();
+                assert_eq!(events, 2 * 200_000 + 1);
+                let mut dirs = 0;
+                fs.root.for_each_dir_stat(&mut |_| dirs += 1);
+                assert_eq!(dirs, 200_001);
+                fs.root.remap_leaves(&[0]);
+                assert!(fs == deep(200_000));
+                assert!(fs != deep(199_999));
+                fs.compact();
+                drop(fs);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

@@ -4,7 +4,7 @@
 
 :func:`read_directory` follows composefs-rs 0.9 exactly:
 
-* every entry is examined with its own descriptor (``O_NOFOLLOW``); directories recursively,
+* every entry is examined with its own descriptor (``O_NOFOLLOW``); directories depth-first,
   their entries in byte order of the names; mount points are crossed like any directory;
 * ``Stat``: ``st_mode & 0o7777``, uid, gid, mtime seconds and nanoseconds, and every extended
   attribute (read through ``/proc/self/fd/N``, so a symlink's own xattrs);
@@ -25,6 +25,7 @@ import dataclasses
 import os
 import stat as statmod
 from collections.abc import Iterator
+from typing import Any
 
 from composefs import fsverity
 from composefs._pure.fs import _read_small
@@ -73,29 +74,62 @@ class _Scanner:
         self.algorithm = algorithm
         self.inodes: dict[tuple[int, int], Leaf] = {}
 
-    def directory(self, parent: int | None, name: bytes, where: bytes) -> Directory:
-        with _scanning("directory", where):
-            return self._directory(parent, name, where)
-
-    def _directory(self, parent: int | None, name: bytes, where: bytes) -> Directory:
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(os.fsdecode(name), flags, dir_fd=parent)
+    def directory(self, name: bytes, where: bytes) -> Directory:
+        """The tree at ``where``, depth-first in name order, without recursion: one frame per
+        open directory (``[fd, key, directory, entries left, name, path]``); at most
+        ``_MAX_OPEN_DIRS`` keep their descriptor, the others are opened again through
+        ``..`` (checked to be the same directory) when the scan comes back to them."""
+        stack = [self._open(None, name, where)]
         try:
-            st = os.fstat(fd)
-            if not statmod.S_ISDIR(st.st_mode):  # pragma: no cover - O_DIRECTORY guarantees it
-                raise FilesystemError(
-                    f"{_show(where)}: File type changed between readdir() and fstat()"
-                )
-            directory = Directory(_stat(fd, st))
-            for child, is_dir in sorted(_list(fd)):
-                path = os.path.join(where, child)
+            while True:
+                top = stack[-1]
+                fd, _, directory, children, _, path = top
+                child = next(children, None)
+                if child is None:
+                    stack.pop()
+                    if not stack:
+                        root: Directory = directory
+                        return root
+                    parent = stack[-1]
+                    if parent[0] is None:
+                        with _scanning("directory", parent[5]):
+                            parent[0] = _reopen(fd, parent[1], parent[5])
+                    os.close(fd)
+                    top[0] = None
+                    parent[2].entries[top[4]] = directory
+                    continue
+                child_name, is_dir = child
+                sub = os.path.join(path, child_name)
                 if is_dir:
-                    directory.entries[child] = self.directory(fd, child, path)
+                    stack.append(self._open(fd, child_name, sub))
+                    if len(stack) > _MAX_OPEN_DIRS:
+                        old = stack[-1 - _MAX_OPEN_DIRS]
+                        if old[0] is not None:
+                            os.close(old[0])
+                            old[0] = None
                 else:
-                    directory.entries[child] = self.leaf(fd, child, path)
-            return directory
+                    directory.entries[child_name] = self.leaf(fd, child_name, sub)
         finally:
-            os.close(fd)
+            for frame in stack:
+                if frame[0] is not None:
+                    os.close(frame[0])
+
+    def _open(self, parent: int | None, name: bytes, where: bytes) -> list[Any]:
+        with _scanning("directory", where):
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(os.fsdecode(name), flags, dir_fd=parent)
+            try:
+                st = os.fstat(fd)
+                if not statmod.S_ISDIR(st.st_mode):  # pragma: no cover - O_DIRECTORY: always
+                    raise FilesystemError(
+                        f"{_show(where)}: File type changed between readdir() and fstat()"
+                    )
+                directory = Directory(_stat(fd, st))
+                children = iter(sorted(_list(fd)))
+            except BaseException:
+                os.close(fd)
+                raise
+        return [fd, (st.st_dev, st.st_ino), directory, children, name, where]
 
     def leaf(self, parent: int, name: bytes, where: bytes) -> Leaf:
         with _scanning("leaf", where):
@@ -149,6 +183,21 @@ class _Scanner:
         raise FilesystemError(f"unknown file type {mode:o}")  # pragma: no cover
 
 
+#: directories a scan keeps open at once (see :meth:`_Scanner.directory`)
+_MAX_OPEN_DIRS = 64
+
+
+def _reopen(child_fd: int, key: tuple[int, int], where: bytes) -> int:
+    """A directory again, through ``..`` of its child: it must be the one first opened."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open("..", flags, dir_fd=child_fd)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != key:
+        os.close(fd)
+        raise FilesystemError(f"{_show(where)}: directory moved during the scan")
+    return fd
+
+
 @contextlib.contextmanager
 def _scanning(kind: str, where: bytes) -> Iterator[None]:
     """Names the entry an ``OSError`` (or a repository error) happened on, once."""
@@ -199,7 +248,7 @@ def read_directory(
     raw = os.fsencode(path)
     scanner = _Scanner(repo, alg)
     try:
-        root = scanner.directory(None, raw, raw)
+        root = scanner.directory(raw, raw)
     except FilesystemError as e:
         raise FilesystemError(f"Reading filesystem from {os.fsdecode(raw)}") from e
     return FileSystem(root)
@@ -252,17 +301,21 @@ def break_hardlinks(fs: FileSystem) -> FileSystem:
     """Gives every name of a hard-linked file its own inode (C mkcomposefs's default for a
     directory source), in place; ``fs`` is also returned."""
     seen: set[int] = set()
-
-    def walk(d: Directory) -> None:
-        for name, inode in d.entries.items():
-            if isinstance(inode, Directory):
-                walk(inode)
-            elif id(inode) in seen:
-                d.entries[name] = dataclasses.replace(inode, stat=inode.stat.copy())
-            else:
-                seen.add(id(inode))
-
-    walk(fs.root)
+    # depth-first, entries in the directories' order (iterative: no recursion on the depth)
+    stack = [(fs.root, iter(list(fs.root.entries.items())))]
+    while stack:
+        d, items = stack[-1]
+        item = next(items, None)
+        if item is None:
+            stack.pop()
+            continue
+        name, inode = item
+        if isinstance(inode, Directory):
+            stack.append((inode, iter(list(inode.entries.items()))))
+        elif id(inode) in seen:
+            d.entries[name] = dataclasses.replace(inode, stat=inode.stat.copy())
+        else:
+            seen.add(id(inode))
     return fs
 
 
@@ -285,14 +338,13 @@ def mkcomposefs_transform(
             if use_epoch:
                 st.mtime, st.mtime_nsec = 0, 0
     if skip_devices:
-
-        def walk(d: Directory) -> None:
+        stack = [fs.root]
+        while stack:
+            d = stack.pop()
             for name in list(d.entries):
                 inode = d.entries[name]
                 if isinstance(inode, Directory):
-                    walk(inode)
+                    stack.append(inode)
                 elif inode.kind in ("block", "char"):
                     del d.entries[name]
-
-        walk(fs.root)
     return fs

@@ -8,7 +8,7 @@ use super::format::{
     XATTR_FILTER_SEED, XATTR_INDEX_POSIX_ACL_ACCESS, XATTR_INDEX_POSIX_ACL_DEFAULT, XATTR_PREFIXES,
 };
 use super::limits::{self, fit};
-use crate::tree::{Content, Directory, FileSystem, Inode, Stat};
+use crate::tree::{Content, Directory, FileSystem, Inode, Stat, Walk};
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 
@@ -496,10 +496,9 @@ impl<'a> Collector<'a> {
         idx
     }
 
-    /// V2: depth-first, a directory before its entries.
-    fn collect_dfs(&mut self, fs: &'a FileSystem, dir: &'a Directory, parent: usize) -> usize {
+    /// A directory's inode, with `.` and `..` as its first entries.
+    fn dir_frame(&mut self, dir: &'a Directory, parent: Option<usize>) -> (usize, Vec<DirEnt<'a>>) {
         let me = self.push(&dir.stat, Body::Dir(DirData::default()));
-        let parent = if parent == usize::MAX { me } else { parent };
         let mut entries = Vec::with_capacity(dir.entries.len() + 2);
         entries.push(DirEnt {
             name: b".",
@@ -508,25 +507,52 @@ impl<'a> Collector<'a> {
         });
         entries.push(DirEnt {
             name: b"..",
-            target: Target::Known(parent),
+            target: Target::Known(parent.unwrap_or(me)),
             file_type: FT_DIR,
         });
-        for (name, inode) in &dir.entries {
-            let child = match inode {
-                Inode::Directory(d) => self.collect_dfs(fs, d, me),
-                Inode::Leaf(i) => {
-                    let leaf = &fs.leaves[*i];
-                    self.leaf(Some(*i), &leaf.stat, &leaf.content)
+        (me, entries)
+    }
+
+    /// V2: depth-first, a directory before its entries (without recursion: one frame of
+    /// listing per open directory).
+    fn collect_dfs(&mut self, fs: &'a FileSystem) {
+        let mut stack = vec![self.dir_frame(&fs.root, None)];
+        for event in fs.root.walk() {
+            match event {
+                Walk::Enter(name, d) => {
+                    let parent = stack.last().map(|f| f.0);
+                    let frame = self.dir_frame(d, parent);
+                    if let Some((_, entries)) = stack.last_mut() {
+                        entries.push(DirEnt {
+                            name,
+                            target: Target::Known(frame.0),
+                            file_type: FT_DIR,
+                        });
+                    }
+                    stack.push(frame);
                 }
-            };
-            entries.push(DirEnt {
-                name,
-                target: Target::Known(child),
-                file_type: self.inodes[child].file_type(),
-            });
+                Walk::Leaf(name, _, i) => {
+                    let leaf = &fs.leaves[i];
+                    let child = self.leaf(Some(i), &leaf.stat, &leaf.content);
+                    let file_type = self.inodes[child].file_type();
+                    if let Some((_, entries)) = stack.last_mut() {
+                        entries.push(DirEnt {
+                            name,
+                            target: Target::Known(child),
+                            file_type,
+                        });
+                    }
+                }
+                Walk::Leave(_) => self.close_dir(&mut stack),
+            }
         }
-        self.inodes[me].body = Body::Dir(DirData::new(entries));
-        me
+        self.close_dir(&mut stack);
+    }
+
+    fn close_dir(&mut self, stack: &mut Vec<(usize, Vec<DirEnt<'a>>)>) {
+        if let Some((me, entries)) = stack.pop() {
+            self.inodes[me].body = Body::Dir(DirData::new(entries));
+        }
     }
 
     /// V0/V1: breadth-first as C mkcomposefs, with the whiteout stubs in the root.
@@ -645,14 +671,11 @@ impl<'a> Collector<'a> {
 
 /// Depth-first in name order (the dumpfile order): records the directory of the first
 /// occurrence of every hard-linked leaf.
-fn find_canonical(dir: &Directory, nlinks: &[u32], canonical: &mut [*const Directory]) {
-    for inode in dir.entries.values() {
-        match inode {
-            Inode::Directory(d) => find_canonical(d, nlinks, canonical),
-            Inode::Leaf(i) => {
-                if nlinks[*i] > 1 && canonical[*i].is_null() {
-                    canonical[*i] = dir;
-                }
+fn find_canonical(root: &Directory, nlinks: &[u32], canonical: &mut [*const Directory]) {
+    for event in root.walk() {
+        if let Walk::Leaf(_, dir, i) = event {
+            if nlinks[i] > 1 && canonical[i].is_null() {
+                canonical[i] = dir;
             }
         }
     }
@@ -700,26 +723,21 @@ fn redirect(id: &[u8]) -> Vec<u8> {
 /// composefs-rs `validate_filesystem`: every leaf index valid and used, no hard-linked
 /// whiteouts; also what the writer cannot encode. Returns the link count of each leaf.
 fn validate(fs: &FileSystem) -> Result<Vec<u32>, String> {
-    fn count(dir: &Directory, counts: &mut [u32]) -> Result<(), String> {
-        for inode in dir.entries.values() {
-            match inode {
-                Inode::Directory(d) => count(d, counts)?,
-                Inode::Leaf(i) => match counts.get_mut(*i) {
-                    Some(c) => *c += 1,
-                    None => {
-                        return Err(format!(
-                            "invalid composefs filesystem: LeafId {i} is out of bounds \
-                             (leaves table has {} entries)",
-                            counts.len()
-                        ))
-                    }
-                },
+    let mut nlinks = vec![0u32; fs.leaves.len()];
+    for event in fs.root.walk() {
+        if let Walk::Leaf(_, _, i) = event {
+            match nlinks.get_mut(i) {
+                Some(c) => *c += 1,
+                None => {
+                    return Err(format!(
+                        "invalid composefs filesystem: LeafId {i} is out of bounds \
+                         (leaves table has {} entries)",
+                        nlinks.len()
+                    ))
+                }
             }
         }
-        Ok(())
     }
-    let mut nlinks = vec![0u32; fs.leaves.len()];
-    count(&fs.root, &mut nlinks)?;
     let orphans: Vec<usize> = (0..nlinks.len()).filter(|&i| nlinks[i] == 0).collect();
     if !orphans.is_empty() {
         return Err(format!(
@@ -895,7 +913,7 @@ pub fn write(fs: &FileSystem, version: u8) -> Result<Vec<u8>, String> {
             flags |= COMPOSEFS_FLAGS_HAS_ACL;
         }
     } else {
-        c.collect_dfs(fs, &fs.root, usize::MAX);
+        c.collect_dfs(fs);
     }
     let mut inodes = c.inodes;
     let shared = share_xattrs(&mut inodes, epoch1);

@@ -586,18 +586,49 @@ pub(super) fn hex(b: &[u8]) -> String {
 /// Parses the tar entries back out of a layer splitstream file (composefs-rs
 /// `tar::get_entry` until the end).
 pub fn read_entries(stream_file: &[u8]) -> Result<Vec<Entry>, Error> {
+    let mut entries = Vec::new();
+    visit_entries(stream_file, &mut entries)?;
+    Ok(entries)
+}
+
+/// Where [`visit_entries`] hands the entries, one at a time.
+pub trait EntrySink {
+    /// Forget the entries handed so far: the stream is read again from its start.
+    fn restart(&mut self);
+    /// The next entry in stream order.
+    fn entry(&mut self, entry: Entry);
+}
+
+impl EntrySink for Vec<Entry> {
+    fn restart(&mut self) {
+        self.clear();
+    }
+    fn entry(&mut self, entry: Entry) {
+        self.push(entry);
+    }
+}
+
+/// [`read_entries`] without collecting the entries: each is handed to `sink` as it is
+/// read (the merge keeps only what it needs of each).
+pub fn visit_entries(stream_file: &[u8], sink: &mut dyn EntrySink) -> Result<(), Error> {
     let m = splitstream::read_metadata(stream_file).map_err(Error::from)?;
     let (start, end) = m.stream_range;
     let body = &stream_file[start..end];
     // Read ahead first; on any error, again the way composefs-rs reads (see `ChunkStream`).
-    if let Ok(entries) = entries_of(body, &m.object_refs, true) {
-        return Ok(entries);
+    if entries_of(body, &m.object_refs, true, sink).is_ok() {
+        return Ok(());
     }
-    entries_of(body, &m.object_refs, false)
+    sink.restart();
+    entries_of(body, &m.object_refs, false, sink)
 }
 
 /// The entries of a stream section; with `ahead`, the whole section must decode.
-fn entries_of(body: &[u8], object_refs: &[Vec<u8>], ahead: bool) -> Result<Vec<Entry>, Error> {
+fn entries_of(
+    body: &[u8],
+    object_refs: &[Vec<u8>],
+    ahead: bool,
+    sink: &mut dyn EntrySink,
+) -> Result<(), Error> {
     let decoder = zstd::stream::read::Decoder::with_buffer(body).map_err(zstd_err)?;
     let mut r = ChunkStream {
         decoder,
@@ -610,13 +641,12 @@ fn entries_of(body: &[u8], object_refs: &[Vec<u8>], ahead: bool) -> Result<Vec<E
             eof: false,
         }),
     };
-    let mut entries = Vec::new();
     let mut headers = Vec::new();
     while let Some(e) = next_entry(&mut r, &mut headers)? {
-        entries.push(e);
+        sink.entry(e);
     }
     r.drain()?;
-    Ok(entries)
+    Ok(())
 }
 
 #[cfg(test)]

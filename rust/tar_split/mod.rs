@@ -101,7 +101,9 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use entries::{make_absolute_path, pax_mtime_nsec, read_entries, Entry, Kind};
+pub use entries::{
+    make_absolute_path, pax_mtime_nsec, read_entries, visit_entries, Entry, EntrySink, Kind,
+};
 
 /// What [`split_layer`] returns.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,6 +9,7 @@ no PAX global headers, no ``..`` in names), where both tools must agree byte for
 from __future__ import annotations
 
 import os
+import sys
 import tarfile
 from pathlib import Path
 
@@ -219,3 +220,32 @@ def test_layer_streams_exist(pulled: tuple[Path, dict[str, list[str]]]) -> None:
     for diff_ids in tags.values():
         for d in diff_ids:
             assert os.path.exists(repo / "streams" / f"oci-layer-{d}")
+
+
+@pytest.mark.parametrize("backend", ["native", "python"])
+def test_deep_layer_matches_cfsctl(cfsctl: str, tmp_path: Path, backend: str) -> None:
+    """A 2,000-deep layer: cfsctl's image id and dump, from its own repository, equal ours
+    (both backends, through the CLI). cfsctl 0.9.4 also handles 20,000 levels (see
+    docs/differences.md); tests/unit/tree/test_deep_trees.py runs that depth on our side."""
+    from composefs.testing import TarBuilder
+
+    t = TarBuilder().dir("usr")
+    path = "usr"
+    for _ in range(2_000):
+        path += "/d"
+        t.dir(path)
+    t.file(path + "/f", seeded_bytes("bottom", 1000))
+    w = LayoutWriter(tmp_path / "img")
+    blob = w.layer(t.build(), "gzip")
+    w.write_index([w.tagged(w.image([blob], architecture=ARCH), "deep")])
+    ref = f"oci:{tmp_path / 'img'}:deep"
+    repo = tmp_path / "repo"
+    run(cfsctl, "--repo", repo, "init", "--insecure", "--algorithm", "fsverity-sha256-12")
+    run(cfsctl, "--repo", repo, "oci", "pull", ref, "deep")
+    theirs_id = run(cfsctl, "--repo", repo, "oci", "compute-id", "deep").stdout
+    theirs_dump = run(cfsctl, "--repo", repo, "oci", "dump", "deep").stdout
+    env = dict(os.environ, COMPOSEFS_BACKEND=backend)
+    ours = [sys.executable, "-m", "composefs.cli", "--repo", repo, "oci"]
+    assert run(*ours, "compute-id", "deep", env=env).stdout == theirs_id
+    assert run(*ours, "dump", "deep", env=env).stdout == theirs_dump
+    assert theirs_dump.count(b"\n") == 2_000 + 3

@@ -20,14 +20,17 @@ from stat import S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK
 from composefs._pure.tree import (
     BLOCK,
     CHAR,
+    ENTER,
     FIFO,
     FILE,
+    LEAF,
     SOCKET,
     SYMLINK,
     Directory,
     FileSystem,
     Leaf,
     Stat,
+    walk,
 )
 
 __all__ = ["debug_bytes", "parse", "write"]
@@ -171,18 +174,24 @@ def write(fs: FileSystem, raw_modes: bool = True) -> bytes:
         else:
             _line(out, path, stat, ifmt, raw_modes, 0, nlink, 0, b"", b"", None)
 
-    def dir_lines(path: bytes, directory: Directory) -> None:
+    def dir_line(path: bytes, directory: Directory) -> None:
         nlink = 2 + sum(1 for inode in directory.entries.values() if isinstance(inode, Directory))
         _line(out, path, directory.stat, S_IFDIR, raw_modes, 0, nlink, 0, b"", b"", None)
-        prefix = path if path.endswith(b"/") else path + b"/"
-        for name in sorted(directory.entries):
-            inode = directory.entries[name]
-            if isinstance(inode, Directory):
-                dir_lines(prefix + name, inode)
-            else:
-                leaf_line(prefix + name, inode)
 
-    dir_lines(b"/", fs.root)
+    # iterative (tree.walk): one prefix per open directory, no recursion on the depth
+    dir_line(b"/", fs.root)
+    prefixes = [b"/"]
+    for event, name, inode in walk(fs.root):
+        if event == ENTER:
+            assert isinstance(inode, Directory)
+            path = prefixes[-1] + name
+            dir_line(path, inode)
+            prefixes.append(path + b"/")
+        elif event == LEAF:
+            assert isinstance(inode, Leaf)
+            leaf_line(prefixes[-1] + name, inode)
+        else:
+            prefixes.pop()
     out.append("")
     return "\n".join(out).encode("ascii")
 
@@ -626,9 +635,13 @@ def _add_entry(
     stat: Stat,
     hardlinks: dict[bytes, Leaf],
     created: list[Leaf],
+    cache: dict[bytes, Directory],
 ) -> None:
     """``add_entry_to_filesystem``: entries are inserted (a repeated name is replaced). Every
-    new leaf is appended to ``created`` (composefs-rs's leaves table)."""
+    new leaf is appended to ``created`` (composefs-rs's leaves table). ``cache`` holds the
+    directories of the previous line (its parent, itself): a line usually names one of them
+    as its parent, which then is not looked up from the root again (a deep tree would cost
+    its depth per line)."""
     path = entry.path
     if path == b"/":
         fs.root.stat = _checked(stat)
@@ -672,7 +685,11 @@ def _add_entry(
             created.append(inode)
         hardlinks[path] = inode
 
-    directory = fs.root
+    directory = cache.get(parent)
+    if directory is None:
+        directory = fs.root
+    elif parent:
+        parent = b""  # found
     if parent:
         for component in parent[1:].split(b"/"):
             child = directory.entries.get(component)
@@ -684,6 +701,11 @@ def _add_entry(
                 )
             directory = child
     directory.entries[name] = inode
+    # only this line's parent and itself: a directory it replaced may have held the others
+    cache.clear()
+    cache[path.rpartition(b"/")[0]] = directory
+    if isinstance(inode, Directory):
+        cache[path] = inode
 
 
 def parse(data: bytes | bytearray | memoryview) -> FileSystem:
@@ -715,11 +737,12 @@ def parse_with_leaves(data: bytes | bytearray | memoryview) -> tuple[FileSystem,
         else:
             raise _Error("Dumpfile is empty, expected root directory entry")
         hardlinks: dict[bytes, Leaf] = {}
+        cache: dict[bytes, Directory] = {}
         for line in lines:
             if _blank(line):
                 continue
             entry, stat = _parse_entry(line)
-            _add_entry(fs, entry, stat, hardlinks, created)
+            _add_entry(fs, entry, stat, hardlinks, created, cache)
     except _Error as e:
         raise ValueError(str(e)) from None
     return fs, created

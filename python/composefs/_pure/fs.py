@@ -13,10 +13,11 @@ the files one after another.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import os
 import stat as statmod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from composefs._pure import dumpfile, erofs, fsverity
 from composefs._pure.merge import check_versions, check_xattrs_mode, transform_for_oci
@@ -82,33 +83,93 @@ def _changed(path: bytes) -> ValueError:
     return ValueError(f"{os.fsdecode(path)}: File type changed between readdir() and fstat()")
 
 
+#: directories a scan keeps open at once (see :meth:`_Scanner.directory`)
+_MAX_OPEN_DIRS = 64
+
+
+@dataclasses.dataclass
+class _Frame:
+    """A directory being read: its descriptor (None while closed), its identity, the tree
+    built so far, the entries left to read, its name and path."""
+
+    fd: int | None
+    key: tuple[int, int]
+    directory: Directory
+    children: Iterator[tuple[bytes, bool]]
+    name: bytes
+    path: bytes
+
+
+def _reopen_parent(child_fd: int, parent: _Frame) -> int:
+    """``parent``'s directory again, through ``..`` of its child: it must be the same."""
+    try:
+        fd = os.open(b"..", _DIR_FLAGS, dir_fd=child_fd)
+    except OSError as e:
+        raise _failed(e, parent.path) from None
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != parent.key:
+        os.close(fd)
+        raise ValueError(f"{os.fsdecode(parent.path)}: directory moved during the scan")
+    return fd
+
+
 class _Scanner:
     def __init__(self, algorithm: str, store: ObjectStore | None) -> None:
         self.algorithm = algorithm
         self.store = store
         self.inodes: dict[tuple[int, int], Leaf] = {}
 
-    def directory(self, parent: int | None, name: bytes, path: bytes) -> Directory:
+    def _open(self, parent: int | None, name: bytes, path: bytes) -> _Frame:
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
         except OSError as e:
             raise _failed(e, path) from None
         try:
-            try:
-                st = os.fstat(fd)
-                directory = Directory(_stat(st, fd))
-                children = sorted(_list(fd))
-            except OSError as e:
-                raise _failed(e, path) from None
-            for child, is_dir in children:
-                sub = _join(path, child)
-                if is_dir:
-                    directory.entries[child] = self.directory(fd, child, sub)
-                else:
-                    directory.entries[child] = self.leaf(fd, child, sub)
-            return directory
-        finally:
+            st = os.fstat(fd)
+            directory = Directory(_stat(st, fd))
+            children = sorted(_list(fd))
+        except OSError as e:
             os.close(fd)
+            raise _failed(e, path) from None
+        return _Frame(fd, (st.st_dev, st.st_ino), directory, iter(children), name, path)
+
+    def directory(self, name: bytes, path: bytes) -> Directory:
+        """The tree at ``path``, depth-first in name order, without recursion: one frame per
+        open directory; at most ``_MAX_OPEN_DIRS`` of them keep their descriptor (the others
+        are opened again through ``..``, checked to be the same directory)."""
+        stack = [self._open(None, name, path)]
+        try:
+            while True:
+                top = stack[-1]
+                fd = top.fd
+                assert fd is not None
+                child = next(top.children, None)
+                if child is None:
+                    done = stack.pop()
+                    if not stack:
+                        return done.directory
+                    parent = stack[-1]
+                    if parent.fd is None:
+                        parent.fd = _reopen_parent(fd, parent)
+                    os.close(fd)
+                    done.fd = None
+                    parent.directory.entries[done.name] = done.directory
+                    continue
+                child_name, is_dir = child
+                sub = _join(top.path, child_name)
+                if is_dir:
+                    stack.append(self._open(fd, child_name, sub))
+                    if len(stack) > _MAX_OPEN_DIRS:
+                        old = stack[-1 - _MAX_OPEN_DIRS]
+                        if old.fd is not None:
+                            os.close(old.fd)
+                            old.fd = None
+                else:
+                    top.directory.entries[child_name] = self.leaf(fd, child_name, sub)
+        finally:
+            for frame in stack:
+                if frame.fd is not None:
+                    os.close(frame.fd)
 
     def leaf(self, parent: int, name: bytes, path: bytes) -> Leaf:
         try:
@@ -210,7 +271,7 @@ def read_filesystem(
         if objects_fd < 0:
             raise ValueError("objects_fd must be a file descriptor")
         store = ObjectStore(objects_fd, algorithm, bool(secure))
-    return FileSystem(_Scanner(algorithm, store).directory(None, raw, raw))
+    return FileSystem(_Scanner(algorithm, store).directory(raw, raw))
 
 
 def _scan(

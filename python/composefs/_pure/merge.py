@@ -144,59 +144,95 @@ def _inode(root: Directory, entry: TarEntry, target: list[bytes] | None) -> Dire
     return Leaf(leaf_kind, stat, rdev=entry.rdev)
 
 
+def _normalized(path: bytes) -> bytes:
+    """A member name as ``/c1/c2/...`` (``b""`` for the root), ``..`` resolved (see
+    :func:`_components`); most names already are, and are returned as they are."""
+    if (
+        path.startswith(b"/")
+        and not path.endswith((b"/", b"/.", b"/.."))
+        and b"//" not in path
+        and b"/./" not in path
+        and b"/../" not in path
+    ):
+        return path
+    components = _components(path)
+    return b"/" + b"/".join(components) if components else b""
+
+
+def _is_whiteout(path: bytes) -> bool:
+    return path.rpartition(b"/")[2].startswith(_WHITEOUT)
+
+
 def _apply_layer(fs: FileSystem, entries: Sequence[TarEntry]) -> None:
     root = fs.root
-    # member names and hard link targets are resolved first, in stream order
-    named = []
+    # member names and hard link targets are resolved first, in stream order (errors before
+    # any change); only the names are kept, not their components (a deep tree would make that
+    # quadratic)
+    named: list[bytes] = []
     for entry in entries:
-        link = entry.link_target
-        target = _components(link) if entry.kind == "hardlink" and link is not None else None
-        named.append((_components(entry.path), target, entry))
+        named.append(_normalized(entry.path))
+        if entry.kind == "hardlink" and entry.link_target is not None:
+            _normalized(entry.link_target)
     # pass 1: this layer's whiteouts, against the lower layers
-    for components, _, _ in named:
-        if not components or not components[-1].startswith(_WHITEOUT):
+    for path in named:
+        if not path or not _is_whiteout(path):
             continue
-        directory = _find_dir(root, components[:-1])
+        parent, _, name = path.rpartition(b"/")
+        directory = _find_dir(root, parent.split(b"/")[1:])
         if directory is None:
             continue
-        name = components[-1][len(_WHITEOUT) :]
+        name = name[len(_WHITEOUT) :]
         if name == _OPAQUE:
             directory.entries.clear()
         else:
             directory.entries.pop(name, None)
-    # pass 2: everything else, in stream order (process_entry)
-    for components, target, entry in named:
-        if components and components[-1].startswith(_WHITEOUT):
+    # pass 2: everything else, in stream order (process_entry); ``cache`` holds the previous
+    # entry's parent directory and the entry itself when a directory: the next entry's parent
+    # is usually one of them, found without a walk from the root
+    cache: dict[bytes, Directory] = {}
+    for path, entry in zip(named, entries, strict=True):
+        if path and _is_whiteout(path):
             continue
         try:
-            _process_entry(root, components, target, entry)
+            _process_entry(root, path, entry, cache)
         except ValueError as e:
             raise ValueError(f"Processing tar entry: {e}") from None
 
 
 def _process_entry(
-    root: Directory, components: list[bytes], target: list[bytes] | None, entry: TarEntry
+    root: Directory, path: bytes, entry: TarEntry, cache: dict[bytes, Directory]
 ) -> None:
-    if not components:
+    if not path:
         if entry.kind != "dir":
             raise ValueError(
                 f"Unpacking layer tar: filename {_debug(entry.path)} must be a directory"
             )
         root.stat = _stat(entry)
         return
+    target = None
+    if entry.kind == "hardlink" and entry.link_target is not None:
+        target = _components(entry.link_target)
     inode = _inode(root, entry, target)
-    try:
-        directory = _get_dir(root, components[:-1])
-    except ValueError as e:
-        raise ValueError(
-            f"Error unpacking container layer file {_debug(entry.path)}: {e}"
-        ) from None
-    name = components[-1]
+    parent, _, name = path.rpartition(b"/")
+    directory = cache.get(parent)
+    if directory is None:
+        try:
+            directory = _get_dir(root, parent.split(b"/")[1:])
+        except ValueError as e:
+            raise ValueError(
+                f"Error unpacking container layer file {_debug(entry.path)}: {e}"
+            ) from None
     old = directory.entries.get(name)
     if isinstance(inode, Directory) and isinstance(old, Directory):
         old.stat = inode.stat
+        inode = old
     else:
         directory.entries[name] = inode
+    # only this entry's parent and itself: a directory it replaced may have held the others
+    cache.clear()
+    cache[parent] = directory
+    if isinstance(inode, Directory):
+        cache[path] = inode
 
 
 def transform_for_oci(fs: FileSystem, xattrs: str) -> None:

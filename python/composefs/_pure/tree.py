@@ -11,13 +11,17 @@ The native twin is ``rust/tree.rs``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 __all__ = [
     "BLOCK",
     "CHAR",
+    "ENTER",
     "FIFO",
     "FILE",
+    "LEAF",
+    "LEAVE",
     "SOCKET",
     "SYMLINK",
     "Directory",
@@ -25,6 +29,7 @@ __all__ = [
     "Leaf",
     "Stat",
     "equal",
+    "walk",
 ]
 
 
@@ -85,6 +90,31 @@ class FileSystem:
     root: Directory
 
 
+#: the events of :func:`walk`
+ENTER, LEAF, LEAVE = 0, 1, 2
+
+
+def walk(directory: Directory) -> Iterator[tuple[int, bytes, Directory | Leaf]]:
+    """Depth-first walk below ``directory``, names in byte order (the dumpfile order), without
+    recursion: ``(ENTER, name, subdirectory)`` before a sub-directory's entries, ``(LEAF,
+    name, leaf)``, ``(LEAVE, b"", subdirectory)`` after them."""
+    stack: list[tuple[Directory, Iterator[bytes]]] = [(directory, iter(sorted(directory.entries)))]
+    while stack:
+        parent, names = stack[-1]
+        name = next(names, None)
+        if name is None:
+            stack.pop()
+            if stack:
+                yield LEAVE, b"", parent
+            continue
+        inode = parent.entries[name]
+        if isinstance(inode, Directory):
+            yield ENTER, name, inode
+            stack.append((inode, iter(sorted(inode.entries))))
+        else:
+            yield LEAF, name, inode
+
+
 def equal(a: FileSystem, b: FileSystem) -> bool:
     """Whether two trees are the same: names, stats, contents, and which names share a leaf
     (hard links); the identity of the objects does not matter otherwise."""
@@ -107,16 +137,18 @@ def equal(a: FileSystem, b: FileSystem) -> bool:
             y.rdev,
         ) and (x.digest is None or x.verity == y.verity)
 
-    def same_dir(x: Directory, y: Directory) -> bool:
+    # iterative: a deep tree must not exhaust the interpreter's recursion limit
+    stack = [(a.root, b.root)]
+    while stack:
+        x, y = stack.pop()
         if x.stat != y.stat or x.entries.keys() != y.entries.keys():
             return False
         for name, xi in x.entries.items():
             yi = y.entries[name]
             if isinstance(xi, Directory):
-                if not isinstance(yi, Directory) or not same_dir(xi, yi):
+                if not isinstance(yi, Directory):
                     return False
+                stack.append((xi, yi))
             elif isinstance(yi, Directory) or not same_leaf(xi, yi):
                 return False
-        return True
-
-    return same_dir(a.root, b.root)
+    return True
