@@ -12,7 +12,6 @@ from typing import Any, TextIO
 from composefs.cli._common import add_command, add_mount_options, json_text, open_repo, printable
 from composefs.constants import ALLOWLIST_ONLY, XATTR_MODES
 from composefs.errors import ComposefsError
-from composefs.oci import layer
 
 
 def register(sub: Any) -> None:
@@ -26,8 +25,8 @@ def register(sub: Any) -> None:
     p.add_argument("name", nargs="?", metavar="NAME", help="an optional ref name for the layer")
     p.add_argument(
         "--media-type",
-        default=layer.OCI_LAYER,
-        help="the blob's media type (default: uncompressed tar); gzip and zstd are decompressed",
+        help="the blob's media type (default: uncompressed tar, "
+        "application/vnd.oci.image.layer.v1.tar); gzip and zstd are decompressed",
     )
     p.add_argument(
         "--blob-digest", metavar="DIGEST", help="also verify the (compressed) blob's digest"
@@ -106,13 +105,15 @@ def _usage(args: argparse.Namespace) -> int:
 
 
 def cmd_import_layer(args: argparse.Namespace) -> int:
+    from composefs.oci import layer  # not at start-up: the OCI package is large
+
     with open_repo(args) as repo:
         try:
             result = layer.import_layer(
                 repo,
                 sys.stdin.buffer,
                 args.digest,
-                media_type=args.media_type,
+                media_type=args.media_type or layer.OCI_LAYER,
                 digest=args.blob_digest,
                 name=args.name,
             )
@@ -123,6 +124,8 @@ def cmd_import_layer(args: argparse.Namespace) -> int:
 
 
 def cmd_layer(args: argparse.Namespace) -> int:
+    from composefs.oci import layer  # not at start-up: the OCI package is large
+
     with open_repo(args) as repo:
         if args.json:
             print(layer.layer_info_json(repo, args.layer))

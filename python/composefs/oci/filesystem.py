@@ -24,7 +24,6 @@ import json
 from collections.abc import Sequence
 
 from composefs import _backend, _faults, erofs, splitstream
-from composefs._pure.dumpfile import debug_bytes
 from composefs.constants import ALLOWLIST_ONLY, EROFS_VERSIONS, XATTR_MODES
 from composefs.errors import ComposefsError
 from composefs.oci.documents import DocumentError, config_diff_ids, parse_json_object
@@ -196,6 +195,9 @@ def _layer_of(streams: Sequence[bytes], diff_ids: Sequence[str], message: str) -
     kept), or None. Runs only after a failure, so a second read of the layers is fine."""
     if not message.startswith('"/'):
         return None
+    # only on this error path: the pure dumpfile module is not needed otherwise
+    from composefs._pure.dumpfile import debug_bytes
+
     read_entries = _backend.backend().tar_split.read_entries
     for diff_id, stream in reversed(list(zip(diff_ids, streams, strict=False))):
         try:
