@@ -159,7 +159,10 @@ class _Tar:
             return data
         if self._pos >= len(self._buf) and (self._eof or not self._fill()):
             return b""
-        data = self._buf[self._pos : self._pos + size]
+        if self._pos == 0 and size >= len(self._buf):
+            data = self._buf  # the whole segment: no copy
+        else:
+            data = self._buf[self._pos : self._pos + size]
         self._pos += len(data)
         return data
 
@@ -173,7 +176,7 @@ class _Tar:
                 break
             parts.append(data)
             n += len(data)
-        self._buf = b"".join(parts)
+        self._buf = parts[0] if len(parts) == 1 else b"".join(parts)
         self._pos = 0
         if self._buf:
             assert self.sha256 is not None
