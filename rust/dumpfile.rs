@@ -96,8 +96,19 @@ pub fn content_type(content: &Content) -> u32 {
     }
 }
 
-struct Writer<'a> {
+/// Bytes buffered before [`write_to`] hands them to its sink.
+pub const CHUNK: usize = 1 << 20;
+
+struct Writer<'a, W: std::io::Write> {
+    /// The lines not yet handed to `sink` (at least `chunk` bytes only for a moment).
     out: Vec<u8>,
+    sink: W,
+    /// `out` is handed to `sink` once it holds this many bytes, at a line's end.
+    chunk: usize,
+    /// Bytes handed to `sink` so far.
+    written: u64,
+    /// The first error of `sink`: nothing more is written.
+    error: Option<std::io::Error>,
     fs: &'a FileSystem,
     nlinks: Vec<u32>,
     /// First path written for each hard-linked leaf.
@@ -106,7 +117,24 @@ struct Writer<'a> {
     path: Vec<u8>,
 }
 
-impl Writer<'_> {
+impl<W: std::io::Write> Writer<'_, W> {
+    /// At the end of a line: hands `out` to `sink` when it holds `chunk` bytes or more.
+    fn line_done(&mut self) {
+        if self.out.len() >= self.chunk {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.error.is_none() && !self.out.is_empty() {
+            match self.sink.write_all(&self.out) {
+                Ok(()) => self.written += self.out.len() as u64,
+                Err(e) => self.error = Some(e),
+            }
+        }
+        self.out.clear();
+    }
+
     fn mode(&self, stat: &Stat, ifmt: u32) -> u32 {
         if self.raw_modes {
             stat.mode | ifmt
@@ -139,6 +167,7 @@ impl Writer<'_> {
             push_escaped_raw(&mut self.out, value, true);
         }
         self.out.push(b'\n');
+        self.line_done();
     }
 
     fn dir(&mut self, dir: &Directory) {
@@ -158,6 +187,9 @@ impl Writer<'_> {
         self.dir(root);
         let mut lens: Vec<usize> = Vec::new();
         for event in root.walk() {
+            if self.error.is_some() {
+                return;
+            }
             match event {
                 Walk::Enter(name, d) => {
                     lens.push(self.path.len());
@@ -188,6 +220,7 @@ impl Writer<'_> {
                 self.out.extend_from_slice(b" 0 @120000 - - - - 0.0 ");
                 push_field(&mut self.out, target);
                 self.out.extend_from_slice(b" - -\n");
+                self.line_done();
                 return;
             }
             self.first_path[id] = Some(self.path.clone());
@@ -241,17 +274,47 @@ impl Writer<'_> {
 /// Writes a tree as a dumpfile (composefs-rs `write_dumpfile`). With `raw_modes` false,
 /// MODE is `type | (mode & 0o7777)` instead of `mode | type`.
 pub fn write(fs: &FileSystem, raw_modes: bool) -> Vec<u8> {
-    let nlinks = fs.nlinks();
-    let mut w = Writer {
-        out: Vec::with_capacity(128 * (fs.leaves.len() + 16)),
-        fs,
-        first_path: vec![None; nlinks.len()],
-        nlinks,
-        raw_modes,
-        path: Vec::with_capacity(256),
-    };
+    // never flushed: the whole text stays in `out`
+    let mut w = Writer::new(fs, raw_modes, std::io::sink(), usize::MAX);
+    w.out.reserve(128 * (fs.leaves.len() + 16));
     w.tree(&fs.root);
     w.out
+}
+
+/// [`write`], streamed: the text goes to `sink` as it is produced, in `write_all` calls of
+/// about [`CHUNK`] bytes (whole lines, at least one). Returns the number of bytes written,
+/// or `sink`'s first error (the walk stops there).
+pub fn write_to<W: std::io::Write>(
+    fs: &FileSystem,
+    raw_modes: bool,
+    sink: W,
+) -> std::io::Result<u64> {
+    let mut w = Writer::new(fs, raw_modes, sink, CHUNK);
+    w.out.reserve(CHUNK + 4096);
+    w.tree(&fs.root);
+    w.flush();
+    match w.error.take() {
+        Some(e) => Err(e),
+        None => w.sink.flush().map(|()| w.written),
+    }
+}
+
+impl<'a, W: std::io::Write> Writer<'a, W> {
+    fn new(fs: &'a FileSystem, raw_modes: bool, sink: W, chunk: usize) -> Self {
+        let nlinks = fs.nlinks();
+        Writer {
+            out: Vec::new(),
+            sink,
+            chunk,
+            written: 0,
+            error: None,
+            fs,
+            first_path: vec![None; nlinks.len()],
+            nlinks,
+            raw_modes,
+            path: Vec::with_capacity(256),
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -954,6 +1017,58 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse(text.as_bytes()).unwrap_err()
+    }
+
+    /// A sink that records each `write_all` call's bytes, failing from call `fail_at` on.
+    struct Calls {
+        calls: Vec<Vec<u8>>,
+        fail_at: usize,
+    }
+
+    impl std::io::Write for Calls {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.calls.len() >= self.fail_at {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            // at most 5 bytes per call: `write_all` continues after partial writes
+            let n = buf.len().min(5);
+            self.calls.push(buf[..n].to_vec());
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Streamed in chunks of any size, the text is [`write`]'s, cut only at line ends.
+    #[test]
+    fn write_to_streams_the_same_bytes() {
+        let fs = parse(simple().as_bytes()).unwrap();
+        let whole = write(&fs, true);
+        for chunk in [1, 7, 40, 1 << 20] {
+            let mut w = Writer::new(&fs, true, Vec::new(), chunk);
+            w.tree(&fs.root);
+            w.flush();
+            assert!(w.error.is_none());
+            assert_eq!(w.written, whole.len() as u64);
+            assert_eq!(w.sink, whole, "{chunk}");
+        }
+        let mut out = Vec::new();
+        assert_eq!(write_to(&fs, false, &mut out).unwrap(), out.len() as u64);
+        assert_eq!(out, write(&fs, false));
+        let mut sink = Calls {
+            calls: Vec::new(),
+            fail_at: usize::MAX,
+        };
+        write_to(&fs, true, &mut sink).unwrap();
+        assert_eq!(sink.calls.concat(), whole);
+        sink = Calls {
+            calls: Vec::new(),
+            fail_at: 3,
+        };
+        let e = write_to(&fs, true, &mut sink).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
     }
 
     /// The shortcuts decide only what the slow paths would, and the same way.

@@ -399,6 +399,39 @@ pub fn merge_layers(
     Ok(crate::dumpfile::write(&merge(streams, xattrs)?, raw_modes))
 }
 
+/// [`merge_layers`], streamed to `sink` as it is produced ([`crate::dumpfile::write_to`]):
+/// returns the number of bytes written. The same bytes as [`merge_layers`].
+pub fn merge_layers_to<W: std::io::Write>(
+    streams: &[&[u8]],
+    xattrs: XattrFiltering,
+    raw_modes: bool,
+    sink: W,
+) -> crate::error::Result<u64> {
+    let fs = merge(streams, xattrs)?;
+    Ok(crate::dumpfile::write_to(&fs, raw_modes, sink)?)
+}
+
+/// A borrowed file descriptor as a [`std::io::Write`]: one `write(2)` per call (a partial
+/// write is what `write_all` continues after; `EINTR` is `ErrorKind::Interrupted`, which
+/// `write_all` retries). The descriptor is neither owned nor closed.
+pub struct FdSink(pub std::os::fd::RawFd);
+
+impl std::io::Write for FdSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // SAFETY: `buf` is valid for `buf.len()` bytes; a bad descriptor is an EBADF error.
+        let n = unsafe { libc::write(self.0, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Merges layer splitstream files and writes the EROFS image of each of `versions` straight
 /// from the merged tree.
 pub fn mkfs_layers(
@@ -469,6 +502,35 @@ pub(crate) mod py {
         Ok(PyBytes::new(py, &out))
     }
 
+    /// Merges layer splitstream files (bottom layer first) and writes the dumpfile text to
+    /// the file descriptor `fd` as it is produced; returns the number of bytes written.
+    #[pyfunction]
+    #[pyo3(signature = (streams, fd, xattrs=ALLOWLIST_ONLY, raw_modes=true),
+        text_signature = "(streams, fd, xattrs='allowlist-only', raw_modes=True)")]
+    fn merge_layers_to_fd(
+        py: Python<'_>,
+        streams: &Bound<'_, PyAny>,
+        fd: std::os::fd::RawFd,
+        xattrs: &str,
+        raw_modes: bool,
+    ) -> PyResult<u64> {
+        let mode = xattr_filtering(xattrs).map_err(Error::Invalid)?;
+        let inputs = streams
+            .try_iter()?
+            .map(|item| input(&item?))
+            .collect::<PyResult<Vec<_>>>()?;
+        let slices: Vec<&[u8]> = inputs
+            .iter()
+            .map(|i| match i {
+                Input::Borrowed(b) => b.as_slice(),
+                Input::Copied(v) => v.as_slice(),
+            })
+            .collect();
+        Ok(py.allow_threads(|| {
+            super::merge_layers_to(&slices, mode, raw_modes, super::FdSink(fd))
+        })?)
+    }
+
     /// Merges layer splitstream files and returns the EROFS image of each format in
     /// `versions`, without a dumpfile in between.
     #[pyfunction]
@@ -506,6 +568,7 @@ pub(crate) mod py {
     pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add_function(wrap_pyfunction!(merge_layers, m)?)?;
         m.add_function(wrap_pyfunction!(mkfs_layers, m)?)?;
+        m.add_function(wrap_pyfunction!(merge_layers_to_fd, m)?)?;
         Ok(())
     }
 }
@@ -581,6 +644,64 @@ mod tests {
             .skip(1)
             .map(|l| l.split(' ').next().unwrap().to_owned())
             .collect()
+    }
+
+    /// Streamed to a pipe (read by another thread) or a file: [`merge_layers`]'s bytes.
+    #[test]
+    fn merge_layers_to_a_pipe_and_a_file() {
+        use std::io::{Read, Seek};
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let mut members = vec![M::Dir("usr")];
+        let names: Vec<String> = (0..3000).map(|i| format!("usr/file-{i:05}")).collect();
+        members.extend(names.iter().map(|n| M::File(n, b"content")));
+        let layers = [layer(&members)];
+        let streams: Vec<&[u8]> = layers.iter().map(Vec::as_slice).collect();
+        let mode = XattrFiltering::AllowlistOnly;
+        let whole = merge_layers(&streams, mode, true).unwrap();
+        assert!(whole.len() > 100_000);
+
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for two descriptors, each owned by one File below.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let (mut rd, wr) = unsafe {
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        };
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            rd.read_to_end(&mut got).unwrap();
+            got
+        });
+        let n = merge_layers_to(&streams, mode, true, FdSink(wr.as_raw_fd())).unwrap();
+        drop(wr);
+        assert_eq!(n, whole.len() as u64);
+        assert_eq!(reader.join().unwrap(), whole);
+
+        let mut file = tempfile_in_tmp();
+        let n = merge_layers_to(&streams, mode, false, FdSink(file.as_raw_fd())).unwrap();
+        let mut got = Vec::new();
+        file.rewind().unwrap();
+        file.read_to_end(&mut got).unwrap();
+        assert_eq!(n, got.len() as u64);
+        assert_eq!(got, merge_layers(&streams, mode, false).unwrap());
+
+        match merge_layers_to(&streams, mode, true, FdSink(-1)) {
+            Err(crate::error::Error::Io(e)) => assert_eq!(e.raw_os_error(), Some(libc::EBADF)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// An unnamed temporary file (`O_TMPFILE` in the temporary directory).
+    fn tempfile_in_tmp() -> std::fs::File {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .open(std::env::temp_dir())
+            .unwrap()
     }
 
     #[test]

@@ -13,7 +13,7 @@ from typing import TypeAlias
 
 _Buffer: TypeAlias = bytes | bytearray | memoryview
 
-__all__ = ["merge_layers", "mkfs_layers"]
+__all__ = ["merge_layers", "merge_layers_to_fd", "mkfs_layers"]
 
 def merge_layers(
     streams: Sequence[_Buffer], xattrs: str = "allowlist-only", raw_modes: bool = True
@@ -32,6 +32,15 @@ def merge_layers(
     With ``raw_modes`` (``cfsctl oci dump``) MODE is ``st_mode | type``; without it,
     ``type | (st_mode & 0o7777)``. The GIL is released for the whole call.
     """
+
+def merge_layers_to_fd(
+    streams: Sequence[_Buffer], fd: int, xattrs: str = "allowlist-only", raw_modes: bool = True
+) -> int:
+    """Merges the layers as :func:`merge_layers` does and writes the same dumpfile text to the
+    file descriptor ``fd`` as it is produced, in ``write(2)`` calls of about 1 MiB (whole
+    lines; partial writes continued, ``EINTR`` retried); returns the number of bytes written.
+    The descriptor is not closed. A failed write raises ``OSError`` with its errno (the rest
+    is not written). The GIL is released for the whole call."""
 
 def mkfs_layers(
     streams: Sequence[_Buffer], xattrs: str = "allowlist-only", versions: Sequence[int] = [1]

@@ -14,7 +14,9 @@ the DIGEST field (64 or 128 hex digits) or, without a digest, from the object pa
 from __future__ import annotations
 
 import bisect
+import os
 import re
+from collections.abc import Iterator
 from stat import S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK
 
 from composefs._pure.tree import (
@@ -33,7 +35,7 @@ from composefs._pure.tree import (
     walk,
 )
 
-__all__ = ["debug_bytes", "parse", "write"]
+__all__ = ["debug_bytes", "parse", "write", "write_to_fd"]
 
 S_IFMT = 0o170000  # stat.S_IFMT is a function
 
@@ -128,9 +130,38 @@ def _line(
     out.append(" ".join(parts))
 
 
+#: bytes of lines gathered before :func:`write_to_fd` writes them
+CHUNK = 1 << 20
+
+
 def write(fs: FileSystem, raw_modes: bool = True) -> bytes:
     """The dumpfile of ``fs`` (composefs-rs ``write_dumpfile``). With ``raw_modes`` False the
     MODE field is ``type | (mode & 0o7777)`` instead of ``mode | type``."""
+    out: list[str] = []
+    for lines in _write_lines(fs, raw_modes, 0):
+        out.extend(lines)
+    out.append("")
+    return "\n".join(out).encode("ascii")
+
+
+def write_to_fd(fs: FileSystem, fd: int, raw_modes: bool = True) -> int:
+    """:func:`write`, streamed: the text goes to the file descriptor ``fd`` as it is produced,
+    in writes of about :data:`CHUNK` bytes (whole lines). Partial writes are continued
+    (``EINTR`` is retried by ``os.write``); errors are ``OSError``. Returns the bytes written."""
+    written = 0
+    for lines in _write_lines(fs, raw_modes, CHUNK):
+        lines.append("")
+        data = memoryview("\n".join(lines).encode("ascii"))
+        while data:
+            n = os.write(fd, data)
+            data = data[n:]
+            written += n
+    return written
+
+
+def _write_lines(fs: FileSystem, raw_modes: bool, chunk: int) -> Iterator[list[str]]:
+    """The lines of :func:`write` (without their newlines), in lists of at least ``chunk``
+    bytes (counting a newline per line) but the last; ``chunk`` 0: one list with them all."""
     counts = _link_counts(fs)
     first_path: dict[int, bytes] = {}
     out: list[str] = []
@@ -181,6 +212,7 @@ def write(fs: FileSystem, raw_modes: bool = True) -> bytes:
     # iterative (tree.walk): one prefix per open directory, no recursion on the depth
     dir_line(b"/", fs.root)
     prefixes = [b"/"]
+    size = 0  # bytes of the lines in `out`
     for event, name, inode in walk(fs.root):
         if event == ENTER:
             assert isinstance(inode, Directory)
@@ -192,8 +224,14 @@ def write(fs: FileSystem, raw_modes: bool = True) -> bytes:
             leaf_line(prefixes[-1] + name, inode)
         else:
             prefixes.pop()
-    out.append("")
-    return "\n".join(out).encode("ascii")
+            continue
+        if chunk:
+            size += len(out[-1]) + 1
+            if size >= chunk:
+                yield out
+                out = []
+                size = 0
+    yield out
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from composefs.constants import ALLOWLIST_ONLY, EROFS_VERSIONS, KEEP_USER_XATTRS
 
 # The backend contract; ``merge``, ``transform_for_oci`` and the checks are pure-only helpers
 # (used by the directory scanner and ``composefs.fs``).
-__all__ = ["merge_layers", "mkfs_layers"]
+__all__ = ["merge_layers", "merge_layers_to_fd", "mkfs_layers"]
 
 # --------------------------------------------------------------------------------------------
 # OCI layer merge (composefs-rs ``create_filesystem``: ``process_entry`` for every tar entry of
@@ -296,6 +296,18 @@ def merge_layers(
     """The dumpfile of the merged layers, as ``cfsctl oci dump`` prints it (``raw_modes``
     False: MODE is ``type | (mode & 0o7777)``)."""
     return dumpfile.write(merge(streams, xattrs), raw_modes)
+
+
+def merge_layers_to_fd(
+    streams: Sequence[bytes | bytearray | memoryview],
+    fd: int,
+    xattrs: str = ALLOWLIST_ONLY,
+    raw_modes: bool = True,
+) -> int:
+    """:func:`merge_layers`, written to the file descriptor ``fd`` as it is produced (in
+    writes of about 1 MiB, whole lines); returns the number of bytes written. ``OSError``
+    when a write fails."""
+    return dumpfile.write_to_fd(merge(streams, xattrs), fd, raw_modes)
 
 
 def mkfs_layers(

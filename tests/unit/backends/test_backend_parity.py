@@ -12,9 +12,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
 import tarfile
+import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -40,6 +44,7 @@ from composefs._pure.tree import (
 )
 from composefs.oci.layer import import_layer
 from composefs.repository import Repository
+from composefs.testing import TarBuilder
 from support import load_backend, need
 from support.tars import Tar
 
@@ -695,3 +700,104 @@ def test_corrupted_streams(native: ModuleType, pure: ModuleType, streams: list[b
         if got != expected:
             differ.append(f"byte {pos}: native {show(expected)}, pure {show(got)}")
     assert not differ, "\n".join(differ)
+
+
+# -- merge_layers_to_fd: merge_layers's bytes, streamed to a file descriptor
+
+
+def to_pipe(backend: ModuleType, layers: Sequence[bytes], *args: Any) -> tuple[int, bytes]:
+    """``merge_layers_to_fd`` into a pipe read concurrently (the pipe holds far less than the
+    text): its result and what was read."""
+    rd, wr = os.pipe()
+    chunks: list[bytes] = []
+
+    def reader() -> None:
+        with open(rd, "rb", buffering=0) as f:
+            while data := f.read(1 << 16):
+                chunks.append(data)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        n = backend.merge.merge_layers_to_fd(layers, wr, *args)
+    finally:
+        os.close(wr)
+        thread.join()
+    return n, b"".join(chunks)
+
+
+def to_file(backend: ModuleType, layers: Sequence[bytes], *args: Any) -> tuple[int, bytes]:
+    with tempfile.TemporaryFile() as f:
+        f.write(b"kept")
+        f.flush()
+        n = backend.merge.merge_layers_to_fd(layers, f.fileno(), *args)
+        f.seek(0)
+        data = f.read()
+    assert data[:4] == b"kept"  # written at the file position, not over it
+    return n, data[4:]
+
+
+@pytest.fixture(scope="module")
+def deep_stream(repo: Repository) -> bytes:
+    """A layer whose dumpfile (about 4 MiB: 2,000 nested levels) spans several chunks."""
+    t = TarBuilder().dir("usr")
+    path = "usr"
+    for _ in range(2000):
+        path += "/d"
+        t.dir(path)
+        t.file(path + "/f", b"x")
+    (stream,) = import_tars(repo, [t.build()])
+    return stream
+
+
+@pytest.mark.parametrize("backend_name", ["native", "python"])
+def test_merge_layers_to_fd_same_bytes(
+    backend_name: str,
+    native: ModuleType,
+    pure: ModuleType,
+    streams: list[bytes],
+    deep_stream: bytes,
+) -> None:
+    backend = native if backend_name == "native" else pure
+    cases = [[0], [0, 1, 2], [0, 3], [6]]
+    for selection in cases:
+        layers = [streams[i] for i in selection]
+        for xattrs in XATTR_MODES:
+            for raw_modes in (True, False):
+                expected = outcome(native.merge.merge_layers, layers, xattrs, raw_modes)
+                for sink in (to_pipe, to_file):
+                    got = outcome(sink, backend, layers, xattrs, raw_modes)
+                    if expected[0] == "ok":
+                        assert got == ("ok", (len(expected[1]), expected[1])), (selection, sink)
+                    else:
+                        assert got == expected
+    expected_deep = native.merge.merge_layers([deep_stream])
+    assert len(expected_deep) > 3 << 20
+    assert expected_deep == pure.merge.merge_layers([deep_stream])
+    for sink in (to_pipe, to_file):
+        assert sink(backend, [deep_stream]) == (len(expected_deep), expected_deep)
+
+
+@pytest.mark.parametrize("backend_name", ["native", "python"])
+def test_merge_layers_to_fd_errors(
+    backend_name: str, native: ModuleType, pure: ModuleType, streams: list[bytes]
+) -> None:
+    backend = native if backend_name == "native" else pure
+    with tempfile.TemporaryFile() as f:
+        fd = os.open(f"/proc/self/fd/{f.fileno()}", os.O_RDONLY)
+        try:
+            with pytest.raises(OSError) as info:
+                backend.merge.merge_layers_to_fd([streams[0]], fd)
+            assert info.value.errno == errno.EBADF
+        finally:
+            os.close(fd)
+    rd, wr = os.pipe()
+    os.close(rd)
+    try:
+        with pytest.raises(BrokenPipeError) as pipe_info:
+            backend.merge.merge_layers_to_fd([streams[0]], wr)
+        assert pipe_info.value.errno == errno.EPIPE
+    finally:
+        os.close(wr)
+    with pytest.raises(ValueError, match="invalid xattr filtering mode"):
+        backend.merge.merge_layers_to_fd([streams[0]], 1, "bogus")
