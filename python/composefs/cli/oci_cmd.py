@@ -248,11 +248,19 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
 def cmd_dump(args: argparse.Namespace) -> int:
     from composefs.oci import filesystem
 
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # (io.UnsupportedOperation: both)
+        fd = None
     with open_repo(args) as repo:
-        dump = filesystem.create_dumpfile(repo, args.image, xattrs=args.xattrs)
-    out = sys.stdout.buffer
-    out.write(dump)
-    out.flush()
+        if fd is None:  # a stdout without a descriptor (a caller's stream object)
+            sys.stdout.buffer.write(filesystem.create_dumpfile(repo, args.image, xattrs=args.xattrs))
+            sys.stdout.flush()
+            return 0
+        # streamed to stdout's descriptor (the text is never held whole): what Python has
+        # buffered goes out first
+        sys.stdout.flush()
+        filesystem.write_dumpfile(repo, args.image, fd, xattrs=args.xattrs)
     return 0
 
 

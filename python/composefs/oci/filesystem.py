@@ -53,6 +53,7 @@ __all__ = [
     "image_layers",
     "layer_streams",
     "merge_layer_streams",
+    "write_dumpfile",
 ]
 
 
@@ -160,6 +161,27 @@ def create_dumpfile(
     streams = layer_streams(repo, image)
     try:
         return bytes(_backend.backend().merge.merge_layers(streams, xattrs, raw_modes))
+    except ValueError as e:
+        raise FilesystemError(str(e)) from None
+
+
+def write_dumpfile(
+    repo: Repository,
+    image: OciImage | str,
+    fd: int,
+    *,
+    xattrs: str = ALLOWLIST_ONLY,
+    raw_modes: bool = True,
+) -> int:
+    """:func:`create_dumpfile`, written to the file descriptor ``fd`` as it is produced (the
+    text is never held whole: ``cfsctl oci dump`` of a very deep tree is far larger than the
+    tree). Returns the number of bytes written; a failed write raises ``OSError``. Nothing is
+    written when the merge fails."""
+    if xattrs not in XATTR_MODES:
+        raise FilesystemError(f"unknown xattr filtering mode {xattrs!r}")
+    streams = layer_streams(repo, image)
+    try:
+        return _backend.backend().merge.merge_layers_to_fd(streams, fd, xattrs, raw_modes)
     except ValueError as e:
         raise FilesystemError(str(e)) from None
 

@@ -272,3 +272,31 @@ def test_pull_of_a_name_erofs_cannot_hold(tmp_path: Path) -> None:
     )
     assert json.loads(ok("--repo", repo, "oci", "images", "--json")) == {"images": []}
     ok("--repo", repo, "fsck")
+
+
+def test_dump_streams_the_merged_dumpfile(env: dict[str, str], tmp_path: Path) -> None:
+    """``oci dump`` writes straight to stdout's descriptor: to a pipe, to a file (after what
+    the file held: the descriptor's position), the bytes of ``create_dumpfile``."""
+    from composefs.oci import filesystem
+    from composefs.repository import Repository
+
+    ok("--repo", env["repo"], "oci", "pull", f"oci:{env['layout']}:single", "img")
+    with Repository.open(env["repo"]) as repo:
+        expected = filesystem.create_dumpfile(repo, "img")
+    assert expected.startswith(b"/ 0 40755 ")
+    assert cli("--repo", env["repo"], "oci", "dump", "img").stdout == expected
+    out = tmp_path / "dump"
+    with out.open("wb") as f:
+        f.write(b"before\n")
+        f.flush()
+        proc = subprocess.run(
+            [sys.executable, "-m", "composefs.cli", "--repo", env["repo"], "oci", "dump", "img"],
+            stdout=f,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert out.read_bytes() == b"before\n" + expected
+    proc = cli("--repo", env["repo"], "oci", "dump", "missing")
+    assert proc.returncode == 1 and proc.stdout == b""
+    assert proc.stderr.startswith(b"Error: ")
