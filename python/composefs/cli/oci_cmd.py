@@ -254,7 +254,8 @@ def cmd_dump(args: argparse.Namespace) -> int:
         fd = None
     with open_repo(args) as repo:
         if fd is None:  # a stdout without a descriptor (a caller's stream object)
-            sys.stdout.buffer.write(filesystem.create_dumpfile(repo, args.image, xattrs=args.xattrs))
+            dump = filesystem.create_dumpfile(repo, args.image, xattrs=args.xattrs)
+            sys.stdout.buffer.write(dump)
             sys.stdout.flush()
             return 0
         # streamed to stdout's descriptor (the text is never held whole): what Python has
