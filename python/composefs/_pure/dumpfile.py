@@ -209,21 +209,25 @@ def _write_lines(fs: FileSystem, raw_modes: bool, chunk: int) -> Iterator[list[s
         nlink = 2 + sum(1 for inode in directory.entries.values() if isinstance(inode, Directory))
         _line(out, path, directory.stat, S_IFDIR, raw_modes, 0, nlink, 0, b"", b"", None)
 
-    # iterative (tree.walk): one prefix per open directory, no recursion on the depth
+    # iterative (tree.walk), no recursion on the depth: `path` is the current directory's
+    # path ("" for the root), `lens` its length before each open directory's name was
+    # appended (not a path per level: their sum is quadratic in the depth)
     dir_line(b"/", fs.root)
-    prefixes = [b"/"]
+    path = bytearray()
+    lens: list[int] = []
     size = 0  # bytes of the lines in `out`
     for event, name, inode in walk(fs.root):
         if event == ENTER:
             assert isinstance(inode, Directory)
-            path = prefixes[-1] + name
-            dir_line(path, inode)
-            prefixes.append(path + b"/")
+            lens.append(len(path))
+            path += b"/"
+            path += name
+            dir_line(bytes(path), inode)
         elif event == LEAF:
             assert isinstance(inode, Leaf)
-            leaf_line(prefixes[-1] + name, inode)
+            leaf_line(b"%s/%s" % (path, name), inode)
         else:
-            prefixes.pop()
+            del path[lens.pop() :]
             continue
         if chunk:
             size += len(out[-1]) + 1
