@@ -34,6 +34,7 @@ __all__ = [
     "ImageIndex",
     "ImageManifest",
     "config_diff_ids",
+    "open_file",
     "parse_descriptor",
     "parse_index",
     "parse_json",
@@ -66,6 +67,17 @@ def quote(text: object) -> str:
     return printable(text)
 
 
+def open_file(path: str | bytes, *, dir_fd: int | None = None) -> tuple[int, os.stat_result]:
+    """``path`` opened read-only and non-blocking (a FIFO is not waited on), with its
+    ``fstat``; the caller checks the type. ``O_NONBLOCK`` has no effect on a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dir_fd)
+    try:
+        return fd, os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_regular_file(
     path: str | bytes, limit: int, what: str, *, dir_fd: int | None = None
 ) -> bytes:
@@ -78,11 +90,10 @@ def read_regular_file(
     file may grow).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dir_fd)
+        fd, st = open_file(path, dir_fd=dir_fd)
     except OSError as e:
         raise DocumentError(f"cannot open {what}") from e
     try:
-        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise DocumentError(f"{what} is not a regular file")
         if st.st_size > limit:

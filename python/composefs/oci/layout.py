@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import os
 import stat
@@ -22,6 +21,7 @@ from composefs.errors import ComposefsError
 from composefs.oci.documents import (
     SIZE_LIMITS,
     DocumentError,
+    open_file,
     parse_index,
     parse_json_object,
     parse_manifest,
@@ -176,20 +176,18 @@ class LayoutSource:
     def _open(self, desc: Descriptor) -> int:
         """``blobs/sha256/<hex>`` of a checked digest: a regular file of the descriptor's size.
 
-        Opened non-blocking (a FIFO is refused, not waited on); the flag is cleared again
-        once the file is known to be regular.
+        Opened non-blocking (:func:`~composefs.oci.documents.open_file`): a FIFO is refused,
+        not waited on.
         """
         try:
             hexdigest = parse_digest(desc.digest)[len("sha256:") :]
         except ReferenceError as e:
             raise LayoutError(f"Opening blob {quote(desc.digest)}") from e
-        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
         try:
-            fd = os.open(hexdigest, flags, dir_fd=self._blobs)
+            fd, st = open_file(hexdigest, dir_fd=self._blobs)
         except OSError as e:
             raise LayoutError(f"Opening blob {desc.digest}") from e
         try:
-            st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise LayoutError(f"Opening blob {desc.digest}") from LayoutError(
                     "not a regular file"
@@ -198,7 +196,6 @@ class LayoutSource:
                 raise LayoutError(f"Opening blob {desc.digest}") from LayoutError(
                     f"Expected size {desc.size} but found {st.st_size}"
                 )
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         except BaseException:
             os.close(fd)
             raise
