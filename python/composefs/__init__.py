@@ -16,7 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from composefs import errors, fsverity, splitstream
-    from composefs.errors import ComposefsError
+    from composefs.errors import (
+        AuthenticationError,
+        ComposefsError,
+        DigestMismatchError,
+        FilesystemError,
+        ImageNotFoundError,
+        ImageReferenceError,
+        RepositoryError,
+        SourceError,
+        TagNotFoundError,
+        TransportError,
+    )
     from composefs.fsverity import Algorithm
     from composefs.repository import Repository
 
@@ -24,8 +35,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Algorithm",
+    "AuthenticationError",
     "ComposefsError",
+    "DigestMismatchError",
+    "FilesystemError",
+    "ImageNotFoundError",
+    "ImageReferenceError",
     "Repository",
+    "RepositoryError",
+    "SourceError",
+    "TagNotFoundError",
+    "TransportError",
     "__version__",
     "backend",
     "errors",
@@ -40,7 +60,16 @@ _LAZY = {
     "errors": ("composefs.errors", None),
     "fsverity": ("composefs.fsverity", None),
     "splitstream": ("composefs.splitstream", None),
+    "AuthenticationError": ("composefs.errors", "AuthenticationError"),
     "ComposefsError": ("composefs.errors", "ComposefsError"),
+    "DigestMismatchError": ("composefs.errors", "DigestMismatchError"),
+    "FilesystemError": ("composefs.errors", "FilesystemError"),
+    "ImageNotFoundError": ("composefs.errors", "ImageNotFoundError"),
+    "ImageReferenceError": ("composefs.errors", "ImageReferenceError"),
+    "RepositoryError": ("composefs.errors", "RepositoryError"),
+    "SourceError": ("composefs.errors", "SourceError"),
+    "TagNotFoundError": ("composefs.errors", "TagNotFoundError"),
+    "TransportError": ("composefs.errors", "TransportError"),
     "Algorithm": ("composefs.fsverity", "Algorithm"),
     "Repository": ("composefs.repository", "Repository"),
 }

@@ -14,8 +14,13 @@ like cfsctl's (anyhow) output::
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "ComposefsError",
+    "DigestMismatchError",
+    "FilesystemError",
     "FsVerityError",
+    "ImageNotFoundError",
+    "ImageReferenceError",
     "InvalidName",
     "ObjectDigestMismatch",
     "OldFormatRepository",
@@ -24,7 +29,10 @@ __all__ = [
     "RepositoryMetadataInvalid",
     "RepositoryMetadataMissing",
     "RepositoryNotWritable",
+    "SourceError",
     "SplitStreamError",
+    "TagNotFoundError",
+    "TransportError",
     "VerityAlreadyEnabled",
     "VerityFileOpenedForWrite",
     "VerityInvalidDigest",
@@ -37,6 +45,48 @@ __all__ = [
 
 class ComposefsError(Exception):
     """Base class of every error raised by composefs."""
+
+
+# -- what a caller most often wants to catch, whatever the layer that raised it ----------------
+# The specific errors below (a layout's, a registry's, a repository's) also derive from these,
+# so ``except TagNotFoundError`` works for a missing tag in a layout, a registry or a repository
+# without walking ``__cause__``.
+
+
+class ImageReferenceError(ComposefsError, ValueError):
+    """An image reference (``TRANSPORT:NAME``, a registry name, a digest) cannot be parsed."""
+
+
+class ImageNotFoundError(ComposefsError):
+    """The image (a manifest, an index, a repository image) does not exist where it was
+    looked for."""
+
+
+class TagNotFoundError(ImageNotFoundError):
+    """A tag is not present (in an OCI layout's index, a registry repository, or the
+    repository's refs)."""
+
+
+class DigestMismatchError(ComposefsError):
+    """Content does not match the digest (or size) that names it: a blob, a layer, an object."""
+
+
+class SourceError(ComposefsError):
+    """Reading an image from its source (a layout, an archive, a registry) failed."""
+
+
+class TransportError(SourceError):
+    """A network transfer failed (connection, TLS, timeout, an HTTP error status) after the
+    retries allowed."""
+
+
+class AuthenticationError(TransportError):
+    """A registry refused the credentials (or asked for some and none were found)."""
+
+
+class FilesystemError(ComposefsError, ValueError):
+    """A filesystem tree cannot be read, merged or represented (a directory scan failed, layers
+    cannot be merged, an entry the image format cannot hold)."""
 
 
 class FsVerityError(ComposefsError):
@@ -63,7 +113,7 @@ class VerityInvalidDigest(FsVerityError):
     """The kernel measured a digest of another algorithm or size."""
 
 
-class ObjectDigestMismatch(FsVerityError):
+class ObjectDigestMismatch(FsVerityError, DigestMismatchError):
     """An object's content does not match its expected digest."""
 
 

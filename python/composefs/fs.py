@@ -32,7 +32,7 @@ from composefs._pure.fs import _read_small
 from composefs._pure.merge import CONTAINER_XATTR_ALLOWLIST, transform_for_oci
 from composefs._pure.tree import Directory, FileSystem, Leaf, Stat
 from composefs.constants import ALLOWLIST_ONLY, INLINE_CONTENT_MAX, XATTR_MODES
-from composefs.errors import ComposefsError
+from composefs.errors import ComposefsError, FilesystemError
 from composefs.fsverity import AlgorithmLike
 from composefs.repository import Repository
 
@@ -42,10 +42,6 @@ __all__ = [
     "oci_transform",
     "read_directory",
 ]
-
-
-class FilesystemError(ComposefsError, ValueError):
-    """Reading a directory failed, or a tree cannot be transformed (no ``/usr`` directory)."""
 
 
 def _xattrs(fd: int) -> dict[bytes, bytes]:

@@ -149,11 +149,11 @@ def cmd_layer(args: argparse.Namespace) -> int:
 
 
 def _digest_arg(text: str) -> str:
-    from composefs.oci.reference import ReferenceError, parse_digest
+    from composefs.oci.reference import ImageReferenceError, parse_digest
 
     try:
         return parse_digest(text)
-    except ReferenceError as e:
+    except ImageReferenceError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 

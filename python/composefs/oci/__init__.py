@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from composefs.oci.layout import LayoutError, LayoutSource, NoMatchingPlatform
     from composefs.oci.platform import Platform, PlatformError, host_platform, parse_platform
     from composefs.oci.pull import ImportStats, PullError, PullEvent, PullResult, pull
-    from composefs.oci.reference import ReferenceError, parse_reference
+    from composefs.oci.reference import ImageReferenceError, parse_reference
 
 # name -> the module that defines it: imported on first use (CLI start-up)
 _EXPORTS: dict[str, str] = {
@@ -60,6 +60,8 @@ _EXPORTS: dict[str, str] = {
     "PullError": "composefs.oci.pull",
     "PullEvent": "composefs.oci.pull",
     "PullResult": "composefs.oci.pull",
+    "ImageReferenceError": "composefs.oci.reference",
+    # deprecated (shadows a builtin): warns, and is not in __all__
     "ReferenceError": "composefs.oci.reference",
     "StoredIndex": "composefs.oci.image",
     "host_platform": "composefs.oci.platform",
@@ -80,6 +82,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "ImageError",
     "ImageInfo",
+    "ImageReferenceError",
     "ImportStats",
     "LayoutError",
     "LayoutSource",
@@ -91,7 +94,6 @@ __all__ = [
     "PullError",
     "PullEvent",
     "PullResult",
-    "ReferenceError",
     "StoredIndex",
     "host_platform",
     "inspect_reply",

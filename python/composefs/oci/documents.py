@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from composefs._text import printable
 from composefs.errors import ComposefsError
-from composefs.oci.reference import ReferenceError, parse_digest
+from composefs.oci.reference import ImageReferenceError, parse_digest
 
 __all__ = [
     "SIZE_LIMITS",
@@ -270,7 +270,7 @@ def parse_descriptor(doc: Any, where: str) -> Descriptor:
         raise _wrong(f"{where}.digest", "a string", digest)
     try:
         parse_digest(digest)
-    except ReferenceError as e:
+    except ImageReferenceError as e:
         raise DocumentError(f"{where}.digest: {e}") from None
     size = doc.get("size")
     if type(size) is not int:  # not bool, not float
@@ -359,6 +359,6 @@ def config_diff_ids(doc: Mapping[str, Any], what: str) -> list[str]:
             raise _wrong(f"{what}.rootfs.diff_ids[{i}]", "a string", d)
         try:
             out.append(parse_digest(d))
-        except ReferenceError as e:
+        except ImageReferenceError as e:
             raise DocumentError(f"{what}.rootfs.diff_ids[{i}]: {e}") from None
     return out

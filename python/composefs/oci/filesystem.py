@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from composefs import _backend, _faults, erofs, splitstream
 from composefs.constants import ALLOWLIST_ONLY, EROFS_VERSIONS, XATTR_MODES
-from composefs.errors import ComposefsError
+from composefs.errors import ComposefsError, FilesystemError
 from composefs.oci.documents import DocumentError, config_diff_ids, parse_json_object
 from composefs.oci.image import OciImage
 from composefs.oci.names import (
@@ -55,10 +55,6 @@ __all__ = [
     "merge_layer_streams",
     "write_dumpfile",
 ]
-
-
-class FilesystemError(ComposefsError):
-    """The layers of an image cannot be merged into a composefs image."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ from composefs.oci.names import (
     resolve_ref,
     sha256_digest,
 )
-from composefs.oci.reference import ReferenceError, parse_digest
+from composefs.oci.reference import ImageReferenceError, parse_digest
 from composefs.oci.streams import open_external, parse_object, read_external_stream
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ def _fsck_image(repo: Repository, name: str, digest: str, result: OciFsckResult)
                 continue
             try:
                 parse_digest(diff_id)
-            except ReferenceError as e:
+            except ImageReferenceError as e:
                 result.errors.append(
                     f"fsck: layer-check-failed: {name}: {diff_id}: Invalid diff_id: {e}"
                 )

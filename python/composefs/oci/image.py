@@ -31,6 +31,7 @@ from composefs.oci.names import (
     REFERRER_REF_PREFIX,
     SEAL_LABEL,
     ImageError,
+    ImageMissing,
     config_identifier,
     decode_tag,
     encode_tag,
@@ -135,7 +136,7 @@ class OciImage:
         if verity is None:
             verity = repo.has_stream(manifest_identifier(digest))
             if verity is None:
-                raise ImageError(f"OCI image not found: {digest}")
+                raise ImageMissing(f"OCI image not found: {digest}")
         return cls(
             digest,
             verity,

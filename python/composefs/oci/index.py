@@ -29,6 +29,7 @@ from composefs.oci.media_types import INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, MAX
 from composefs.oci.names import (
     INDEX_REF_PREFIX,
     ImageError,
+    ImageMissing,
     index_identifier,
     ref_path,
     sha256_digest,
@@ -151,7 +152,7 @@ def open_index(repo: Repository, digest: str, verity: bytes | None = None) -> St
     if verity is None:
         verity = repo.has_stream(identifier)
         if verity is None:
-            raise ImageError(f"OCI index not found: {digest}")
+            raise ImageMissing(f"OCI index not found: {digest}")
         raw, refs = read_external_stream(repo, identifier, verity, splitstream.INDEX_CONTENT_TYPE)
         found = sha256_digest(raw)
         if found != digest:

@@ -18,7 +18,7 @@ from typing import IO, Any, BinaryIO
 
 from composefs import _backend, _faults, dumpfile, splitstream
 from composefs._contract import TarEntry
-from composefs.errors import ComposefsError
+from composefs.errors import ComposefsError, DigestMismatchError
 from composefs.oci.media_types import LAYER_MEDIA_TYPE, LAYER_MEDIA_TYPES
 from composefs.repository import Repository
 
@@ -47,7 +47,7 @@ class LayerError(ComposefsError):
     """A layer could not be imported or read."""
 
 
-class LayerDigestMismatch(LayerError):
+class LayerDigestMismatch(LayerError, DigestMismatchError):
     """The blob or its uncompressed content does not match the expected digest."""
 
 

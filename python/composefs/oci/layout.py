@@ -17,7 +17,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from composefs.errors import ComposefsError
+from composefs.errors import ComposefsError, ImageNotFoundError, TagNotFoundError
 from composefs.oci.documents import (
     SIZE_LIMITS,
     DocumentError,
@@ -43,7 +43,7 @@ from composefs.oci.platform import (
     match_rank,
     parse_platform,
 )
-from composefs.oci.reference import LayoutReference, ReferenceError, parse_digest
+from composefs.oci.reference import ImageReferenceError, LayoutReference, parse_digest
 from composefs.oci.source import Descriptor, ResolvedManifest
 
 __all__ = [
@@ -61,6 +61,14 @@ LAYOUT_VERSION = "1.0.0"
 
 class LayoutError(ComposefsError):
     """An OCI layout cannot be read, or does not hold what was asked for."""
+
+
+class LayoutTagNotFound(LayoutError, TagNotFoundError):
+    """The tag is not in the layout's ``index.json``."""
+
+
+class LayoutBlobNotFound(LayoutError, ImageNotFoundError):
+    """A blob named by digest is not in the layout."""
 
 
 class NoMatchingPlatform(LayoutError):
@@ -181,7 +189,7 @@ class LayoutSource:
         """
         try:
             hexdigest = parse_digest(desc.digest)[len("sha256:") :]
-        except ReferenceError as e:
+        except ImageReferenceError as e:
             raise LayoutError(f"Opening blob {quote(desc.digest)}") from e
         try:
             fd, st = open_file(hexdigest, dir_fd=self._blobs)
@@ -288,7 +296,7 @@ class LayoutSource:
             tag = self.ref.tag
             entries = [d for d in entries if (d.annotations or {}).get(REF_NAME_ANNOTATION) == tag]
             if not entries:
-                raise LayoutError(f"Tag '{quote(tag)}' not found in image index")
+                raise LayoutTagNotFound(f"Tag '{quote(tag)}' not found in image index")
         elif not entries:
             raise LayoutError("Image index contains no manifests")
         search = _Search(wanted)
@@ -405,7 +413,7 @@ class LayoutSource:
         try:
             st = os.stat(hexdigest, dir_fd=self._blobs)
         except FileNotFoundError:
-            raise LayoutError(f"Blob {digest} not found in {self.path}") from None
+            raise LayoutBlobNotFound(f"Blob {digest} not found in {self.path}") from None
         except OSError as e:
             raise LayoutError(f"Opening blob {digest}") from e
         probe = Descriptor(media_type="", digest=digest, size=st.st_size)

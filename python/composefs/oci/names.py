@@ -21,8 +21,8 @@ import os
 from typing import TYPE_CHECKING
 
 from composefs._text import printable
-from composefs.errors import ComposefsError, InvalidName
-from composefs.oci.reference import ReferenceError, parse_digest
+from composefs.errors import ComposefsError, ImageNotFoundError, InvalidName, TagNotFoundError
+from composefs.oci.reference import ImageReferenceError, parse_digest
 
 if TYPE_CHECKING:
     from composefs.repository import Repository
@@ -67,6 +67,14 @@ SEAL_LABEL = "containers.composefs.fsverity"
 
 class ImageError(ComposefsError):
     """An OCI image in the repository is missing, incomplete or corrupt."""
+
+
+class ImageMissing(ImageError, ImageNotFoundError):
+    """An OCI image (a manifest or an index) is not in the repository."""
+
+
+class TagMissing(ImageMissing, TagNotFoundError):
+    """A tag is not in the repository."""
 
 
 # -- stream identifiers and tag encoding ---------------------------------------------------------
@@ -179,7 +187,7 @@ def _digest_of_target(target: str, prefix: str) -> str | None:
         return None
     try:
         return parse_digest(last[len(prefix) :])
-    except ReferenceError:
+    except ImageReferenceError:
         return None
 
 
@@ -187,13 +195,13 @@ def resolve_ref(repo: Repository, name: str) -> tuple[str, bytes]:
     """A tag's ``(manifest digest, manifest verity)``."""
     target = repo.read_link(f"streams/refs/{ref_path(name)}")
     if target is None:
-        raise ImageError(f"OCI reference not found: {printable(name)}")
+        raise TagMissing(f"OCI reference not found: {printable(name)}")
     digest = _digest_of_target(target, "oci-manifest-")
     if digest is None:
         raise ImageError(f"Invalid manifest reference: {printable(target.rsplit('/', 1)[-1])}")
     verity = repo.has_stream(manifest_identifier(digest))
     if verity is None:
-        raise ImageError(f"Manifest {digest} not found")
+        raise ImageMissing(f"Manifest {digest} not found")
     return digest, verity
 
 
@@ -239,7 +247,7 @@ def list_referrers(repo: Repository, subject: str) -> list[tuple[str, bytes]]:
             continue
         try:
             digest = parse_digest(artifact)
-        except ReferenceError as e:
+        except ImageReferenceError as e:
             raise ImageError(f"Parsing referrer digest '{artifact}'") from e
         verity = repo.has_stream(manifest_identifier(digest))
         if verity is not None:

@@ -61,7 +61,7 @@ from composefs.oci.names import (
 from composefs.oci.platform import Platform, parse_platform
 from composefs.oci.reference import (
     ImageReference,
-    ReferenceError,
+    ImageReferenceError,
     parse_layout_name,
     parse_reference,
 )
@@ -381,7 +381,7 @@ def _pull(
         )
     try:
         image_ref = parse_reference(ref)
-    except ReferenceError as e:
+    except ImageReferenceError as e:
         raise PullError("Parsing image reference transport") from e
     if platform is not None:
         parse_platform(platform)  # fail before touching the source

@@ -15,14 +15,14 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from composefs.errors import ComposefsError
+from composefs.errors import ImageReferenceError
 
 __all__ = [
     "PROXY_TRANSPORTS",
     "TRANSPORTS",
     "ImageReference",
+    "ImageReferenceError",
     "LayoutReference",
-    "ReferenceError",
     "RepoReference",
     "parse_digest",
     "parse_layout_name",
@@ -31,8 +31,18 @@ __all__ = [
 ]
 
 
-class ReferenceError(ComposefsError):
-    """An image reference cannot be parsed."""
+def __getattr__(name: str) -> type[ImageReferenceError]:
+    # ``ReferenceError`` was this module's name for the error; it shadows a builtin
+    if name == "ReferenceError":
+        import warnings
+
+        warnings.warn(
+            "composefs.oci.reference.ReferenceError is renamed ImageReferenceError",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return ImageReferenceError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: transport prefix -> canonical transport name (``docker`` and ``registry`` are one transport)
@@ -84,17 +94,17 @@ def parse_reference(text: str) -> ImageReference:
     """Parses ``TRANSPORT:NAME`` (the messages are containers-image-proxy-rs 0.11's)."""
     prefix, colon, name = text.partition(":")
     if not colon:
-        raise ReferenceError(f"Missing ':' in {text}")
+        raise ImageReferenceError(f"Missing ':' in {text}")
     transport = TRANSPORTS.get(prefix)
     if transport is None:
         known = ", ".join(sorted(set(TRANSPORTS) - {"registry"}))
-        raise ReferenceError(f"Invalid transport: {prefix} (known transports: {known})")
+        raise ImageReferenceError(f"Invalid transport: {prefix} (known transports: {known})")
     if prefix == "docker":
         if not name.startswith("//"):
-            raise ReferenceError(f"Missing // in docker:// in {text}")
+            raise ImageReferenceError(f"Missing // in docker:// in {text}")
         name = name[2:]
     if not name:
-        raise ReferenceError(f"Invalid empty name in {text}")
+        raise ImageReferenceError(f"Invalid empty name in {text}")
     return ImageReference(transport, name, text)
 
 
@@ -104,10 +114,10 @@ def parse_digest(text: str) -> str:
         return text
     algorithm, colon, value = text.partition(":")
     if not colon or not algorithm or not value:
-        raise ReferenceError(f"invalid digest {text!r} (expected sha256:<hex>)")
+        raise ImageReferenceError(f"invalid digest {text!r} (expected sha256:<hex>)")
     if algorithm != "sha256":
-        raise ReferenceError(f"Expected digest algorithm sha256 but found {text!r}")
-    raise ReferenceError(f"invalid sha256 digest {text!r} (expected 64 lower-case hex digits)")
+        raise ImageReferenceError(f"Expected digest algorithm sha256 but found {text!r}")
+    raise ImageReferenceError(f"invalid sha256 digest {text!r} (expected 64 lower-case hex digits)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +162,6 @@ def parse_repo_reference(text: str) -> RepoReference:
     if text.startswith("@"):
         try:
             return RepoReference(digest=parse_digest(text[1:]))
-        except ReferenceError as e:
-            raise ReferenceError("Invalid OCI digest after '@'") from e
+        except ImageReferenceError as e:
+            raise ImageReferenceError("Invalid OCI digest after '@'") from e
     return RepoReference(name=text)

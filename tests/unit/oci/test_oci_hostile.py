@@ -24,7 +24,7 @@ from composefs.oci.documents import SIZE_LIMITS, DocumentError, quote
 from composefs.oci.layout import LayoutError, LayoutSource
 from composefs.oci.media_types import CONFIG_MEDIA_TYPE, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE
 from composefs.oci.platform import Platform, format_platforms, host_platform
-from composefs.oci.reference import ReferenceError, parse_layout_name
+from composefs.oci.reference import ImageReferenceError, parse_layout_name
 from composefs.oci.source import Descriptor
 from composefs.repository import Repository
 from composefs.testing import LayoutWriter, TarBuilder
@@ -559,7 +559,7 @@ def test_only_layout_names_are_opened(tmp_path: Path, monkeypatch: Any) -> None:
 
 def test_digest_references_are_validated(tmp_path: Path) -> None:
     for bad in ("@sha256:" + "0" * 63, "@sha256:" + "A" * 64, "@sha512:" + "0" * 128):
-        with pytest.raises(ReferenceError):
+        with pytest.raises(ImageReferenceError):
             parse_layout_name(f"{tmp_path}{bad}")
     # not a digest at all: the whole text is the layout path (no blob is named by it)
     for odd in ("@sha256:../../x", "@sha256:" + "0" * 64 + "/.."):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from composefs.oci.reference import (
+    ImageReferenceError,
     LayoutReference,
-    ReferenceError,
     RepoReference,
     parse_digest,
     parse_layout_name,
@@ -48,7 +48,7 @@ def test_transports(text: str, transport: str, name: str, skopeo: str | None) ->
     ],
 )
 def test_bad_references(text: str, message: str) -> None:
-    with pytest.raises(ReferenceError, match=f"^{message}"):
+    with pytest.raises(ImageReferenceError, match=f"^{message}"):
         parse_reference(text)
 
 
@@ -78,9 +78,9 @@ def test_layout_names(name: str, path: str, tag: str | None) -> None:
 def test_layout_digest_extension() -> None:
     assert parse_layout_name(f"/d@{D}") == LayoutReference("/d", digest=D)
     assert parse_layout_name(f"/a:b/d@{D}") == LayoutReference("/a:b/d", digest=D)
-    with pytest.raises(ReferenceError, match="Expected digest algorithm sha256"):
+    with pytest.raises(ImageReferenceError, match="Expected digest algorithm sha256"):
         parse_layout_name("/d@sha512:" + "a" * 128)
-    with pytest.raises(ReferenceError, match="invalid sha256 digest"):
+    with pytest.raises(ImageReferenceError, match="invalid sha256 digest"):
         parse_layout_name("/d@sha256:ABC")
     # a tag after a path with '@' in it is still a tag
     assert parse_layout_name("/x@y:latest") == LayoutReference("/x@y", tag="latest")
@@ -89,7 +89,7 @@ def test_layout_digest_extension() -> None:
 def test_digests() -> None:
     assert parse_digest(D) == D
     for bad in ("sha256", "sha256:", ":abc", "md5:00", "sha256:" + "a" * 63):
-        with pytest.raises(ReferenceError):
+        with pytest.raises(ImageReferenceError):
             parse_digest(bad)
 
 
@@ -97,5 +97,5 @@ def test_repo_references() -> None:
     assert parse_repo_reference("myimage:latest") == RepoReference(name="myimage:latest")
     assert parse_repo_reference(f"@{D}") == RepoReference(digest=D)
     assert str(parse_repo_reference(f"@{D}")) == f"@{D}"
-    with pytest.raises(ReferenceError, match="Invalid OCI digest after '@'"):
+    with pytest.raises(ImageReferenceError, match="Invalid OCI digest after '@'"):
         parse_repo_reference("@nonsense")
