@@ -88,6 +88,15 @@ def register(sub: Any) -> None:
         help="re-resolve the image's stored index for this platform",
     )
 
+    p = add_command(
+        inner,
+        "referrers",
+        "list the artifacts (signatures, SBOMs) referring to an image",
+        cmd_referrers,
+    )
+    p.add_argument("image", metavar="IMAGE", help="a tag, or @sha256:... (a manifest digest)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
     p = add_command(inner, "tag", "tag a manifest (or stored index) by digest", cmd_tag)
     p.add_argument("digest", metavar="DIGEST", type=_digest_arg, help="sha256:...")
     p.add_argument("name", metavar="NAME")
@@ -225,6 +234,28 @@ def cmd_images(args: argparse.Namespace) -> int:
             for row, erofs_id in zip(rows, erofs_ids, strict=True):
                 row.append(erofs_id[:12] if erofs_id else "-")
         print(render_table(header, rows))
+    return 0
+
+
+def cmd_referrers(args: argparse.Namespace) -> int:
+    from composefs.cli.repo_cmd import render_table
+    from composefs.oci import image
+    from composefs.oci.reference import parse_repo_reference
+
+    ref = parse_repo_reference(args.image)
+    with open_repo(args) as repo:
+        subject = image.OciImage.resolve(repo, ref)
+        found = []
+        for digest, verity in image.list_referrers(repo, subject.manifest_digest):
+            artifact = image.OciImage.open(repo, digest, verity)
+            found.append(artifact.referrer_info())
+    if args.json:
+        print(json_text({"subject": subject.manifest_digest, "referrers": found}, indent=2))
+    elif not found:
+        print(f"No referrers of {subject.manifest_digest}")
+    else:
+        rows = [[r["digest"], r["artifact_type"] or "-", str(r["size"])] for r in found]
+        print(render_table(["DIGEST", "ARTIFACT TYPE", "SIZE"], rows))
     return 0
 
 

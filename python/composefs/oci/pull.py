@@ -539,6 +539,19 @@ def _import_config_and_layers(
             diff_ids = _diff_ids(config_desc, raw, layers)
         except DocumentError as e:
             raise PullError(f"Failed to parse config {config_digest}") from e
+        artifact = config_desc.media_type not in (CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE)
+        if artifact and not all(d in refs for d in diff_ids):
+            # An artifact config is shared by unrelated artifacts (OCI 1.1's empty config `{}`
+            # above all): its stream holds the refs of the artifact that stored it first. This
+            # artifact's blobs are imported and referenced from its own manifest stream.
+            results = _import_layers(
+                repo, source, list(zip(layers, diff_ids, strict=True)), True, emit, threads, cancel
+            )
+            _check_cancel(cancel)
+            stats = ImportStats()
+            for diff_id in dict.fromkeys(diff_ids):
+                stats = stats + results[diff_id][1]
+            return config_digest, existing, raw, [(d, results[d][0]) for d in diff_ids], stats
         layer_refs = []
         for diff_id in diff_ids:
             if diff_id not in refs:
