@@ -48,6 +48,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--platform", metavar="OS/ARCH[/VARIANT]", help="pick this platform from an image index"
     )
+    p.add_argument(
+        "--referrers",
+        action="store_true",
+        help="also fetch the artifacts referring to the image (signatures, SBOMs)",
+    )
 
     p = add_command(inner, "images", "list the tagged images", cmd_images)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -179,6 +184,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 name,
                 platform=args.platform,
                 progress=renderer.event if renderer else None,
+                referrers=args.referrers,
             )
         finally:
             if renderer is not None:
@@ -188,6 +194,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     print(f"verity   {result.manifest_verity.hex()}")
     print(f"tagged   {printable(name)}")
     print(f"objects  {result.stats}")
+    if args.referrers:
+        print(f"referrers {len(result.referrers)}")
     return 0
 
 

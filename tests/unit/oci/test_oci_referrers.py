@@ -139,6 +139,38 @@ def test_remove_referrers(repo: Repository, pulled: dict[str, Any]) -> None:
     assert names.referrer_subjects(repo) == []
 
 
+@pytest.mark.parametrize("backend", ["native", "python"])
+def test_pull_with_referrers_from_a_layout(repo: Repository, tmp_path: Path, backend: str) -> None:
+    from composefs import _backend
+
+    layout = _layout(tmp_path / "layout")
+    subject = layout["image"]["digest"]
+    wanted = sorted(a["digest"] for a in layout["artifacts"])
+    with _backend.use(backend):
+        result = oci.pull(repo, f"oci:{layout['path']}:img", "img", referrers=True)
+    assert sorted(result.referrers) == wanted
+    assert [d for d, _ in names.list_referrers(repo, subject)] == wanted
+    assert oci.oci_fsck(repo).ok
+    # the CLI: a second pull finds everything present
+    proc = _cli(repo, "oci", "pull", "--referrers", f"oci:{layout['path']}:img", "img")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "referrers 2"
+
+
+def test_referrers_that_fail_leave_nothing_tagged(repo: Repository, tmp_path: Path) -> None:
+    layout = _layout(tmp_path / "layout")
+    payload = layout["artifacts"][0]
+    blob = tmp_path / "layout" / "blobs" / "sha256" / payload["digest"][7:]
+    doc = json.loads(blob.read_bytes())
+    data_blob = tmp_path / "layout" / "blobs" / "sha256" / doc["layers"][0]["digest"][7:]
+    data_blob.write_bytes(b"X" * doc["layers"][0]["size"])  # tampered
+    with pytest.raises(oci.PullError) as e:
+        oci.pull(repo, f"oci:{layout['path']}:img", "img", referrers=True)
+    assert f"Importing referrer {payload['digest']}" in str(e.value.__cause__)
+    assert oci.list_refs(repo) == []
+    assert repo.fsck().ok
+
+
 @pytest.mark.interop
 def test_cfsctl_reads_our_referrers(repo: Repository, pulled: dict[str, Any]) -> None:
     cfsctl = tool("cfsctl")
