@@ -77,6 +77,8 @@ CLIENT_ID = "composefs"
 #: docker config's key (and credential helpers' server URL) for Docker Hub
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
 _DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+#: the clock of token lifetimes (tests replace it)
+_clock = time.monotonic
 #: what docker-credential-helpers print when they have nothing for a server
 _HELPER_NOT_FOUND = "credentials not found in native keychain"
 
@@ -647,7 +649,7 @@ class _Token:
     value: str = dataclasses.field(repr=False)
     bearer: _Bearer
     scopes: tuple[str, ...]
-    #: time.monotonic() after which the token is fetched again (before it expires)
+    #: _clock() after which the token is fetched again (before it expires)
     refresh_at: float
     #: bumped for every token fetched, so that a thread can tell whether another one already
     #: replaced the token its request was refused with
@@ -787,7 +789,7 @@ class Authenticator:
                 current is not None
                 and current.generation > used
                 and current.bearer == bearer
-                and time.monotonic() < current.refresh_at
+                and _clock() < current.refresh_at
             ):
                 return  # another thread replaced the refused token meanwhile
             self._fetch(scope, bearer, scopes)
@@ -842,12 +844,12 @@ class Authenticator:
         expire (one fetch however many threads ask)."""
         with self._lock:
             token = self._tokens.get(scope)
-        if token is not None and time.monotonic() < token.refresh_at:
+        if token is not None and _clock() < token.refresh_at:
             return token
         with self._fetch_lock(scope):
             with self._lock:
                 token = self._tokens.get(scope)
-            if token is not None and time.monotonic() < token.refresh_at:
+            if token is not None and _clock() < token.refresh_at:
                 return token
             if token is not None:
                 return self._fetch(scope, token.bearer, token.scopes)
@@ -855,7 +857,7 @@ class Authenticator:
 
     def _fetch(self, scope: str, bearer: _Bearer, scopes: tuple[str, ...]) -> _Token:
         """Fetches a token for ``scopes`` and caches it under ``scope``."""
-        started = time.monotonic()
+        started = _clock()
         response = self._token_request(bearer, scopes)
         value, lifetime = self._parse_token_response(bearer, response)
         margin = min(lifetime * 0.2, 60.0)
@@ -864,7 +866,7 @@ class Authenticator:
             token = _Token(value, bearer, scopes, started + lifetime - margin, self._generation)
             self._tokens[scope] = token
             if len(self._tokens) > 256:  # drop expired tokens of scopes no longer asked for
-                now = time.monotonic()
+                now = _clock()
                 for key in [k for k, t in self._tokens.items() if t.refresh_at <= now]:
                     del self._tokens[key]
         return token
@@ -992,13 +994,22 @@ class Authenticator:
         if not isinstance(message, str):
             return ""
         for secret in self._secrets():
-            message = message.replace(secret, "***")
+            # as sent (a query, a form, a Basic header, JSON) and as it is
+            for form in (
+                urllib.parse.quote(secret, safe=""),
+                urllib.parse.quote_plus(secret, safe=""),
+                json.dumps(secret)[1:-1],
+                secret,
+            ):
+                message = message.replace(form, "***")
         message = printable(message)
         return message[:200] + "..." if len(message) > 200 else message
 
     def _secrets(self) -> list[str]:
         creds = self._credentials
         secrets = [creds.password, creds.identity_token or ""] if creds else []
+        if creds is not None and creds.password:
+            secrets.append(self._basic().removeprefix("Basic "))
         secrets.append(self._refresh_token or "")
         with self._lock:
             secrets += [t.value for t in self._tokens.values()]
