@@ -711,7 +711,11 @@ class Authenticator:
 
     def headers(self, scope: str) -> dict[str, str]:
         """The headers (``Authorization``) to send with a request needing ``scope``
-        (``repository:library/alpine:pull``); empty while no challenge has been seen."""
+        (``repository:library/alpine:pull``); empty while no challenge has been seen.
+
+        Once the registry asked for Bearer tokens, a scope with no token yet (or one about to
+        expire) gets one here, before the request, so it raises what :meth:`challenge` raises
+        when the token server refuses or cannot be reached."""
         with self._lock:
             scheme, bearer = self._scheme, self._bearer
         if scheme == "basic":
