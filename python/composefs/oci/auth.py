@@ -418,6 +418,8 @@ def _from_helper(
         if message == _HELPER_NOT_FOUND:
             return None
         first = message.splitlines()[0] if message else ""
+        if first.startswith(("{", "[")):
+            first = ""  # a JSON answer after all: it may hold the secret
         if len(first) > 200:
             first = first[:200] + "..."
         how = f"exit status {status}" if status > 0 else f"killed by signal {-status}"

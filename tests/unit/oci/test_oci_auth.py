@@ -591,6 +591,13 @@ def test_failing_helper(home: Home) -> None:
     text = format_error(info.value)
     assert "docker-credential-bad failed for r.example (exit status 3)" in text
     assert "keychain locked: cannot read" in text
+    # a failing helper that printed its answer anyway: not shown
+    home.helper("leaky", f'printf \'{{"Username":"u","Secret":"{PASSWORD}"}}\'; exit 1\n')
+    home.write(home.config_auth, {"credHelpers": {"r.example": "leaky"}})
+    with pytest.raises(CredentialHelperError) as info:
+        home.lookup("r.example")
+    text = format_error(info.value)
+    assert text.endswith("docker-credential-leaky failed for r.example (exit status 1)")
     home.helper("killed", "kill -9 $$\n")
     home.write(home.config_auth, {"credHelpers": {"r.example": "killed"}})
     with pytest.raises(CredentialHelperError, match="killed by signal 9"):
