@@ -16,7 +16,7 @@ from packaging.version import Version
 from .conftest import ROOT
 
 CARGO_VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["version"]
-LICENSES = ("LICENSE-MIT", "LICENSE-APACHE")
+LICENSES = ("LICENSE-MIT", "LICENSE-APACHE", "THIRD-PARTY-LICENSES")
 
 
 @pytest.fixture(scope="module")

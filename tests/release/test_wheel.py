@@ -34,7 +34,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
 CARGO_VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["version"]
 NATIVE = "composefs/_native.abi3.so"
-LICENSES = ("LICENSE-MIT", "LICENSE-APACHE")
+LICENSES = ("LICENSE-MIT", "LICENSE-APACHE", "THIRD-PARTY-LICENSES")
 # The libraries a manylinux wheel may link without bundling them (the PEP 599/600 policies).
 SYSTEM_LIBRARIES = {
     "libc.so.6",
