@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["printable"]
+__all__ = ["human_bytes", "printable"]
 
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -37,3 +37,16 @@ def printable(text: object) -> str:
     ``"a\\nb"`` -> ``a\\\\nb``, ``"\\x1b[2J"`` -> ``\\\\x1b[2J``; printable text is unchanged."""
     s = text if isinstance(text, str) else str(text)
     return _UNSAFE.sub(_escape, s)
+
+
+def human_bytes(n: float) -> str:
+    """indicatif's ``HumanBytes``: binary prefixes, two decimals (``1.46 KiB``, ``15 B``)."""
+    value = float(n)
+    prefixes = ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi")
+    index = 0
+    while value >= 1024.0 and index < len(prefixes):
+        value /= 1024.0
+        index += 1
+    if index == 0:
+        return f"{value:.0f} B"
+    return f"{value:.2f} {prefixes[index - 1]}B"

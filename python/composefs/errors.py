@@ -13,6 +13,12 @@ like cfsctl's (anyhow) output::
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    _E = TypeVar("_E", bound=BaseException)
+
 __all__ = [
     "AuthenticationError",
     "ComposefsError",
@@ -38,8 +44,11 @@ __all__ = [
     "VerityInvalidDigest",
     "VerityMissing",
     "VerityNotSupported",
+    "categories",
     "error_chain",
     "format_error",
+    "with_categories",
+    "wrap",
 ]
 
 
@@ -149,6 +158,85 @@ class OldFormatRepository(RepositoryError):
 
 class RepositoryMetadataInvalid(RepositoryError):
     """``meta.json`` cannot be parsed or is not compatible with this tool."""
+
+
+# -- carrying a category through the layers ---------------------------------------------------
+
+#: the classes a caller catches whatever layer raised the error, most specific first
+CATEGORIES: tuple[type[ComposefsError], ...] = (
+    AuthenticationError,
+    TransportError,
+    SourceError,
+    TagNotFoundError,
+    ImageNotFoundError,
+    DigestMismatchError,
+    ImageReferenceError,
+    FilesystemError,
+)
+
+_COMBINED: dict[tuple[type[BaseException], tuple[type[ComposefsError], ...]], type[Any]] = {}
+
+
+def categories(exc: BaseException | None) -> tuple[type[ComposefsError], ...]:
+    """The :data:`CATEGORIES` that ``exc`` or one of its causes (``__cause__``) belongs to,
+    each only once and only the most specific (``TagNotFoundError`` rather than
+    ``ImageNotFoundError`` too)."""
+    found: list[type[ComposefsError]] = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        for category in CATEGORIES:
+            if isinstance(exc, category) and not any(issubclass(f, category) for f in found):
+                found = [f for f in found if not issubclass(category, f)]
+                found.append(category)
+        exc = exc.__cause__
+    return tuple(found)
+
+
+def with_categories(cls: type[_E], *extra: type[ComposefsError]) -> type[_E]:
+    """``cls``, or a subclass of it that also derives from ``extra`` (those ``cls`` does not
+    derive from already). The subclass has ``cls``'s name and module, is made once per
+    combination, and pickles."""
+    wanted = tuple(c for c in dict.fromkeys(extra) if not issubclass(cls, c))
+    if not wanted:
+        return cls
+    key = (cls, wanted)
+    combined = _COMBINED.get(key)
+    if combined is None:
+        namespace = {
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__,
+            "__reduce__": _reduce_combined,
+            "_combined_from": key,
+        }
+        # ``cls`` first, unless a category derives from it (``ComposefsError`` itself)
+        first = not any(issubclass(c, cls) for c in wanted)
+        bases = (cls, *wanted) if first else (*wanted, cls)
+        combined = type(cls.__name__, bases, namespace)
+        _COMBINED[key] = combined
+    return combined
+
+
+def _reduce_combined(self: BaseException) -> tuple[Any, ...]:
+    cls, extra = type(self)._combined_from  # type: ignore[attr-defined]
+    return (_rebuild_combined, (cls, extra, self.args), self.__dict__ or None)
+
+
+def _rebuild_combined(
+    cls: type[ComposefsError], extra: tuple[type[ComposefsError], ...], args: tuple[Any, ...]
+) -> BaseException:
+    combined = with_categories(cls, *extra)
+    exc: BaseException = combined.__new__(combined, *args)
+    return exc
+
+
+def wrap(cls: type[_E], message: str, cause: BaseException | None, **kwargs: Any) -> _E:
+    """``cls(message, **kwargs)``, to be raised ``from cause``: of a class that also derives
+    from the :func:`categories` of ``cause``, so that a caller catches it as what went wrong
+    underneath (``except TagNotFoundError`` catches the pull error whose cause is a missing
+    tag) without walking ``__cause__``."""
+    return with_categories(cls, *categories(cause))(message, **kwargs)
 
 
 def error_chain(exc: BaseException) -> list[str]:

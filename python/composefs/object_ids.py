@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import string
 
-from composefs._pure.objects import object_pathname
 from composefs.errors import RepositoryError
-from composefs.fsverity import Algorithm
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from composefs.fsverity import Algorithm
 
 __all__ = ["object_pathname", "parse_hex", "parse_hex_id", "parse_object_pathname", "to_id"]
+
+
+def object_pathname(object_id: bytes) -> str:
+    """``xx/<rest>``: the path of an object below ``objects/``."""
+    h = object_id.hex()
+    return f"{h[:2]}/{h[2:]}"
 
 
 def to_id(digest: bytes) -> str:

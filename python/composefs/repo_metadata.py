@@ -13,7 +13,6 @@ import os
 from typing import Any
 
 from composefs import fsverity
-from composefs._pure.objects import TmpFile, write_all
 from composefs.constants import DEFAULT_EROFS_VERSION, EROFS_VERSIONS
 from composefs.errors import (
     FsVerityError,
@@ -194,6 +193,8 @@ def read_metadata(fd: int, expected: Algorithm | None) -> tuple[RepoMetadata, bo
 def write_metadata(dir_fd: int, metadata: RepoMetadata, *, insecure: bool) -> None:
     """Writes ``meta.json`` atomically, with fs-verity unless insecure; never overwrites."""
     data = metadata.to_json()
+    from composefs._pure.objects import TmpFile, write_all
+
     tmp = TmpFile(dir_fd, 0o644)
     try:
         write_all(tmp.fd, data)

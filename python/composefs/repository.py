@@ -25,11 +25,9 @@ import errno
 import fcntl
 import os
 from collections.abc import Iterable, Iterator
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, NamedTuple
 
 from composefs import fsverity, splitstream
-from composefs._linux import syncfs
-from composefs._pure.objects import ObjectStore, random_suffix
 from composefs._text import printable
 from composefs.constants import DEFAULT_EROFS_VERSION, EROFS_VERSIONS
 from composefs.errors import (
@@ -41,11 +39,8 @@ from composefs.errors import (
     RepositoryEscape,
     RepositoryNotWritable,
     SplitStreamError,
-    VerityAlreadyEnabled,
     VerityMissing,
-    VerityNotSupported,
 )
-from composefs.fsck import FsckResult, fsck
 from composefs.fsverity import Algorithm, AlgorithmLike
 from composefs.object_ids import (
     object_pathname,
@@ -63,10 +58,16 @@ from composefs.repo_metadata import (
     write_metadata,
 )
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from composefs._repo_objects import _RepoObjectStore
+    from composefs.fsck import FsckResult
+
 __all__ = [
     "REPO_FORMAT_VERSION",
     "FsckResult",
     "GcResult",
+    "InitResult",
     "RepoMetadata",
     "Repository",
     "check_name",
@@ -77,6 +78,16 @@ __all__ = [
 ]
 
 _COPY_CHUNK = 1 << 20
+
+
+def __getattr__(name: str) -> object:
+    if name == "FsckResult":  # re-exported, imported on first use (start-up)
+        from composefs.fsck import FsckResult
+
+        return FsckResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 #: symlinks followed while resolving one name inside the repository (the kernel's limit)
 _MAX_LINKS = 40
 
@@ -126,6 +137,22 @@ class GcResult:
     referrers_pruned: int = 0
     #: problems cfsctl treats as fatal and we report and step over (dangling refs, stray files)
     warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+class InitResult(NamedTuple):
+    """What :meth:`Repository.init` returns: unpack it (``repo, created = Repository.init(p)``)
+    or use it in a ``with`` block, which gives the repository and closes it at the end
+    (``with Repository.init(p) as repo:``)."""
+
+    repository: Repository
+    #: whether ``meta.json`` was written (``False``: an identical repository existed)
+    created: bool
+
+    def __enter__(self) -> Repository:
+        return self.repository
+
+    def __exit__(self, *exc: object) -> None:
+        self.repository.close()
 
 
 # -- the repository ------------------------------------------------------------------------
@@ -184,10 +211,11 @@ class Repository:
         *,
         insecure: bool = False,
         erofs_version: int = DEFAULT_EROFS_VERSION,
-    ) -> tuple[Repository, bool]:
+    ) -> InitResult:
         """Creates a repository (or opens an identical existing one).
 
-        Returns the open repository and whether it was created. ``algorithm`` defaults to
+        Returns the open repository and whether it was created (an :class:`InitResult`: a
+        pair, and a context manager closing the repository). ``algorithm`` defaults to
         SHA-512, as ``cfsctl init`` does. Without ``insecure``, ``meta.json`` gets fs-verity,
         which fails on filesystems without it.
         """
@@ -231,7 +259,7 @@ class Repository:
                     )
         finally:
             os.close(dfd)
-        return cls.open(path, alg, insecure=insecure), created
+        return InitResult(cls.open(path, alg, insecure=insecure), created)
 
     def duplicate(self) -> Repository:
         """Another handle on this repository, with its own descriptors (the directory's is a
@@ -297,13 +325,16 @@ class Repository:
     # -- writability -----------------------------------------------------------------------
 
     def ensure_writable(self) -> None:
-        """Fails with cfsctl's messages when the repository cannot be written."""
+        """Fails with cfsctl's messages when the repository cannot be written (the cause names
+        the repository's path)."""
         st = os.fstatvfs(self.fd)
         if st.f_flag & os.ST_RDONLY:
-            raise RepositoryNotWritable("Repository is not writable: read-only file system")
+            raise RepositoryNotWritable("Repository is not writable: read-only file system") from (
+                OSError(errno.EROFS, os.strerror(errno.EROFS), self.path)
+            )
         if not os.access(".", os.W_OK, dir_fd=self.fd):
             raise RepositoryNotWritable("Repository is not writable") from PermissionError(
-                errno.EACCES, os.strerror(errno.EACCES)
+                errno.EACCES, os.strerror(errno.EACCES), self.path
             )
         unknown = self.metadata.unknown_ro_compat
         if unknown:
@@ -374,6 +405,8 @@ class Repository:
 
     def _store(self) -> _RepoObjectStore:
         if self._object_store is None:
+            from composefs._repo_objects import _RepoObjectStore
+
             self._object_store = _RepoObjectStore(self)
         return self._object_store
 
@@ -670,6 +703,8 @@ class Repository:
 
     def sync(self) -> None:
         """``syncfs`` on the repository's filesystem."""
+        from composefs._linux import syncfs
+
         syncfs(self.fd)
 
     # -- garbage collection ----------------------------------------------------------------
@@ -832,6 +867,8 @@ class Repository:
 
     def fsck(self, *, check_objects: bool = True) -> FsckResult:
         """Checks the repository the way ``cfsctl fsck`` does (read-only)."""
+        from composefs.fsck import fsck
+
         return fsck(self, check_objects=check_objects)
 
 
@@ -854,6 +891,12 @@ def _ctx(message: str, kind: type[ComposefsError]) -> Iterator[None]:
         raise kind(f"{message}: {e}") from e
 
 
+def _random_suffix() -> str:
+    from composefs._pure.objects import random_suffix
+
+    return random_suffix()
+
+
 def _replace_symlink(dir_fd: int, name: str, target: str) -> None:
     try:
         os.symlink(target, name, dir_fd=dir_fd)
@@ -866,7 +909,7 @@ def _replace_symlink(dir_fd: int, name: str, target: str) -> None:
     except OSError:
         pass
     for _ in range(16):
-        tmp = ".symlink-" + random_suffix()
+        tmp = ".symlink-" + _random_suffix()
         try:
             os.symlink(target, tmp, dir_fd=dir_fd)
         except FileExistsError:
@@ -879,54 +922,3 @@ def _replace_symlink(dir_fd: int, name: str, target: str) -> None:
             raise
         return
     raise FileExistsError(errno.EEXIST, "could not create a temporary symlink", name)
-
-
-class _RepoObjectStore(ObjectStore):
-    """The repository's object writer: the backend's hasher, and fs-verity failures raised as
-    the repository's errors (secure follows :attr:`Repository.secure` as it changes)."""
-
-    __slots__ = ("_repo",)
-
-    def __init__(self, repo: Repository) -> None:
-        super().__init__(repo._objects(), repo.algorithm.hash_name, repo.secure)
-        self._repo = repo
-
-    @property
-    def secure(self) -> bool:
-        return self._repo.secure
-
-    def _new_hasher(self) -> fsverity.Hasher:
-        return fsverity.Hasher(self._repo.algorithm)
-
-    def _enable_verity(self, fd: int) -> bool:
-        try:
-            fsverity.enable_verity(fd, self._repo.algorithm)
-        except VerityAlreadyEnabled:
-            pass
-        except VerityNotSupported:
-            if self.secure:
-                raise
-            return False
-        return True
-
-    def _measure_verity(self, fd: int) -> bytes | None:
-        measured = fsverity.measure_verity_opt(fd, self._repo.algorithm)
-        if measured is None and self.secure:
-            raise VerityMissing("fs-verity is not enabled on file")
-        return measured
-
-    def _check_existing(self, fd: int, object_id: bytes) -> None:
-        measured = fsverity.measure_verity_opt(fd, self._repo.algorithm)
-        if measured is None:
-            if self.secure:
-                raise FsVerityError(
-                    f"Verifying existing object integrity: objects/{object_pathname(object_id)}"
-                ) from VerityMissing("fs-verity is not enabled on file")
-            return
-        if measured != object_id:
-            raise self._mismatch("Verifying existing object integrity", object_id, measured)
-
-    def _mismatch(self, what: str, expected: bytes, found: bytes) -> Exception:
-        return ObjectDigestMismatch(
-            f"{what}: Expected digest {expected.hex()} but found {found.hex()}"
-        )

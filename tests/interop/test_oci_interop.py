@@ -317,7 +317,8 @@ def test_bad_input(case: str, tmp_path: Path, cfsctl: str) -> None:
     tag = corrupt(layout)
     repo = tmp_path / "repo"
     ours("--repo", repo, "init", "--insecure")
-    proc = ours("--repo", repo, "oci", "pull", f"oci:{layout}:{tag}", "t", check=False)
+    # -q: no progress lines before the error
+    proc = ours("--repo", repo, "-q", "oci", "pull", f"oci:{layout}:{tag}", "t", check=False)
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
     assert proc.stdout == b""

@@ -34,6 +34,7 @@ from typing import Protocol
 
 from composefs._linux import rename_noreplace
 from composefs._pure import fsverity
+from composefs.object_ids import object_pathname
 
 __all__ = ["ObjectStore", "ObjectWriter", "Stored", "TmpFile", "object_pathname", "open_tmpfile"]
 
@@ -62,12 +63,6 @@ class _Hasher(Protocol):
     def update(self, data: Buffer, /) -> None: ...
 
     def digest(self) -> bytes: ...
-
-
-def object_pathname(object_id: bytes) -> str:
-    """``xx/<rest>``: the path of an object below ``objects/``."""
-    h = object_id.hex()
-    return f"{h[:2]}/{h[2:]}"
 
 
 def random_suffix() -> str:

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-from typing import Any
 
 from composefs._text import printable
 from composefs.constants import EROFS_VERSIONS
-from composefs.errors import (
-    ComposefsError,
-    RepositoryError,
-    RepositoryMetadataMissing,
-)
-from composefs.fsverity import Algorithm
-from composefs.repository import Repository
+from composefs.errors import ComposefsError, RepositoryError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from composefs.repository import Repository
 
 SYSTEM_PATH = "/sysroot/composefs"
 
@@ -30,42 +28,91 @@ _JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud80
 def json_text(doc: Any, **kwargs: Any) -> str:
     """``json.dumps(doc, ensure_ascii=False, **kwargs)`` with the characters a terminal could
     act on written as ``\\uXXXX`` escapes: still exact JSON, the same value."""
+    import json
+
     text = json.dumps(doc, ensure_ascii=False, **kwargs)
     return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-def add_global_options(parser: argparse.ArgumentParser) -> None:
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--repo", metavar="PATH", help="the repository to use")
-    where.add_argument("--user", action="store_true", help="use $HOME/.var/lib/composefs")
-    where.add_argument("--system", action="store_true", help=f"use {SYSTEM_PATH}")
-    parser.add_argument(
+def add_global_options(parser: argparse.ArgumentParser, *, trailing: bool = False) -> None:
+    """The options every command takes. With ``trailing``, for a command's own parser (the
+    options may also follow the command, ``composefs oci pull X --repo R -v``): they are left
+    out of its help, set nothing unless given, and any option the command itself defines
+    (``init --insecure``, ``init --erofs-version``) keeps its meaning there."""
+    extra: dict[str, Any] = {}
+    if trailing:
+        extra = {"default": argparse.SUPPRESS, "help": argparse.SUPPRESS}
+
+    def add(*names: str, **kwargs: Any) -> None:
+        kwargs.update(extra)
+        try:
+            parser.add_argument(*names, **kwargs)
+        except argparse.ArgumentError:
+            if not trailing:
+                raise  # the command defines this option itself: its meaning wins there
+
+    if trailing:
+        add("--repo", metavar="PATH")
+        add("--user", action="store_true")
+        add("--system", action="store_true")
+    else:
+        where = parser.add_mutually_exclusive_group()
+        where.add_argument("--repo", metavar="PATH", help="the repository to use")
+        where.add_argument("--user", action="store_true", help="use $HOME/.var/lib/composefs")
+        where.add_argument("--system", action="store_true", help=f"use {SYSTEM_PATH}")
+    add(
         "--hash",
         choices=["sha256", "sha512"],
         help="the repository's hash (an error if meta.json says otherwise)",
     )
-    parser.add_argument(
+    add(
         "--insecure",
         dest="insecure_global",
         action="store_true",
         help="do not require fs-verity, even if the repository does",
     )
-    parser.add_argument(
+    add(
         "--no-repo",
         action="store_true",
         help="do not open a repository (compute-id and create-dumpfile only)",
     )
-    parser.add_argument(
+    add(
         "--erofs-version",
         type=int,
         choices=EROFS_VERSIONS,
         help="the EROFS format of images written or computed (default: the repository's, V1)",
     )
-    parser.add_argument(
+    add(
         "--require-verity",
         action="store_true",
         help="fail if the repository was not initialized with fs-verity",
     )
+    # -v given both before and after the command adds up (two counters, summed by the run)
+    add(
+        "-v",
+        "--verbose",
+        dest="verbose_after" if trailing else "verbose",
+        action="count",
+        **({} if trailing else {"default": 0}),
+        help="say what is done (each step, layer and HTTP request); -vv: debug details",
+    )
+    add(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress output, only errors",
+    )
+
+
+def global_option_conflicts(args: argparse.Namespace) -> str | None:
+    """What is wrong with the global options once both places (before and after the command)
+    are merged, as argparse would word it; ``None`` when nothing is."""
+    where = [name for name in ("repo", "user", "system") if getattr(args, name, None)]
+    if len(where) > 1:
+        return f"argument --{where[1]}: not allowed with argument --{where[0]}"
+    if args.quiet and args.verbose:
+        return "argument -q/--quiet: not allowed with argument -v/--verbose"
+    return None
 
 
 def repo_path(args: argparse.Namespace) -> str:
@@ -83,10 +130,20 @@ def repo_path(args: argparse.Namespace) -> str:
 
 
 def open_repo(args: argparse.Namespace) -> Repository:
-    """Opens the repository named by the global options (cfsctl's checks and messages)."""
+    """Opens the repository named by the global options (cfsctl's checks and messages, plus
+    the command that creates a missing repository)."""
+    from composefs.errors import RepositoryMetadataMissing
+    from composefs.fsverity import Algorithm
+    from composefs.repository import Repository
+
     path = repo_path(args)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError as e:
+        raise RepositoryError(
+            f"opening repository {path} (it does not exist; create it with "
+            f"`composefs --repo {path} init`)"
+        ) from e
     except OSError as e:
         raise RepositoryError(f"opening repository {path}") from e
     os.close(fd)
@@ -97,7 +154,7 @@ def open_repo(args: argparse.Namespace) -> Repository:
     except RepositoryMetadataMissing:
         raise RepositoryError(
             f"meta.json not found in {path}; this repository must be initialized with "
-            "`composefs init`"
+            f"`composefs init` (`composefs --repo {path} init`)"
         ) from None
     if args.hash is not None and Algorithm(args.hash) is not repo.algorithm:
         repo.close()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from composefs import fsverity
 from composefs.cli._common import add_command
 
 
-def register(sub: Any) -> None:
-    parser = add_command(sub, "fsverity", "fs-verity utilities", _usage)
+def configure(name: str, parser: argparse.ArgumentParser) -> None:
+    """The ``fsverity`` command's subcommands and their arguments."""
+    assert name == "fsverity", name
+    parser.set_defaults(func=_usage)
     inner = parser.add_subparsers(dest="fsverity_command", metavar="COMMAND", required=True)
     digest = add_command(inner, "digest", "print the fs-verity digest of files", cmd_digest)
     digest.add_argument("files", nargs="+", metavar="FILE")
@@ -33,6 +33,8 @@ def _usage(args: argparse.Namespace) -> int:
 def cmd_digest(args: argparse.Namespace) -> int:
     if args.block_size != 4096:
         raise ValueError(f"unsupported block size {args.block_size} (only 4096 is supported)")
+    from composefs import fsverity
+
     for name in args.files:
         value = fsverity.digest_file(name, args.hash_alg, threads=args.threads).hex()
         print(value if args.compact else f"{args.hash_alg}:{value} {name}")

@@ -13,51 +13,42 @@ from collections.abc import Iterator
 from typing import Any
 
 from composefs import erofs
-from composefs.cli._common import add_command, add_mount_options, open_repo
+from composefs.cli._common import add_mount_options, open_repo
 from composefs.constants import ALLOWLIST_ONLY, XATTR_MODES
 from composefs.errors import ComposefsError
-from composefs.repository import Repository
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from composefs.repository import Repository
 
 
-def register(sub: Any) -> None:
-    p = add_command(
-        sub,
-        "create-image",
-        "store a directory's files as objects and its tree as a composefs image",
-        cmd_create_image,
-    )
-    _add_fs_options(p)
-    p.add_argument(
-        "image_name", nargs="?", metavar="NAME", help="also name the image images/refs/NAME"
-    )
+def configure(name: str, p: argparse.ArgumentParser) -> None:
+    """Adds the arguments of the command ``name`` to its parser ``p``."""
+    if name == "create-image":
+        _add_fs_options(p)
+        p.add_argument(
+            "image_name", nargs="?", metavar="NAME", help="also name the image images/refs/NAME"
+        )
+        p.set_defaults(func=cmd_create_image)
+    elif name == "compute-id":
+        _add_fs_options(p)
+        p.set_defaults(func=cmd_compute_id)
+    elif name == "create-dumpfile":
+        _add_fs_options(p)
+        p.set_defaults(func=cmd_create_dumpfile)
+    elif name == "mount":
+        p.add_argument("name", metavar="NAME", help="an image id (hex) or refs/<name>")
+        p.add_argument("mountpoint", metavar="MOUNTPOINT")
+        add_mount_options(p)
+        p.set_defaults(func=cmd_mount)
+    elif name == "mkcomposefs":
+        _add_mkcomposefs_options(p)
+        p.set_defaults(func=cmd_mkcomposefs)
+    else:
+        raise AssertionError(f"not an image command: {name}")
 
-    p = add_command(
-        sub,
-        "compute-id",
-        "compute the composefs image id of a directory (nothing is stored)",
-        cmd_compute_id,
-    )
-    _add_fs_options(p)
 
-    p = add_command(
-        sub,
-        "create-dumpfile",
-        "print a directory's tree as a composefs dumpfile (nothing is stored)",
-        cmd_create_dumpfile,
-    )
-    _add_fs_options(p)
-
-    p = add_command(sub, "mount", "mount a composefs image of the repository", cmd_mount)
-    p.add_argument("name", metavar="NAME", help="an image id (hex) or refs/<name>")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    add_mount_options(p)
-
-    p = add_command(
-        sub,
-        "mkcomposefs",
-        "build a composefs image from a directory or a dumpfile (C mkcomposefs's options)",
-        cmd_mkcomposefs,
-    )
+def _add_mkcomposefs_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-file", action="store_true", help="SOURCE is a dumpfile (- = stdin)")
     p.add_argument("--print-digest", action="store_true", help="print the image's fs-verity digest")
     p.add_argument(

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import threading
-import time
-from typing import Any, TextIO
+from typing import Any
 
 from composefs.cli._common import add_command, add_mount_options, json_text, open_repo, printable
 from composefs.constants import ALLOWLIST_ONLY, XATTR_MODES
 from composefs.errors import ComposefsError
 
 
-def register(sub: Any) -> None:
-    oci = add_command(sub, "oci", "commands for OCI images and layers", _usage)
+def configure(name: str, oci: argparse.ArgumentParser) -> None:
+    """The ``oci`` command's subcommands and their arguments."""
+    assert name == "oci", name
+    oci.set_defaults(func=_usage)
     inner = oci.add_subparsers(dest="oci_command", metavar="COMMAND", required=True)
 
     p = add_command(
@@ -52,6 +51,11 @@ def register(sub: Any) -> None:
         "--referrers",
         action="store_true",
         help="also fetch the artifacts referring to the image (signatures, SBOMs)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as JSON on stdout (progress stays on stderr)",
     )
 
     p = add_command(inner, "images", "list the tagged images", cmd_images)
@@ -173,22 +177,21 @@ def _digest_arg(text: str) -> str:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from composefs import oci
+    from composefs.cli._output import pull_progress
 
     name = args.name if args.name is not None else args.image
-    renderer = _ProgressRenderer(sys.stderr) if sys.stderr.isatty() else None
-    with open_repo(args) as repo:
-        try:
-            result = oci.pull(
-                repo,
-                args.image,
-                name,
-                platform=args.platform,
-                progress=renderer.event if renderer else None,
-                referrers=args.referrers,
-            )
-        finally:
-            if renderer is not None:
-                renderer.close()
+    with open_repo(args) as repo, pull_progress(sys.stderr, quiet=args.quiet) as progress:
+        result = oci.pull(
+            repo,
+            args.image,
+            name,
+            platform=args.platform,
+            progress=progress,
+            referrers=args.referrers,
+        )
+    if args.json:
+        print(json_text(result.to_dict(), indent=2))
+        return 0
     print(f"manifest {result.manifest_digest}")
     print(f"config   {result.config_digest}")
     print(f"verity   {result.manifest_verity.hex()}")
@@ -418,69 +421,3 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     if not result.ok:
         raise ComposefsError("OCI integrity check failed")
     return 0
-
-
-class _ProgressRenderer:
-    """One progress bar per layer on a terminal, redrawn at most ten times a second."""
-
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.lock = threading.Lock()
-        self.order: list[str] = []
-        self.state: dict[str, tuple[int, int | None, str]] = {}
-        self.drawn = 0
-        self.last = 0.0
-
-    def event(self, ev: Any) -> None:
-        with self.lock:
-            if ev.kind == "message":
-                self._clear()
-                self.out.write(printable(ev.message) + "\n")
-                self._draw()
-                return
-            if ev.id not in self.state:
-                self.order.append(ev.id)
-            done, total, status = self.state.get(ev.id, (0, ev.total, "waiting"))
-            if ev.kind == "skipped":
-                status = "already present"
-            elif ev.kind == "done":
-                done, status = ev.total or done, "done"
-            else:
-                done, total, status = ev.transferred, ev.total, "importing"
-            self.state[ev.id] = (done, total, status)
-            now = time.monotonic()
-            if ev.kind in ("progress",) and now - self.last < 0.1:
-                return
-            self.last = now
-            self._clear()
-            self._draw()
-
-    def _clear(self) -> None:
-        if self.drawn:
-            self.out.write(f"\x1b[{self.drawn}F\x1b[J")
-            self.drawn = 0
-
-    def _draw(self) -> None:
-        from composefs.oci.pull import human_bytes
-
-        width = shutil.get_terminal_size((80, 24)).columns
-        for key in self.order:
-            done, total, status = self.state[key]
-            label = printable(key.removeprefix("sha256:")[:12])
-            if status == "importing" and total:
-                bar_width = max(10, min(40, width - 50))
-                filled = min(bar_width, bar_width * done // max(total, 1))
-                bar = "#" * filled + "-" * (bar_width - filled)
-                line = f"{label} [{bar}] {human_bytes(done)}/{human_bytes(total)}"
-            elif status == "done" and total is not None:
-                line = f"{label} done {human_bytes(total)}"
-            else:
-                line = f"{label} {status}"
-            self.out.write(line[: width - 1] + "\n")
-        self.drawn = len(self.order)
-        self.out.flush()
-
-    def close(self) -> None:
-        with self.lock:
-            self._clear()
-            self._draw()

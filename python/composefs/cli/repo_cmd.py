@@ -3,60 +3,67 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-from composefs.cli._common import add_command, open_repo, printable, repo_path
+from composefs.cli._common import open_repo, printable, repo_path
 from composefs.constants import EROFS_VERSIONS
 from composefs.errors import ComposefsError
-from composefs.fsverity import Algorithm
-from composefs.repository import Repository, to_id
 
 
-def register(sub: Any) -> None:
-    p = add_command(sub, "init", "initialize a repository", cmd_init)
-    p.add_argument("path", nargs="?", metavar="PATH", help="default: the --repo path")
-    p.add_argument(
-        "--algorithm",
-        default="fsverity-sha512-12",
-        metavar="ALG",
-        help="fsverity-sha256-12 or fsverity-sha512-12 (default)",
-    )
-    p.add_argument("--insecure", action="store_true", help="do not enable fs-verity on meta.json")
-    p.add_argument(
-        "--erofs-version",
-        dest="init_erofs_version",
-        type=int,
-        choices=EROFS_VERSIONS,
-        default=None,
-        help="default EROFS image format (default: the global --erofs-version, else 1)",
-    )
-
-    p = add_command(sub, "fsck", "check the repository's integrity", cmd_fsck)
-    p.add_argument("--json", action="store_true", help="machine-readable output (always exit 0)")
-    p.add_argument("--metadata-only", action="store_true", help="skip checking object digests")
-
-    p = add_command(sub, "gc", "remove unreferenced objects and dangling links", cmd_gc)
-    p.add_argument(
-        "-r", "--root", action="append", default=[], metavar="NAME", help="an extra GC root"
-    )
-    p.add_argument("-n", "--dry-run", action="store_true", help="only report")
-
-    p = add_command(sub, "cat", "write a stream's reassembled content to stdout", cmd_cat)
-    p.add_argument("name", metavar="NAME", help="a content identifier or refs/<name>")
-
-    p = add_command(sub, "images", "list image refs", cmd_images, aliases=("list-images",))
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--no-trunc", action="store_true", help="show full digests")
-
-    p = add_command(sub, "image-objects", "list the objects an image references", cmd_image_objects)
-    p.add_argument("name", metavar="NAME")
+def configure(name: str, p: argparse.ArgumentParser) -> None:
+    """Adds the arguments of the command ``name`` to its parser ``p``."""
+    if name == "init":
+        p.add_argument("path", nargs="?", metavar="PATH", help="default: the --repo path")
+        p.add_argument(
+            "--algorithm",
+            default="fsverity-sha512-12",
+            metavar="ALG",
+            help="fsverity-sha256-12 or fsverity-sha512-12 (default)",
+        )
+        p.add_argument(
+            "--insecure", action="store_true", help="do not enable fs-verity on meta.json"
+        )
+        p.add_argument(
+            "--erofs-version",
+            dest="init_erofs_version",
+            type=int,
+            choices=EROFS_VERSIONS,
+            default=None,
+            help="default EROFS image format (default: the global --erofs-version, else 1)",
+        )
+        p.set_defaults(func=cmd_init)
+    elif name == "fsck":
+        p.add_argument(
+            "--json", action="store_true", help="machine-readable output (always exit 0)"
+        )
+        p.add_argument("--metadata-only", action="store_true", help="skip checking object digests")
+        p.set_defaults(func=cmd_fsck)
+    elif name == "gc":
+        p.add_argument(
+            "-r", "--root", action="append", default=[], metavar="NAME", help="an extra GC root"
+        )
+        p.add_argument("-n", "--dry-run", action="store_true", help="only report")
+        p.set_defaults(func=cmd_gc)
+    elif name == "cat":
+        p.add_argument("name", metavar="NAME", help="a content identifier or refs/<name>")
+        p.set_defaults(func=cmd_cat)
+    elif name == "images":
+        p.add_argument("--json", action="store_true")
+        p.add_argument("--no-trunc", action="store_true", help="show full digests")
+        p.set_defaults(func=cmd_images)
+    elif name == "image-objects":
+        p.add_argument("name", metavar="NAME")
+        p.set_defaults(func=cmd_image_objects)
+    else:
+        raise AssertionError(f"not a repository command: {name}")
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from composefs.fsverity import Algorithm
+    from composefs.repository import Repository
+
     path = args.path if args.path is not None else repo_path(args)
     algorithm = Algorithm.parse(args.algorithm)
     insecure = args.insecure or args.insecure_global
@@ -83,6 +90,8 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     with open_repo(args) as repo:
         result = repo.fsck(check_objects=not args.metadata_only)
     if args.json:
+        import json
+
         print(json.dumps(result.to_dict(), indent=2))
         return 0
     sys.stdout.write(str(result))
@@ -121,6 +130,8 @@ def cmd_images(args: argparse.Namespace) -> int:
         refs = repo.list_image_refs()
     images = [{"name": name, "digest": os.path.basename(target)} for name, target in refs]
     if args.json:
+        import json
+
         print(json.dumps({"images": images}, indent=2))
     elif not images:
         print("No images found")
@@ -131,6 +142,8 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 
 def cmd_image_objects(args: argparse.Namespace) -> int:
+    from composefs.repository import to_id
+
     with open_repo(args) as repo:
         for object_id in sorted(repo.image_objects(args.name)):
             print(to_id(object_id))

@@ -25,7 +25,14 @@ from collections.abc import Sequence
 
 from composefs import _backend, _faults, erofs, splitstream
 from composefs.constants import ALLOWLIST_ONLY, EROFS_VERSIONS, XATTR_MODES
-from composefs.errors import ComposefsError, FilesystemError
+from composefs.errors import (
+    ComposefsError,
+    DigestMismatchError,
+    FilesystemError,
+    ImageNotFoundError,
+    with_categories,
+    wrap,
+)
 from composefs.oci.documents import DocumentError, config_diff_ids, parse_json_object
 from composefs.oci.image import OciImage
 from composefs.oci.names import (
@@ -43,6 +50,7 @@ from composefs.repository import Repository
 __all__ = [
     "XATTR_MODES",
     "CommitResult",
+    "FilesystemDigestMismatch",
     "FilesystemError",
     "ImageLayers",
     "commit_images",
@@ -55,6 +63,10 @@ __all__ = [
     "merge_layer_streams",
     "write_dumpfile",
 ]
+
+
+class FilesystemDigestMismatch(FilesystemError, DigestMismatchError):
+    """A stored config or layer does not hash to the digest that names it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,14 +94,18 @@ def image_layers(repo: Repository, image: OciImage | str) -> ImageLayers:
             digest = image[1:]
             if repo.has_stream(config_identifier(digest)) is None:
                 if repo.has_stream(manifest_identifier(digest)) is None:
-                    raise FilesystemError(f"no config or manifest {digest} in the repository")
+                    raise with_categories(FilesystemError, ImageNotFoundError)(
+                        f"no config or manifest {digest} in the repository"
+                    )
                 return image_layers(repo, OciImage.open(repo, digest))
             raw, refs = read_external_stream(
                 repo, config_identifier(digest), None, splitstream.CONFIG_CONTENT_TYPE
             )
             found = sha256_digest(raw)
             if found != digest:
-                raise FilesystemError(f"Config integrity failed: expected {digest}, got {found}")
+                raise FilesystemDigestMismatch(
+                    f"Config integrity failed: expected {digest}, got {found}"
+                )
             try:
                 what = f"config {digest}"
                 diff_ids = config_diff_ids(parse_json_object(raw, what), what)
@@ -118,7 +134,7 @@ def layer_streams(repo: Repository, image: OciImage | str) -> list[bytes]:
             if not layers.trusted:
                 _check_diff_id(repo, data, diff_id)
         except (ComposefsError, OSError) as e:
-            raise FilesystemError(f"Opening layer {diff_id}") from e
+            raise wrap(FilesystemError, f"Opening layer {diff_id}", e) from e
         streams.append(data)
     return streams
 
@@ -137,7 +153,7 @@ def _check_diff_id(repo: Repository, stream_file: bytes, diff_id: str) -> None:
     sink = _Sha256Sink()
     repo.write_stream_content(stream, sink)  # type: ignore[arg-type]
     if f"sha256:{sink.hash.hexdigest()}" != diff_id:
-        raise FilesystemError("Layer has incorrect checksum")
+        raise FilesystemDigestMismatch("Layer has incorrect checksum")
 
 
 def create_dumpfile(

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from composefs.errors import ComposefsError
-from composefs.oci.fsck import OciFsckResult, oci_fsck
 from composefs.oci.index import StoredIndex, open_index, resolve_index, write_index
 from composefs.oci.media_types import (
     CONFIG_MEDIA_TYPE,
@@ -64,6 +63,10 @@ from composefs.oci.streams import (
 )
 from composefs.repository import GcResult, Repository
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from composefs.oci.fsck import OciFsckResult, oci_fsck
+
 __all__ = [
     "BOOT_IMAGE_REF_KEY",
     "BOOT_IMAGE_REF_KEY_V1",
@@ -107,6 +110,16 @@ __all__ = [
     "write_index",
     "write_manifest",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ``oci fsck`` (and the layer reader it imports) is loaded on first use: listing or
+    # inspecting images does not pay for it
+    if name in ("OciFsckResult", "oci_fsck"):
+        from composefs.oci import fsck
+
+        return getattr(fsck, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,7 @@ from composefs.oci.documents import (
 from composefs.oci.media_types import INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, MAX_INDEX_DEPTH
 from composefs.oci.names import (
     INDEX_REF_PREFIX,
+    ImageDigestMismatch,
     ImageError,
     ImageMissing,
     index_identifier,
@@ -156,7 +157,7 @@ def open_index(repo: Repository, digest: str, verity: bytes | None = None) -> St
         raw, refs = read_external_stream(repo, identifier, verity, splitstream.INDEX_CONTENT_TYPE)
         found = sha256_digest(raw)
         if found != digest:
-            raise ImageError(f"Index integrity failed: expected {digest}, got {found}")
+            raise ImageDigestMismatch(f"Index integrity failed: expected {digest}, got {found}")
     else:
         raw, refs = read_external_stream(repo, identifier, verity, splitstream.INDEX_CONTENT_TYPE)
     manifests = {k[len("manifest:") :]: v for k, v in refs.items() if k.startswith("manifest:")}

@@ -18,7 +18,7 @@ from typing import IO, Any, BinaryIO
 
 from composefs import _backend, _faults, dumpfile, splitstream
 from composefs._contract import TarEntry
-from composefs.errors import ComposefsError, DigestMismatchError
+from composefs.errors import ComposefsError, DigestMismatchError, wrap
 from composefs.oci.media_types import LAYER_MEDIA_TYPE, LAYER_MEDIA_TYPES
 from composefs.repository import Repository
 
@@ -206,7 +206,7 @@ class _source_fd:
         if self._thread is not None:
             self._thread.join()
             if self._error is not None and exc[0] is None:
-                raise LayerError("reading the layer source") from self._error
+                raise wrap(LayerError, "reading the layer source", self._error) from self._error
 
 
 # -- the reverse path ------------------------------------------------------------------------

@@ -17,7 +17,13 @@ import stat
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from composefs.errors import ComposefsError, ImageNotFoundError, TagNotFoundError
+from composefs.errors import (
+    DigestMismatchError,
+    ImageNotFoundError,
+    SourceError,
+    TagNotFoundError,
+    wrap,
+)
 from composefs.oci.documents import (
     SIZE_LIMITS,
     DocumentError,
@@ -59,7 +65,7 @@ __all__ = [
 LAYOUT_VERSION = "1.0.0"
 
 
-class LayoutError(ComposefsError):
+class LayoutError(SourceError):
     """An OCI layout cannot be read, or does not hold what was asked for."""
 
 
@@ -67,8 +73,16 @@ class LayoutTagNotFound(LayoutError, TagNotFoundError):
     """The tag is not in the layout's ``index.json``."""
 
 
+class LayoutNotFound(LayoutError, ImageNotFoundError):
+    """The layout directory does not exist."""
+
+
 class LayoutBlobNotFound(LayoutError, ImageNotFoundError):
     """A blob named by digest is not in the layout."""
+
+
+class LayoutDigestMismatch(LayoutError, DigestMismatchError):
+    """A blob of the layout does not match its descriptor's size or digest."""
 
 
 class NoMatchingPlatform(LayoutError):
@@ -78,6 +92,25 @@ class NoMatchingPlatform(LayoutError):
 #: blobs kept in memory once read (small ones: manifests, configs, indexes), in bytes in all
 _CACHE_BUDGET = 16 << 20
 _CACHE_ENTRY_MAX = 1 << 20
+
+
+#: tags listed in the message of a missing tag, at most
+_TAGS_SHOWN = 10
+
+
+def _tags_present(entries: Sequence[Descriptor]) -> str:
+    """``tags present: a, b`` (at most :data:`_TAGS_SHOWN`, then how many more), or ``no tags
+    present``: the hint of a tag typo."""
+    tags: dict[str, None] = {}
+    for desc in entries:
+        tag = (desc.annotations or {}).get(REF_NAME_ANNOTATION)
+        if isinstance(tag, str):
+            tags[tag] = None
+    if not tags:
+        return "no tags present"
+    shown = ", ".join(quote(t) for t in list(tags)[:_TAGS_SHOWN])
+    more = len(tags) - _TAGS_SHOWN
+    return f"tags present: {shown}" + (f", and {more} more" if more > 0 else "")
 
 
 def _blob_limit(media_type: str) -> int:
@@ -128,7 +161,8 @@ class LayoutSource:
         try:
             self._dir = os.open(ref.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
-            raise LayoutError(f"Opening OCI layout directory {ref.path}") from e
+            cls = LayoutNotFound if isinstance(e, FileNotFoundError) else LayoutError
+            raise cls(f"Opening OCI layout directory {ref.path}") from e
         try:
             self._check_layout_file()
             try:
@@ -190,7 +224,7 @@ class LayoutSource:
         try:
             hexdigest = parse_digest(desc.digest)[len("sha256:") :]
         except ImageReferenceError as e:
-            raise LayoutError(f"Opening blob {quote(desc.digest)}") from e
+            raise wrap(LayoutError, f"Opening blob {quote(desc.digest)}", e) from e
         try:
             fd, st = open_file(hexdigest, dir_fd=self._blobs)
         except OSError as e:
@@ -201,7 +235,7 @@ class LayoutSource:
                     "not a regular file"
                 )
             if st.st_size != desc.size:
-                raise LayoutError(f"Opening blob {desc.digest}") from LayoutError(
+                raise LayoutDigestMismatch(f"Opening blob {desc.digest}") from LayoutError(
                     f"Expected size {desc.size} but found {st.st_size}"
                 )
         except BaseException:
@@ -240,12 +274,12 @@ class LayoutSource:
             os.close(fd)
         data = b"".join(chunks)
         if len(data) != descriptor.size:
-            raise LayoutError(f"Reading blob {descriptor.digest}") from LayoutError(
+            raise LayoutDigestMismatch(f"Reading blob {descriptor.digest}") from LayoutError(
                 f"Expected size {descriptor.size} but read {len(data)} bytes"
             )
         found = "sha256:" + hashlib.sha256(data).hexdigest()
         if found != descriptor.digest:
-            raise LayoutError(f"Reading blob {descriptor.digest}") from LayoutError(
+            raise LayoutDigestMismatch(f"Reading blob {descriptor.digest}") from LayoutError(
                 f"Expected digest {descriptor.digest} but found {found}"
             )
         if len(data) <= _CACHE_ENTRY_MAX and self._cached_bytes + len(data) <= _CACHE_BUDGET:
@@ -285,7 +319,7 @@ class LayoutSource:
             return self._resolve(platform)
         except (LayoutError, DocumentError) as e:
             cls = type(e) if isinstance(e, LayoutError) else LayoutError
-            raise cls("Resolving manifest for platform") from e
+            raise wrap(cls, "Resolving manifest for platform", e) from e
 
     def _resolve(self, platform: str | None) -> ResolvedManifest:
         wanted = parse_platform(platform) if platform is not None else host_platform()
@@ -294,9 +328,12 @@ class LayoutSource:
         entries: Sequence[Descriptor] = self._index_entries()
         if self.ref.tag is not None:
             tag = self.ref.tag
-            entries = [d for d in entries if (d.annotations or {}).get(REF_NAME_ANNOTATION) == tag]
-            if not entries:
-                raise LayoutTagNotFound(f"Tag '{quote(tag)}' not found in image index")
+            tagged = [d for d in entries if (d.annotations or {}).get(REF_NAME_ANNOTATION) == tag]
+            if not tagged:
+                raise LayoutTagNotFound(
+                    f"Tag '{quote(tag)}' not found in image index ({_tags_present(entries)})"
+                )
+            entries = tagged
         elif not entries:
             raise LayoutError("Image index contains no manifests")
         search = _Search(wanted)

@@ -15,13 +15,18 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from typing import TYPE_CHECKING
 
 from composefs._text import printable
-from composefs.errors import ComposefsError, ImageNotFoundError, InvalidName, TagNotFoundError
+from composefs.errors import (
+    ComposefsError,
+    DigestMismatchError,
+    ImageNotFoundError,
+    InvalidName,
+    TagNotFoundError,
+)
 from composefs.oci.reference import ImageReferenceError, parse_digest
 
 if TYPE_CHECKING:
@@ -36,6 +41,7 @@ __all__ = [
     "OCI_REF_PREFIX",
     "REFERRER_REF_PREFIX",
     "SEAL_LABEL",
+    "ImageDigestMismatch",
     "ImageError",
     "ImageMissing",
     "TagMissing",
@@ -84,6 +90,10 @@ class TagMissing(ImageMissing, TagNotFoundError):
     """A tag is not in the repository."""
 
 
+class ImageDigestMismatch(ImageError, DigestMismatchError):
+    """A stored document (manifest, index) does not hash to the digest that names it."""
+
+
 # -- stream identifiers and tag encoding ---------------------------------------------------------
 
 
@@ -121,6 +131,8 @@ def decode_tag(encoded: str) -> str:
 
 
 def sha256_digest(data: bytes) -> str:
+    import hashlib  # not at start-up: listing images hashes nothing
+
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform as _platform
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -140,7 +139,7 @@ def parse_platform(text: str) -> Platform:
 
 def host_platform() -> Platform:
     """The running system's platform (``os.uname().machine`` normalised)."""
-    machine = os.uname().machine if hasattr(os, "uname") else _platform.machine()
+    machine = os.uname().machine
     p = normalize(sys.platform if sys.platform != "linux2" else "linux", machine)
     if p.architecture == "arm64" and p.variant is None:
         return dataclasses.replace(p, variant="v8")

@@ -47,7 +47,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
-from composefs.errors import ComposefsError
+from composefs.errors import ComposefsError, DigestMismatchError, SourceError, wrap
 from composefs.oci.documents import SIZE_LIMITS
 from composefs.oci.platform import Platform, host_platform, parse_platform
 from composefs.oci.source import Descriptor, ResolvedManifest
@@ -71,7 +71,7 @@ _SHUTDOWN_TIMEOUT = 10.0
 _STDERR_TAIL = 4096
 
 
-class ProxyError(ComposefsError):
+class ProxyError(SourceError):
     """skopeo's image proxy failed, or reported an error for a request.
 
     ``method`` is the proxy method that failed (``None`` for errors of this client), and
@@ -84,6 +84,10 @@ class ProxyError(ComposefsError):
         super().__init__(message)
         self.method = method
         self.error_code = error_code
+
+
+class ProxyDigestMismatch(ProxyError, DigestMismatchError):
+    """A blob read through the proxy does not match its descriptor's size or digest."""
 
 
 class ProxyImageSource:
@@ -192,7 +196,13 @@ class ProxyImageSource:
         except OSError as e:
             ours.close()
             stderr.close()
-            raise ProxyError(f"Creating image proxy: cannot run {self._skopeo}") from e
+            message = f"Creating image proxy: cannot run {self._skopeo}"
+            if isinstance(e, FileNotFoundError):
+                message += (
+                    " (the transports other than oci: need skopeo: install the skopeo package, "
+                    "apt install skopeo / dnf install skopeo)"
+                )
+            raise ProxyError(message) from e
         self._sock = ours
         self._stderr = stderr
         self._failure = None
@@ -400,7 +410,7 @@ class ProxyImageSource:
             data = self._read_pipe(reply, expected=_expected_size(reply, descriptor))
             _verify(descriptor, data)
         except ProxyError as e:
-            raise ProxyError(context) from e
+            raise wrap(ProxyError, context, e) from e
         return data
 
     def _full_config(self) -> bytes:
@@ -437,12 +447,12 @@ class ProxyImageSource:
             error = relay.wait()
             # a transport error explains a failure of the caller (such as a digest mismatch)
             if error is not None and not relay.abandoned and isinstance(body_error, Exception):
-                raise ProxyError(context) from error
+                raise wrap(ProxyError, context, error) from error
             raise
         relay.close_reader()
         error = relay.wait()
         if error is not None and not relay.abandoned:
-            raise ProxyError(context) from error
+            raise wrap(ProxyError, context, error) from error
 
     def _get_blob(self, descriptor: Descriptor) -> _Reply:
         if not 0 <= descriptor.size <= _MAX_JSON_INT:
@@ -660,12 +670,14 @@ def _expected_size(reply: _Reply, descriptor: Descriptor) -> int:
 
 def _verify(descriptor: Descriptor, data: bytes) -> None:
     if len(data) != descriptor.size:
-        raise ProxyError(f"blob size mismatch: expected {descriptor.size}, got {len(data)}")
+        raise ProxyDigestMismatch(
+            f"blob size mismatch: expected {descriptor.size}, got {len(data)}"
+        )
     algorithm, _, expected = descriptor.digest.partition(":")
     if algorithm not in ("sha256", "sha384", "sha512"):
         raise ProxyError(f"unsupported digest algorithm in {descriptor.digest}")
     actual = hashlib.new(algorithm, data).hexdigest()
     if actual != expected:
-        raise ProxyError(
+        raise ProxyDigestMismatch(
             f"blob digest mismatch: expected {descriptor.digest}, got {algorithm}:{actual}"
         )

@@ -25,11 +25,13 @@ import io
 import json
 import os
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
-from composefs import _faults, splitstream
-from composefs.errors import ComposefsError
+from composefs import _faults, _log, splitstream
+from composefs._text import human_bytes
+from composefs.errors import ComposefsError, DigestMismatchError, wrap
 from composefs.oci import layer as _layer
 from composefs.oci.documents import (
     DocumentError,
@@ -72,6 +74,7 @@ from composefs.repository import Repository
 
 __all__ = [
     "SOURCES",
+    "BlobDigestMismatch",
     "ImportStats",
     "PullCancelled",
     "PullError",
@@ -89,6 +92,13 @@ class PullError(ComposefsError):
 
 class PullCancelled(PullError):
     """The pull's ``cancel`` event was set: every phase stopped at its next check."""
+
+
+class BlobDigestMismatch(PullError, DigestMismatchError):
+    """An artifact blob does not match its descriptor's digest."""
+
+
+log = _log.logger(__name__)
 
 
 class _Stop:
@@ -149,19 +159,6 @@ def _interruptible(cancel: _Stop, repo: Repository, fn: Callable[[Repository], A
 
 
 # -- results and events ----------------------------------------------------------------------
-
-
-def human_bytes(n: int) -> str:
-    """indicatif's ``HumanBytes``: binary prefixes, two decimals (``1.46 KiB``, ``15 B``)."""
-    value = float(n)
-    prefixes = ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi")
-    index = 0
-    while value >= 1024.0 and index < len(prefixes):
-        value /= 1024.0
-        index += 1
-    if index == 0:
-        return f"{value:.0f} B"
-    return f"{value:.2f} {prefixes[index - 1]}B"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,17 +226,21 @@ class ImportStats:
 
 @dataclasses.dataclass(frozen=True)
 class PullEvent:
-    """A progress event. Layer events carry the diff_id in ``id`` and sizes in blob bytes.
+    """A progress event. Layer events carry the diff_id in ``id``, the blob's digest in
+    ``digest`` (when known) and sizes in blob bytes.
 
-    ``kind`` is ``message`` (``message`` set), ``started`` (``total`` = blob size),
-    ``progress`` (``transferred`` so far), ``done`` or ``skipped`` (layer already present).
+    ``kind`` is ``message`` (``message`` set), ``queued`` (a layer to import, ``total`` = blob
+    size: sent for every layer before the first starts, so that a display knows the whole
+    size), ``started``, ``progress`` (``transferred`` so far), ``done`` or ``skipped`` (layer
+    already present). A callback should ignore kinds it does not know.
     """
 
-    kind: Literal["message", "started", "progress", "done", "skipped"]
+    kind: Literal["message", "queued", "started", "progress", "done", "skipped"]
     id: str = ""
     total: int | None = None
     transferred: int = 0
     message: str = ""
+    digest: str = ""
 
 
 #: called from worker threads, possibly concurrently: it must be thread-safe
@@ -281,6 +282,34 @@ class PullResult:
     images: dict[int, bytes] = dataclasses.field(default_factory=dict)
     #: the referrers fetched with ``referrers=True`` (artifact manifest digests)
     referrers: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready data (what ``composefs oci pull --json`` prints): the
+        fields above, digests as strings, verities and image ids as hex, ``platform`` as
+        ``{"os", "architecture", "variant"}``, ``images`` keyed by the EROFS format as a
+        string, ``layers`` as ``[{"diff_id", "verity"}]``, ``stats`` as an object, ``referrers``
+        as a list of manifest digests."""
+
+        def hex_or_none(value: bytes | None) -> str | None:
+            return None if value is None else value.hex()
+
+        return {
+            "manifest_digest": self.manifest_digest,
+            "manifest_verity": self.manifest_verity.hex(),
+            "config_digest": self.config_digest,
+            "config_verity": self.config_verity.hex(),
+            "stored_manifest_verity": hex_or_none(self.stored_manifest_verity),
+            "stored_config_verity": hex_or_none(self.stored_config_verity),
+            "tag": self.tag,
+            "index_digest": self.index_digest,
+            "index_verity": hex_or_none(self.index_verity),
+            "platform": None if self.platform is None else dataclasses.asdict(self.platform),
+            "image_id": hex_or_none(self.image_id),
+            "images": {str(v): image_id.hex() for v, image_id in sorted(self.images.items())},
+            "layers": [{"diff_id": d, "verity": v.hex()} for d, v in self.layers],
+            "stats": dataclasses.asdict(self.stats),
+            "referrers": list(self.referrers),
+        }
 
 
 # -- sources ---------------------------------------------------------------------------------
@@ -391,15 +420,22 @@ def _pull(
     try:
         image_ref = parse_reference(ref)
     except ImageReferenceError as e:
-        raise PullError("Parsing image reference transport") from e
+        raise wrap(PullError, "Parsing image reference transport", e) from e
     if platform is not None:
         parse_platform(platform)  # fail before touching the source
+    log.info("Pulling %s into %s", image_ref.text, repo.path)
     emit = progress or _no_progress
     with contextlib.ExitStack() as stack:
         try:
             source = open_source(image_ref, platform)
             stack.callback(source.close)
+            log.debug("Opened the %s: source (%s)", image_ref.transport, type(source).__name__)
             resolved = source.resolve(platform)
+            log.info(
+                "Resolved manifest %s%s",
+                resolved.digest,
+                "".join(f" (through index {d})" for d, _ in resolved.indexes[:1]),
+            )
             _check_cancel(cancel)
             result = _import(repo, source, resolved, image_ref, emit, threads, cancel)
             if with_referrers:
@@ -409,10 +445,8 @@ def _pull(
                 result = dataclasses.replace(result, referrers=fetched)
         except PullCancelled:
             raise
-        except ComposefsError as e:
-            raise PullError(_source_context(image_ref)) from e
-        except OSError as e:
-            raise PullError(_source_context(image_ref)) from e
+        except (ComposefsError, OSError) as e:
+            raise wrap(PullError, _source_context(image_ref), e) from e
     _faults.point("manifest-stored")
     stored_verity = result.manifest_verity
     committed: CommitResult | None = None
@@ -421,14 +455,26 @@ def _pull(
         if img.is_container_image:
             emit(PullEvent("message", message="Creating composefs image"))
             _check_cancel(cancel)
+            started = time.monotonic()
             committed = _interruptible(cancel, repo, lambda own: commit_images(own, img))
             stored_verity = committed.manifest_verity
+            log.info(
+                "Created composefs image %s in %.2f s%s",
+                committed.image_id.hex() if committed.image_id else "-",
+                time.monotonic() - started,
+                "".join(f"; EROFS V{v}: {i.hex()}" for v, i in sorted(committed.images.items())),
+            )
+        else:
+            log.info("%s is an artifact: no composefs image", result.manifest_digest)
     except PullCancelled:
         raise
     except (ComposefsError, OSError) as e:
-        raise PullError(f"Creating the composefs image of manifest {result.manifest_digest}") from e
+        message = f"Creating the composefs image of manifest {result.manifest_digest}"
+        raise wrap(PullError, message, e) from e
     _check_cancel(cancel)
     index_verity = write_index(repo, resolved.indexes, result.manifest_digest, stored_verity)
+    if resolved.indexes:
+        log.info("Stored %d image index(es)", len(resolved.indexes))
     _check_cancel(cancel)
     _faults.point("before-tag")
     if name is not None:
@@ -439,6 +485,7 @@ def _pull(
             repo.name_stream(
                 index_identifier(resolved.indexes[0][0]), ref_path(name, INDEX_REF_PREFIX)
             )
+        log.info("Tagged %s as %s", result.manifest_digest, name)
         _faults.point("tagged")
     return dataclasses.replace(
         result,
@@ -473,7 +520,7 @@ def _import_referrers(
     try:
         descriptors = listing(subject)
     except (ComposefsError, OSError) as e:
-        raise PullError(f"Listing the referrers of {subject}") from e
+        raise wrap(PullError, f"Listing the referrers of {subject}", e) from e
     fetched = []
     for desc in descriptors:
         _check_cancel(cancel)
@@ -489,7 +536,7 @@ def _import_referrers(
         except PullCancelled:
             raise
         except (ComposefsError, OSError) as e:
-            raise PullError(f"Importing referrer {desc.digest} of {subject}") from e
+            raise wrap(PullError, f"Importing referrer {desc.digest} of {subject}", e) from e
         add_referrer(repo, subject, desc.digest)
         fetched.append(desc.digest)
     return tuple(fetched)
@@ -535,6 +582,13 @@ def _import(
     cancel: _Stop,
 ) -> PullResult:
     config_desc, layers = _check_manifest(resolved)
+    log.info(
+        "Manifest %s: config %s, %d layers, %s",
+        resolved.digest,
+        config_desc.digest,
+        len(layers),
+        human_bytes(sum(d.size for d in layers)),
+    )
     if ref.transport == "oci":
         emit(PullEvent("message", message=f"Importing {len(layers)} layers from OCI layout"))
     try:
@@ -544,9 +598,11 @@ def _import(
     except PullCancelled:
         raise
     except ComposefsError as e:
-        raise PullError(f"Failed to import image content for manifest {resolved.digest}") from e
+        message = f"Failed to import image content for manifest {resolved.digest}"
+        raise wrap(PullError, message, e) from e
     _check_cancel(cancel)
     emit(PullEvent("message", message="Storing manifest"))
+    log.info("Storing manifest %s", resolved.digest)
     identifier = manifest_identifier(resolved.digest)
     manifest_verity = repo.has_stream(identifier)
     if manifest_verity is None:
@@ -582,16 +638,17 @@ def _import_config_and_layers(
     existing = repo.has_stream(identifier)
     if existing is not None:
         # cfsctl: a config stream already present means its layers are too
+        log.info("Config %s already stored: its layers are too", config_digest)
         try:
             raw, refs = read_external_stream(
                 repo, identifier, existing, splitstream.CONFIG_CONTENT_TYPE
             )
         except ComposefsError as e:
-            raise PullError(f"Failed to read cached config {config_digest}") from e
+            raise wrap(PullError, f"Failed to read cached config {config_digest}", e) from e
         try:
             diff_ids = _diff_ids(config_desc, raw, layers)
         except DocumentError as e:
-            raise PullError(f"Failed to parse config {config_digest}") from e
+            raise wrap(PullError, f"Failed to parse config {config_digest}", e) from e
         artifact = config_desc.media_type not in (CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE)
         if artifact and not all(d in refs for d in diff_ids):
             # An artifact config is shared by unrelated artifacts (OCI 1.1's empty config `{}`
@@ -612,18 +669,20 @@ def _import_config_and_layers(
             layer_refs.append((diff_id, refs[diff_id]))
         if len(layer_refs) != len(layers):
             raise PullError(f"expected {len(layers)} layer refs but got {len(layer_refs)}")
-        for diff_id, _ in layer_refs:
-            emit(PullEvent("skipped", id=diff_id))
+        for (diff_id, _), desc in zip(layer_refs, layers, strict=True):
+            emit(PullEvent("skipped", id=diff_id, total=desc.size, digest=desc.digest))
         return config_digest, existing, raw, layer_refs, ImportStats()
 
+    emit(PullEvent("message", message=f"Copying config {config_digest}"))
     try:
         raw = source.read_blob(config_desc)
     except ComposefsError as e:
-        raise PullError(f"Failed to read config {config_digest}") from e
+        raise wrap(PullError, f"Failed to read config {config_digest}", e) from e
+    log.info("Read config %s (%d bytes)", config_digest, len(raw))
     try:
         diff_ids = _diff_ids(config_desc, raw, layers)
     except PullError as e:
-        raise PullError(f"Failed to parse config {config_digest}") from e
+        raise wrap(PullError, f"Failed to parse config {config_digest}", e) from e
     if len(diff_ids) > len(layers):
         raise _missing(diff_ids[len(layers)], diff_ids[: len(layers)])
     if len(diff_ids) < len(layers):
@@ -668,6 +727,9 @@ def _import_layers(
     results: dict[str, tuple[bytes, ImportStats]] = {}
     if not order:
         return results
+    for diff_id, desc in order:
+        emit(PullEvent("queued", id=diff_id, total=desc.size, digest=desc.digest))
+    log.debug("Importing %d layers with %d workers", len(order), workers)
 
     def job(diff_id: str, desc: Descriptor) -> tuple[bytes, ImportStats]:
         _check_cancel(cancel)
@@ -675,10 +737,8 @@ def _import_layers(
             return _import_one(repo, source, desc, diff_id, artifact, emit, threads, cancel)
         except PullCancelled:
             raise
-        except ComposefsError as e:
-            raise PullError(f"Failed to import layer {desc.digest}") from e
-        except OSError as e:
-            raise PullError(f"Failed to import layer {desc.digest}") from e
+        except (ComposefsError, OSError) as e:
+            raise wrap(PullError, f"Failed to import layer {desc.digest}", e) from e
 
     # not a ``with`` block: on Ctrl-C the main thread must not first wait for every layer
     pool = concurrent.futures.ThreadPoolExecutor(
@@ -721,17 +781,42 @@ def _import_one(
     threads: int,
     cancel: _Stop,
 ) -> tuple[bytes, ImportStats]:
-    existing = repo.has_stream(_layer.layer_identifier(diff_id))
-    if existing is not None:
-        emit(PullEvent("skipped", id=diff_id))
-        return existing, ImportStats(layers=1, layers_already_present=1)
-    emit(PullEvent("started", id=diff_id, total=desc.size))
+    identifier = _layer.layer_identifier(diff_id)
+    existing = repo.has_stream(identifier)
+    if existing is None:
+        # another pull of this process importing the same layer is waited for, then its
+        # result used: each layer is imported once (across processes, both may import it;
+        # the objects and the stream are written atomically, the second write is a no-op)
+        with _LAYER_LOCKS.hold(repo, diff_id, cancel):
+            existing = repo.has_stream(identifier)
+            if existing is None:
+                return _import_new(repo, source, desc, diff_id, artifact, emit, threads, cancel)
+    log.info("Layer %s already present", diff_id)
+    emit(PullEvent("skipped", id=diff_id, total=desc.size, digest=desc.digest))
+    return existing, ImportStats(layers=1, layers_already_present=1)
+
+
+def _import_new(
+    repo: Repository,
+    source: ImageSource,
+    desc: Descriptor,
+    diff_id: str,
+    artifact: bool,
+    emit: ProgressCallback,
+    threads: int,
+    cancel: _Stop,
+) -> tuple[bytes, ImportStats]:
+    emit(PullEvent("started", id=diff_id, total=desc.size, digest=desc.digest))
+    log.info("Importing layer %s (blob %s, %s)", diff_id, desc.digest, human_bytes(desc.size))
+    started = time.monotonic()
 
     def on_progress(done: int) -> None:
         # called by the backend's split_layer every few MiB, with the GIL: raising here aborts
         # the native import as well as the pure one
         _check_cancel(cancel)
-        emit(PullEvent("progress", id=diff_id, total=desc.size, transferred=done))
+        emit(
+            PullEvent("progress", id=diff_id, total=desc.size, transferred=done, digest=desc.digest)
+        )
 
     if artifact and desc.media_type not in LAYER_MEDIA_TYPES:
         with source.open_blob(desc) as fd:
@@ -748,8 +833,46 @@ def _import_one(
                 progress=on_progress,
             )
         verity, stats = result.verity, ImportStats.from_layer(result)
-    emit(PullEvent("done", id=diff_id, total=desc.size, transferred=desc.size))
+    emit(PullEvent("done", id=diff_id, total=desc.size, transferred=desc.size, digest=desc.digest))
+    log.info("Imported layer %s in %.2f s: %s", diff_id, time.monotonic() - started, stats)
     return verity, stats
+
+
+class _LayerLocks:
+    """One lock per (repository, diff_id) in this process, alive while someone holds or waits
+    for it. The repository is named by its directory's device and inode: two handles on one
+    repository share the locks."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        #: key -> [lock, number of holders and waiters]
+        self._locks: dict[tuple[int, int, str], list[Any]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, repo: Repository, diff_id: str, cancel: _Stop) -> Iterator[None]:
+        st = os.fstat(repo.fd)
+        key = (st.st_dev, st.st_ino, diff_id)
+        with self._guard:
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        lock: threading.Lock = entry[0]
+        try:
+            if not lock.acquire(blocking=False):
+                log.info("Layer %s is being imported by another pull: waiting", diff_id)
+                while not lock.acquire(timeout=0.05):
+                    _check_cancel(cancel)
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._locks[key]
+
+
+_LAYER_LOCKS = _LayerLocks()
 
 
 def _store_blob(
@@ -760,7 +883,7 @@ def _store_blob(
     object_id = repo.ensure_object_from_stream(io.BufferedReader(raw, 1 << 20), desc.size)
     found = "sha256:" + raw.hasher.hexdigest()
     if found != desc.digest:
-        raise PullError(f"blob digest mismatch: expected {desc.digest}, got {found}")
+        raise BlobDigestMismatch(f"blob digest mismatch: expected {desc.digest}, got {found}")
     writer = splitstream.Writer(repo.algorithm, splitstream.BLOB_CONTENT_TYPE)
     writer.write_external(object_id, desc.size)
     verity = repo.write_stream(writer, _layer.layer_identifier(key))

@@ -94,11 +94,13 @@ def parse_reference(text: str) -> ImageReference:
     """Parses ``TRANSPORT:NAME`` (the messages are containers-image-proxy-rs 0.11's)."""
     prefix, colon, name = text.partition(":")
     if not colon:
-        raise ImageReferenceError(f"Missing ':' in {text}")
+        raise ImageReferenceError(f"Missing ':' in {text}{_transport_hint(text)}")
     transport = TRANSPORTS.get(prefix)
     if transport is None:
         known = ", ".join(sorted(set(TRANSPORTS) - {"registry"}))
-        raise ImageReferenceError(f"Invalid transport: {prefix} (known transports: {known})")
+        raise ImageReferenceError(
+            f"Invalid transport: {prefix} (known transports: {known}){_transport_hint(text)}"
+        )
     if prefix == "docker":
         if not name.startswith("//"):
             raise ImageReferenceError(f"Missing // in docker:// in {text}")
@@ -106,6 +108,23 @@ def parse_reference(text: str) -> ImageReference:
     if not name:
         raise ImageReferenceError(f"Invalid empty name in {text}")
     return ImageReference(transport, name, text)
+
+
+def _transport_hint(text: str) -> str:
+    """What a reference without a transport probably meant: a directory (``oci:PATH``) or a
+    registry image (``docker://NAME``: a host with a dot or a port, ``localhost``, a path of
+    names, a ``NAME:TAG``); nothing when it names some other scheme (``ftp:/x``)."""
+    import os
+
+    path, _, rest = text.partition(":")
+    if path.startswith(("/", "./", "../", "~")) or os.path.isdir(path):
+        return f"; for an OCI layout directory use oci:{text}"
+    if rest.startswith("/"):
+        return ""
+    head = text.split("/", 1)[0]
+    if "." in head or ":" in head or head == "localhost" or "/" in text:
+        return f"; for a registry image use docker://{text}"
+    return f"; name the transport: oci:{text} (an OCI layout directory) or docker://{text}"
 
 
 def parse_digest(text: str) -> str:

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from composefs import splitstream
 from composefs.oci.documents import DocumentError, parse_json, parse_manifest
 from composefs.oci.media_types import CONFIG_MEDIA_TYPE
-from composefs.oci.names import ImageError, config_identifier, manifest_identifier, sha256_digest
+from composefs.oci.names import (
+    ImageDigestMismatch,
+    ImageError,
+    config_identifier,
+    manifest_identifier,
+    sha256_digest,
+)
 
 if TYPE_CHECKING:
     from composefs.repository import Repository
@@ -126,7 +132,7 @@ def open_manifest(repo: Repository, digest: str, verity: bytes | None = None) ->
     if verity is None:
         found = sha256_digest(raw)
         if found != digest:
-            raise ImageError(f"Manifest integrity failed: expected {digest}, got {found}")
+            raise ImageDigestMismatch(f"Manifest integrity failed: expected {digest}, got {found}")
     manifest = parse_object(raw, "manifest")
     config_desc = manifest.get("config")
     if not isinstance(config_desc, dict) or not isinstance(config_desc.get("digest"), str):

@@ -64,7 +64,8 @@ def _pull_fails(tmp_path: Path, layout: Path, *expected: str, tag: str = "t") ->
     repo = tmp_path / "repo"
     if not repo.exists():
         assert cli("--repo", repo, "init", "--insecure").returncode == 0
-    proc = cli("--repo", repo, "oci", "pull", f"oci:{layout}:{tag}", "x")
+    # -q: no progress lines, stderr is the error alone
+    proc = cli("--repo", repo, "-q", "oci", "pull", f"oci:{layout}:{tag}", "x")
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
     assert "Traceback" not in err, err

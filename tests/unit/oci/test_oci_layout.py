@@ -49,7 +49,7 @@ def test_tags_and_file_order(tmp_path: Path) -> None:
     assert resolved.indexes == ()
     with pytest.raises(LayoutError) as e:
         _resolve(tmp_path, ":three")
-    assert str(e.value.__cause__) == "Tag 'three' not found in image index"
+    assert str(e.value.__cause__) == "Tag 'three' not found in image index (tags present: one, two)"
     with pytest.raises(LayoutError) as e:
         _resolve(tmp_path, ":")  # the empty tag matches nothing
     assert "Tag '' not found" in str(e.value.__cause__)

@@ -163,19 +163,26 @@ def test_progress_events(repo: Repository, layout: dict[str, Any]) -> None:
         with lock:
             events.append(event)
 
-    oci.pull(repo, _ref(layout, ":plain"), progress=record)
+    result = oci.pull(repo, _ref(layout, ":plain"), progress=record)
     messages = [e.message for e in events if e.kind == "message"]
     assert messages == [
         "Importing 3 layers from OCI layout",
+        f"Copying config {result.config_digest}",
         "Storing manifest",
         "Creating composefs image",
     ]
+    # every layer is queued (with its size) before the first one starts
+    first_start = next(i for i, e in enumerate(events) if e.kind == "started")
+    queued = [e for e in events[:first_start] if e.kind == "queued"]
+    assert {e.id for e in queued} == set(layout["diff_ids"])
     for diff_id in layout["diff_ids"]:
-        kinds = [e.kind for e in events if e.id == diff_id]
-        assert kinds[0] == "started" and kinds[-1] == "done"
-        assert set(kinds[1:-1]) <= {"progress"}
-        done = [e for e in events if e.id == diff_id][-1]
-        assert done.transferred == done.total
+        mine = [e for e in events if e.id == diff_id]
+        kinds = [e.kind for e in mine]
+        assert kinds[:2] == ["queued", "started"] and kinds[-1] == "done"
+        assert set(kinds[2:-1]) <= {"progress"}
+        assert mine[-1].transferred == mine[-1].total == mine[0].total
+        # the blob's digest travels with every layer event
+        assert len({e.digest for e in mine}) == 1 and mine[0].digest.startswith("sha256:")
 
 
 def test_index_is_stored_and_extended(repo: Repository, layout: dict[str, Any]) -> None:

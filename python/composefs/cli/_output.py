@@ -1,0 +1,383 @@
+"""What the command prints on stderr besides errors: log records and pull progress.
+
+Log records: the library logs through :mod:`logging` under the ``composefs`` logger (with a
+``NullHandler``, :mod:`composefs._log`); a run of the command adds a handler on stderr for its
+duration (:func:`logging_to_stderr`): warnings by default, ``-v`` each step, layer and HTTP
+request, ``-vv`` debug details, ``-q`` errors only.
+
+Progress of a pull (:func:`pull_progress`): on a terminal, one bar per layer and an overall
+line (bytes, rate, ETA), redrawn in place (:class:`TerminalProgress`); otherwise one plain line
+per event (:class:`PlainProgress`), so that a log of the run shows where it is. ``-q`` turns
+both off. The renderer is hand-made rather than rich's or tqdm's: it costs nothing at
+start-up, draws several bars updated from worker threads under one lock, and log lines are
+written above the bars through the same lock (see docs/internals.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import sys
+import threading
+import time
+
+from composefs._text import human_bytes, printable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import TextIO
+
+    from composefs.oci.pull import PullEvent
+
+__all__ = [
+    "PlainProgress",
+    "TerminalProgress",
+    "logging_to_stderr",
+    "pull_progress",
+]
+
+
+# -- log records ---------------------------------------------------------------------------------
+
+#: -q, default, -v, -vv
+_LEVELS = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}
+
+
+class _Handler(logging.Handler):
+    """Writes records to stderr (looked up at each record, so that a redirected ``sys.stderr``
+    is honoured), or to ``write`` while a progress display owns the terminal."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+        self.start = time.time()
+        self.write: Callable[[str], None] | None = None
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = printable(record.getMessage())
+        if not self.verbose:  # warnings and errors of a normal run, like the CLI's own
+            return f"{record.levelname.lower()}: {message}"
+        elapsed = record.created - self.start
+        return f"[{elapsed:8.3f}s {record.levelname:<7} {record.name}] {message}"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+            if record.exc_info and self.verbose:
+                from composefs.errors import format_error
+
+                exc = record.exc_info[1]
+                if exc is not None:
+                    line += "\n" + format_error(exc)
+            write = self.write
+            if write is not None:
+                write(line)
+            else:
+                stream = sys.stderr
+                stream.write(line + "\n")
+                stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+_current: _Handler | None = None
+
+
+@contextlib.contextmanager
+def logging_to_stderr(verbosity: int) -> Iterator[None]:
+    """The ``composefs`` logger's records at ``verbosity`` (-1 quiet, 0 default, 1 ``-v``,
+    2+ ``-vv``) on stderr while the block runs; the logger is left as it was found."""
+    global _current
+    logger = logging.getLogger("composefs")
+    handler = _Handler(verbose=verbosity > 0)
+    saved = (logger.level, logger.propagate, _current)
+    logger.addHandler(handler)
+    logger.setLevel(_LEVELS.get(verbosity, logging.DEBUG))
+    logger.propagate = False
+    _current = handler
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.level, logger.propagate, _current = saved
+
+
+@contextlib.contextmanager
+def _log_through(write: Callable[[str], None]) -> Iterator[None]:
+    """Log lines go to ``write`` (a progress display that redraws around them)."""
+    handler = _current
+    if handler is None:
+        yield
+        return
+    saved = handler.write
+    handler.write = write
+    try:
+        yield
+    finally:
+        handler.write = saved
+
+
+# -- pull progress --------------------------------------------------------------------------
+
+
+def _short(digest: str) -> str:
+    """``sha256:`` and the first 12 hex digits: enough to tell layers apart."""
+    algorithm, _, hexdigest = digest.partition(":")
+    return printable(f"{algorithm}:{hexdigest[:12]}" if hexdigest else digest[:19])
+
+
+class _Layer:
+    __slots__ = ("done", "label", "started", "status", "total")
+
+    def __init__(self, label: str, total: int | None) -> None:
+        self.label = label
+        self.total = total
+        self.done = 0
+        self.status = "waiting"  # waiting, importing, done, present
+        self.started = 0.0
+
+
+class _Tracker:
+    """Layer states and the overall byte count, fed by :class:`~composefs.oci.pull.PullEvent`."""
+
+    def __init__(self) -> None:
+        self.order: list[str] = []
+        self.layers: dict[str, _Layer] = {}
+
+    def update(self, ev: PullEvent) -> _Layer:
+        layer = self.layers.get(ev.id)
+        if layer is None:
+            layer = _Layer(_short(getattr(ev, "digest", "") or ev.id), ev.total)
+            self.layers[ev.id] = layer
+            self.order.append(ev.id)
+        elif getattr(ev, "digest", "") and layer.status == "waiting":
+            layer.label = _short(ev.digest)
+        if ev.total is not None:
+            layer.total = ev.total
+        if ev.kind == "started":
+            layer.status, layer.done, layer.started = "importing", 0, time.monotonic()
+        elif ev.kind == "progress":
+            layer.status, layer.done = "importing", max(layer.done, ev.transferred)
+        elif ev.kind == "done":
+            layer.status = "done"
+            layer.done = layer.total if layer.total is not None else ev.transferred
+        elif ev.kind == "skipped":
+            layer.status = "present"
+        return layer
+
+    def totals(self) -> tuple[int, int]:
+        """Bytes done and bytes to transfer, over the layers not already present."""
+        done = total = 0
+        for layer in self.layers.values():
+            if layer.status == "present":
+                continue
+            total += layer.total or 0
+            done += layer.done
+        return done, total
+
+
+class PlainProgress:
+    """One line per event, for a log (stderr not a terminal)::
+
+    Copying blob sha256:3f4a5b6c7d8e... 12.00 MiB
+    Blob sha256:3f4a5b6c7d8e... done (12.00 MiB in 1.2 s)
+    Storing manifest
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.lock = threading.Lock()
+        self.tracker = _Tracker()
+
+    def _line(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def log_line(self, text: str) -> None:
+        with self.lock:
+            self._line(text)
+
+    def event(self, ev: PullEvent) -> None:
+        with self.lock:
+            if ev.kind == "message":
+                self._line(printable(ev.message))
+                return
+            layer = self.tracker.update(ev)
+            size = human_bytes(layer.total) if layer.total is not None else "size unknown"
+            if ev.kind == "started":
+                self._line(f"Copying blob {layer.label}... {size}")
+            elif ev.kind == "done":
+                elapsed = time.monotonic() - layer.started if layer.started else 0.0
+                self._line(f"Blob {layer.label}... done ({size} in {elapsed:.1f} s)")
+            elif ev.kind == "skipped":
+                self._line(f"Blob {layer.label}... already present")
+
+    def close(self) -> None:
+        pass
+
+
+class TerminalProgress:
+    """One bar per layer and an overall line, redrawn in place at most ten times a second::
+
+        sha256:3f4a5b6c7d8e [########------------]  4.00 MiB / 12.00 MiB
+        sha256:0123456789ab already present
+        Total               [####----------------]  4.00 MiB / 20.00 MiB  2.10 MiB/s  ETA 0:08
+
+    Messages and log lines are written above the bars. Only whole lines shorter than the
+    terminal are written (nothing wraps), the cursor is never hidden, and :meth:`close` leaves
+    the final state on screen: an interrupted pull leaves a clean terminal.
+    """
+
+    #: seconds of history behind the rate
+    WINDOW = 5.0
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.lock = threading.Lock()
+        self.tracker = _Tracker()
+        self.drawn = 0
+        self.last = 0.0
+        self.samples: list[tuple[float, int]] = []
+
+    def log_line(self, text: str) -> None:
+        with self.lock:
+            self._clear()
+            self.out.write(text + "\n")
+            self._draw()
+
+    def event(self, ev: PullEvent) -> None:
+        with self.lock:
+            if ev.kind == "message":
+                self._clear()
+                self.out.write(printable(ev.message) + "\n")
+                self._draw()
+                return
+            self.tracker.update(ev)
+            now = time.monotonic()
+            self._sample(now)
+            if ev.kind == "progress" and now - self.last < 0.1:
+                return
+            self.last = now
+            self._clear()
+            self._draw()
+
+    def _sample(self, now: float) -> None:
+        done, _ = self.tracker.totals()
+        self.samples.append((now, done))
+        while len(self.samples) > 2 and now - self.samples[1][0] > self.WINDOW:
+            del self.samples[0]
+
+    def _rate(self) -> float | None:
+        if len(self.samples) < 2:
+            return None
+        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
+        if t1 - t0 < 0.2:
+            return None
+        return (b1 - b0) / (t1 - t0)
+
+    def _clear(self) -> None:
+        if self.drawn:
+            self.out.write(f"\x1b[{self.drawn}F\x1b[J")
+            self.drawn = 0
+
+    def _lines(self, width: int, height: int) -> list[str]:
+        tracker = self.tracker
+        keys = tracker.order
+        room = max(1, height - 3)  # the overall line, a summary line, the cursor's
+        hidden: list[str] = []
+        if len(keys) > room:
+            # the layers being imported first, then the most recently queued others
+            active = [k for k in keys if tracker.layers[k].status == "importing"][:room]
+            others = [k for k in keys if k not in active]
+            shown = set(active) | set(others[len(others) - (room - len(active)) :])
+            hidden = [k for k in keys if k not in shown]
+            keys = [k for k in keys if k in shown]
+        bar_width = max(10, min(40, width - 60))
+        lines = [self._layer_line(tracker.layers[k], bar_width) for k in keys]
+        if hidden:
+            counts: dict[str, int] = {}
+            for k in hidden:
+                status = tracker.layers[k].status
+                counts[status] = counts.get(status, 0) + 1
+            what = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+            lines.append(f"... {len(hidden)} more layers ({what})")
+        done, total = tracker.totals()
+        if total:
+            line = f"{'Total':<19} {_bar(done, total, bar_width)} {_sizes(done, total)}"
+            rate = self._rate()
+            if rate is not None:
+                line += f"  {human_bytes(rate)}/s"
+                if rate > 0 and done < total:
+                    line += f"  ETA {_duration((total - done) / rate)}"
+            lines.append(line)
+        return [line[: width - 1] for line in lines]
+
+    @staticmethod
+    def _layer_line(layer: _Layer, bar_width: int) -> str:
+        label = f"{layer.label:<19}"
+        if layer.status == "importing" and layer.total:
+            return f"{label} {_bar(layer.done, layer.total, bar_width)} " + _sizes(
+                layer.done, layer.total
+            )
+        if layer.status == "done":
+            size = "" if layer.total is None else " " + human_bytes(layer.total)
+            return f"{label} done{size}"
+        if layer.status == "present":
+            return f"{label} already present"
+        if layer.status == "importing":
+            return f"{label} importing {human_bytes(layer.done)}"
+        return f"{label} waiting"
+
+    def _draw(self) -> None:
+        size = shutil.get_terminal_size((80, 24))
+        lines = self._lines(size.columns, size.lines)
+        for line in lines:
+            self.out.write(line + "\n")
+        self.drawn = len(lines)
+        self.out.flush()
+
+    def close(self) -> None:
+        with self.lock:
+            self._sample(time.monotonic())
+            self._clear()
+            self._draw()
+
+
+def _bar(done: int, total: int, width: int) -> str:
+    filled = min(width, width * done // max(total, 1))
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def _sizes(done: int, total: int) -> str:
+    return f"{human_bytes(done):>10} / {human_bytes(total)}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds + 0.5)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02}:{seconds:02}" if hours else f"{minutes}:{seconds:02}"
+
+
+@contextlib.contextmanager
+def pull_progress(out: TextIO, *, quiet: bool) -> Iterator[Callable[[PullEvent], None] | None]:
+    """The progress callback for a pull writing to ``out`` (``None`` with ``quiet``): bars on
+    a terminal, plain lines otherwise. Log records go through it while the block runs; the
+    display's final state is drawn when the block ends, however it ends."""
+    if quiet:
+        yield None
+        return
+    try:
+        tty = out.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    renderer: TerminalProgress | PlainProgress = (
+        TerminalProgress(out) if tty else PlainProgress(out)
+    )
+    try:
+        with _log_through(renderer.log_line):
+            yield renderer.event
+    finally:
+        renderer.close()
