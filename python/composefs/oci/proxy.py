@@ -199,8 +199,8 @@ class ProxyImageSource:
             message = f"Creating image proxy: cannot run {self._skopeo}"
             if isinstance(e, FileNotFoundError):
                 message += (
-                    " (the transports other than oci: need skopeo: install the skopeo package, "
-                    "apt install skopeo / dnf install skopeo)"
+                    "; the transports other than oci: need it: install the skopeo package "
+                    "(apt install skopeo / dnf install skopeo)"
                 )
             raise ProxyError(message) from e
         self._sock = ours

@@ -12,6 +12,7 @@ from composefs.oci.media_types import CONFIG_MEDIA_TYPE
 from composefs.oci.names import (
     ImageDigestMismatch,
     ImageError,
+    ImageMissing,
     config_identifier,
     manifest_identifier,
     sha256_digest,
@@ -66,7 +67,11 @@ def open_external(
 ) -> tuple[bytes, dict[str, bytes]]:
     """Like :func:`read_external_stream`, with cfsctl's message for a missing stream."""
     if verity is None and repo.has_stream(identifier) is None:
-        raise ImageError(f"Opening stream '{identifier}'") from FileNotFoundError(
+        # a manifest or an index that is not there: the image is not; a config or a layer
+        # missing under a manifest that is: the image is broken
+        missing = identifier.startswith(("oci-manifest-", "oci-index-"))
+        cls = ImageMissing if missing else ImageError
+        raise cls(f"Opening stream '{identifier}'") from FileNotFoundError(
             2, "No such file or directory"
         )
     return read_external_stream(repo, identifier, verity, content_type)
