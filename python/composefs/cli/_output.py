@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
+import os
 import sys
 import threading
 import time
@@ -294,7 +294,18 @@ class TerminalProgress:
             shown = set(active) | set(others[len(others) - (room - len(active)) :])
             hidden = [k for k in keys if k not in shown]
             keys = [k for k in keys if k in shown]
-        bar_width = max(10, min(40, width - 60))
+        done, total = tracker.totals()
+        overall = ""
+        if total:
+            overall = _sizes(done, total)
+            rate = self._rate()
+            if rate is not None:
+                overall += f"  {human_bytes(rate)}/s"
+                if rate > 0 and done < total:
+                    overall += f"  ETA {_duration((total - done) / rate)}"
+        # one bar width for every line: what the longest text after a bar leaves
+        longest = max(len(overall), len(_sizes(2**40 - 1, 2**40 - 1)))
+        bar_width = max(10, min(40, width - 1 - _LABEL - 4 - longest))
         lines = [self._layer_line(tracker.layers[k], bar_width) for k in keys]
         if hidden:
             counts: dict[str, int] = {}
@@ -303,20 +314,13 @@ class TerminalProgress:
                 counts[status] = counts.get(status, 0) + 1
             what = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             lines.append(f"... {len(hidden)} more layers ({what})")
-        done, total = tracker.totals()
         if total:
-            line = f"{'Total':<19} {_bar(done, total, bar_width)} {_sizes(done, total)}"
-            rate = self._rate()
-            if rate is not None:
-                line += f"  {human_bytes(rate)}/s"
-                if rate > 0 and done < total:
-                    line += f"  ETA {_duration((total - done) / rate)}"
-            lines.append(line)
+            lines.append(f"{'Total':<{_LABEL}} {_bar(done, total, bar_width)} {overall}")
         return [line[: width - 1] for line in lines]
 
     @staticmethod
     def _layer_line(layer: _Layer, bar_width: int) -> str:
-        label = f"{layer.label:<19}"
+        label = f"{layer.label:<{_LABEL}}"
         if layer.status == "importing" and layer.total:
             return f"{label} {_bar(layer.done, layer.total, bar_width)} " + _sizes(
                 layer.done, layer.total
@@ -331,8 +335,8 @@ class TerminalProgress:
         return f"{label} waiting"
 
     def _draw(self) -> None:
-        size = shutil.get_terminal_size((80, 24))
-        lines = self._lines(size.columns, size.lines)
+        columns, rows = _terminal_size(self.out)
+        lines = self._lines(columns, rows)
         for line in lines:
             self.out.write(line + "\n")
         self.drawn = len(lines)
@@ -343,6 +347,24 @@ class TerminalProgress:
             self._sample(time.monotonic())
             self._clear()
             self._draw()
+
+
+def _terminal_size(out: TextIO) -> tuple[int, int]:
+    """The size of the terminal ``out`` writes to (``COLUMNS``/``LINES`` win, as in
+    :func:`shutil.get_terminal_size`, which only looks at stdout)."""
+    try:
+        size = os.get_terminal_size(out.fileno())
+        columns, lines = size.columns, size.lines
+    except (AttributeError, OSError, ValueError):
+        columns, lines = 80, 24
+    env_columns, env_lines = os.environ.get("COLUMNS", ""), os.environ.get("LINES", "")
+    columns = int(env_columns) if env_columns.isdigit() and int(env_columns) > 0 else columns
+    lines = int(env_lines) if env_lines.isdigit() and int(env_lines) > 0 else lines
+    return (columns or 80), (lines or 24)
+
+
+#: the width of a line's label (``sha256:`` and 12 hex digits)
+_LABEL = 19
 
 
 def _bar(done: int, total: int, width: int) -> str:
