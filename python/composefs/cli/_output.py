@@ -240,6 +240,9 @@ class TerminalProgress:
         self.drawn = 0
         self.last = 0.0
         self.samples: list[tuple[float, int]] = []
+        #: when the first layer started, when :meth:`close` drew the final state
+        self.started: float | None = None
+        self.finished: float | None = None
 
     def log_line(self, text: str) -> None:
         with self.lock:
@@ -256,6 +259,8 @@ class TerminalProgress:
                 return
             self.tracker.update(ev)
             now = time.monotonic()
+            if ev.kind == "started" and self.started is None:
+                self.started = now
             self._sample(now)
             if ev.kind == "progress" and now - self.last < 0.1:
                 return
@@ -299,7 +304,12 @@ class TerminalProgress:
         if total:
             overall = _sizes(done, total)
             rate = self._rate()
-            if rate is not None:
+            if self.finished is not None:  # the whole run: its time and average rate
+                elapsed = self.finished - (self.started or self.finished)
+                if elapsed > 0 and done:
+                    overall += f"  {human_bytes(done / elapsed)}/s"
+                overall += f"  in {elapsed:.1f} s"
+            elif rate is not None:
                 overall += f"  {human_bytes(rate)}/s"
                 if rate > 0 and done < total:
                     overall += f"  ETA {_duration((total - done) / rate)}"
@@ -344,7 +354,9 @@ class TerminalProgress:
 
     def close(self) -> None:
         with self.lock:
-            self._sample(time.monotonic())
+            now = time.monotonic()
+            self._sample(now)
+            self.finished = now
             self._clear()
             self._draw()
 

@@ -388,7 +388,8 @@ def test_terminal_progress(terminal: None, monkeypatch: pytest.MonkeyPatch) -> N
     screen = _final(text)
     assert screen[0] == "sha256:111111111111 done 4.00 MiB"
     assert screen[1] == "sha256:222222222222 already present"
-    assert "4.00 MiB / 4.00 MiB" in screen[2]  # present layers are not counted
+    # present layers are not counted; the run's time and average rate
+    assert screen[2].endswith("4.00 MiB / 4.00 MiB  2.00 MiB/s  in 2.0 s"), screen[2]
     assert "Storing manifest\n" in text
     assert all(len(line) < 100 for line in text.replace("\x1b[J", "\n").splitlines())
 
