@@ -12,9 +12,11 @@ nothing, so that the ``composefs`` command can catch Ctrl-C around its own impor
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: importing typing costs start-up time
 if TYPE_CHECKING:
+    from typing import Any
+
     from composefs import errors, fsverity, splitstream
     from composefs.errors import (
         AuthenticationError,

@@ -7,7 +7,9 @@ that every value here equals the native one. The EROFS on-disk layout lives in
 
 from __future__ import annotations
 
-from typing import Final
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final  # annotations only (postponed): typing is not imported
 
 __all__ = [
     "ALGORITHM_IDS",

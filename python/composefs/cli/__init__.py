@@ -17,11 +17,11 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: importing typing costs start-up time
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Sequence
 
 __all__ = ["build_parser", "main"]
 
