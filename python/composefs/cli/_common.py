@@ -100,7 +100,7 @@ def add_global_options(parser: argparse.ArgumentParser, *, trailing: bool = Fals
         "-q",
         "--quiet",
         action="store_true",
-        help="no progress output, only errors",
+        help="no progress output (warnings and errors only)",
     )
 
 

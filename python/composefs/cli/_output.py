@@ -3,7 +3,7 @@
 Log records: the library logs through :mod:`logging` under the ``composefs`` logger (with a
 ``NullHandler``, :mod:`composefs._log`); a run of the command adds a handler on stderr for its
 duration (:func:`logging_to_stderr`): warnings by default, ``-v`` each step, layer and HTTP
-request, ``-vv`` debug details, ``-q`` errors only.
+request, ``-vv`` debug details (``-q`` changes nothing here: warnings stay).
 
 Progress of a pull (:func:`pull_progress`): on a terminal, one bar per layer and an overall
 line (bytes, rate, ETA), redrawn in place (:class:`TerminalProgress`); otherwise one plain line
@@ -41,8 +41,9 @@ __all__ = [
 
 # -- log records ---------------------------------------------------------------------------------
 
-#: -q, default, -v, -vv
-_LEVELS = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}
+#: -q, default, -v (-vv and more: DEBUG); -q only silences the progress: warnings stay, as
+#: the commands' own ``warning:`` lines do
+_LEVELS = {-1: logging.WARNING, 0: logging.WARNING, 1: logging.INFO}
 
 
 class _Handler(logging.Handler):
