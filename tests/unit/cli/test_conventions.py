@@ -240,7 +240,9 @@ def test_pull_json(repo: Path, layout: Path) -> None:
         "images",
         "layers",
         "stats",
+        "referrers",
     }
+    assert doc["referrers"] == []
     assert doc["tag"] == "img" and doc["index_digest"] is None and doc["index_verity"] is None
     assert doc["manifest_digest"] == inspect["manifest"] or doc["manifest_digest"] in proc.stdout
     for key in ("manifest_verity", "config_verity", "stored_manifest_verity", "image_id"):

@@ -287,7 +287,10 @@ def test_writability_is_checked_first(repo: Repository, monkeypatch: pytest.Monk
 def test_bad_references_and_names(repo: Repository, layout: dict[str, Any]) -> None:
     with pytest.raises(PullError, match="Parsing image reference transport") as e:
         oci.pull(repo, "nonsense")
-    assert str(e.value.__cause__) == "Missing ':' in nonsense"
+    assert str(e.value.__cause__) == (
+        "Missing ':' in nonsense; name the transport: oci:nonsense (an OCI layout directory) "
+        "or docker://nonsense"
+    )
     with pytest.raises(PullError, match="leading '@' is reserved"):
         oci.pull(repo, _ref(layout, ":plain"), "@bad")
     with pytest.raises(oci.PlatformError):
