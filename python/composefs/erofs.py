@@ -22,12 +22,12 @@ directory block at most once, so the time it takes is linear in the size of the 
 from __future__ import annotations
 
 import binascii
-import dataclasses
 import struct
 from typing import Final
 
 from composefs import _backend, constants, fsverity
 from composefs import erofs_format as _format
+from composefs._record import record
 from composefs.erofs_format import (
     BLOCK_BITS,
     BLOCK_SIZE,
@@ -111,7 +111,7 @@ _IS_WHITEOUT: Final = 1  # character device 0:0 (an overlayfs whiteout)
 _IS_ESCAPED_WHITEOUT: Final = 2  # regular file carrying trusted.overlay.overlay.whiteout
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class ImageInfo:
     """The composefs header and EROFS superblock fields of an image."""
 

@@ -7,12 +7,12 @@ has fs-verity.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any
 
 from composefs import fsverity
+from composefs._record import record, replace
 from composefs.constants import DEFAULT_EROFS_VERSION, EROFS_VERSIONS
 from composefs.errors import (
     FsVerityError,
@@ -45,7 +45,7 @@ KNOWN_RO_COMPAT: tuple[str, ...] = (V1_EROFS,)
 KNOWN_INCOMPAT: tuple[str, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class RepoMetadata:
     """The content of ``meta.json``."""
 
@@ -149,9 +149,7 @@ class RepoMetadata:
         return [f for f in self.read_only_compatible if f not in KNOWN_RO_COMPAT]
 
     def same_config(self, other: RepoMetadata) -> bool:
-        return dataclasses.replace(self, has_erofs_formats=True) == dataclasses.replace(
-            other, has_erofs_formats=True
-        )
+        return replace(self, has_erofs_formats=True) == replace(other, has_erofs_formats=True)
 
 
 def _measure_meta(fd: int, algorithm: Algorithm) -> bool:

@@ -20,7 +20,6 @@ userspace (this is what runs on filesystems without fs-verity).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import os
@@ -28,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from typing import IO, BinaryIO, NamedTuple
 
 from composefs import fsverity, splitstream
+from composefs._record import field, record, replace
 from composefs._text import printable
 from composefs.constants import DEFAULT_EROFS_VERSION, EROFS_VERSIONS
 from composefs.errors import (
@@ -125,7 +125,7 @@ def check_name(name: str, what: str = "name") -> str:
 # -- results -------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
+@record(frozen=False)
 class GcResult:
     """What garbage collection removed (or would remove, in a dry run)."""
 
@@ -136,7 +136,7 @@ class GcResult:
     #: referrer links dropped because their subject manifest is gone (:func:`composefs.oci.gc`)
     referrers_pruned: int = 0
     #: problems cfsctl treats as fatal and we report and step over (dangling refs, stray files)
-    warnings: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 class InitResult(NamedTuple):
@@ -314,7 +314,7 @@ class Repository:
         if version not in EROFS_VERSIONS:
             raise ValueError(f"unsupported EROFS format version {version}")
         ro = tuple(f for f in self.metadata.read_only_compatible if f != V1_EROFS)
-        self.metadata = dataclasses.replace(
+        self.metadata = replace(
             self.metadata,
             erofs_default=version,
             erofs_extra=(),

@@ -8,11 +8,11 @@ and the zstd-compressed chunk stream. :class:`Writer` produces files byte-identi
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 
 from composefs import _backend
 from composefs._contract import Chunk, WriterLike
+from composefs._record import record
 from composefs.constants import (
     ALGORITHM_IDS,
     BLOB_CONTENT_TYPE,
@@ -51,7 +51,7 @@ def content_type_name(content_type: int) -> str:
     return f"0x{content_type:016x}"
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class SplitStream:
     """A parsed splitstream file.
 

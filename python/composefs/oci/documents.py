@@ -16,13 +16,13 @@ turns their bytes into typed values:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import stat
 from collections.abc import Mapping
 from typing import Any, Final
 
+from composefs._record import record
 from composefs._text import printable
 from composefs.errors import ComposefsError
 from composefs.oci.reference import ImageReferenceError, parse_digest
@@ -232,7 +232,7 @@ def _platform(value: Any, where: str) -> dict[str, Any] | None:
     return value
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Descriptor:
     """An OCI content descriptor (the fields pull uses)."""
 
@@ -287,7 +287,7 @@ def parse_descriptor(doc: Any, where: str) -> Descriptor:
     return Descriptor(media_type, digest, size, _platform(doc.get("platform"), where), annotations)
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class ImageManifest:
     """An image manifest (OCI or Docker schema 2): what a pull uses of it."""
 
@@ -298,7 +298,7 @@ class ImageManifest:
     annotations: dict[str, str] | None
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class ImageIndex:
     """An image index (or Docker manifest list): its entries, checked."""
 

@@ -18,12 +18,10 @@ as ``images/<hex>`` only: the config's refs keep them alive through the tag.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from collections.abc import Sequence
 
 from composefs import _backend, _faults, erofs, splitstream
+from composefs._record import record
 from composefs.constants import ALLOWLIST_ONLY, EROFS_VERSIONS, XATTR_MODES
 from composefs.errors import (
     ComposefsError,
@@ -69,7 +67,7 @@ class FilesystemDigestMismatch(FilesystemError, DigestMismatchError):
     """A stored config or layer does not hash to the digest that names it."""
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class ImageLayers:
     """The layers of a container image as its config stream names them."""
 
@@ -125,6 +123,8 @@ def layer_streams(repo: Repository, image: OciImage | str) -> list[bytes]:
     for diff_id in layers.diff_ids:
         verity = layers.layer_refs.get(diff_id)
         if verity is None:
+            import json
+
             keys = ", ".join(json.dumps(k) for k in sorted(layers.layer_refs))
             raise FilesystemError(
                 f"missing layer verity for diff_id {diff_id}. Available keys in refs: [{keys}]"
@@ -141,6 +141,8 @@ def layer_streams(repo: Repository, image: OciImage | str) -> list[bytes]:
 
 class _Sha256Sink:
     def __init__(self) -> None:
+        import hashlib
+
         self.hash = hashlib.sha256()
 
     def write(self, data: bytes) -> int:
@@ -269,7 +271,7 @@ def compute_id(
     return erofs.image_id(create_image(repo, image, version, xattrs=xattrs), repo.algorithm)
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class CommitResult:
     """What :func:`commit_images` stored."""
 

@@ -14,10 +14,10 @@ fsck`` in :mod:`composefs.oci.fsck`; this module re-exports what callers import 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from composefs._record import asdict, record, replace
 from composefs.errors import ComposefsError
 from composefs.oci.index import StoredIndex, open_index, resolve_index, write_index
 from composefs.oci.media_types import (
@@ -122,7 +122,7 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class OciImage:
     """An OCI image (or artifact) stored in a repository."""
 
@@ -265,7 +265,7 @@ def _field(doc: dict[str, Any], key: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class ImageInfo:
     """One row of ``oci images`` (cfsctl's ``ImageEntry``)."""
 
@@ -279,7 +279,8 @@ class ImageInfo:
     referrer_count: int
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        doc: dict[str, Any] = asdict(self)
+        return doc
 
 
 def list_images(repo: Repository, warn: Any = None) -> list[ImageInfo]:
@@ -349,4 +350,4 @@ def gc(repo: Repository, roots: Sequence[str] = (), *, dry_run: bool = False) ->
                 streams_pruned=result.streams_pruned + second.streams_pruned,
                 warnings=result.warnings + second.warnings,
             )
-    return dataclasses.replace(result, referrers_pruned=pruned)
+    return replace(result, referrers_pruned=pruned)

@@ -11,13 +11,13 @@ platform again among the manifests imported from one.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import os
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from composefs import splitstream
+from composefs._record import record
 from composefs.errors import ComposefsError
 from composefs.oci.documents import (
     DocumentError,
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["StoredIndex", "open_index", "resolve_index", "write_index"]
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class StoredIndex:
     """An image index kept in the repository, with the manifests and indexes pulled from it."""
 

@@ -17,6 +17,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from composefs._record import replace
 from composefs.errors import (
     DigestMismatchError,
     ImageNotFoundError,
@@ -479,4 +480,4 @@ class LayoutSource:
         media_type = doc.get("mediaType")
         if not isinstance(media_type, str) or not media_type:
             media_type = INDEX_MEDIA_TYPE if "manifests" in doc else MANIFEST_MEDIA_TYPE
-        return dataclasses.replace(probe, media_type=media_type)
+        return replace(probe, media_type=media_type)

@@ -16,12 +16,12 @@ Among the entries of an index the best-ranked match wins, the first in file orde
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from composefs._record import record, replace
 from composefs.errors import ComposefsError
 from composefs.oci.documents import quote
 
@@ -82,7 +82,7 @@ _DEFAULT_VARIANT = {"arm64": "v8", "arm": "v7"}
 _ARM_ORDER = ("v5", "v6", "v7", "v8")
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class Platform:
     """A normalised platform. ``variant`` is ``None`` when not specified."""
 
@@ -142,7 +142,7 @@ def host_platform() -> Platform:
     machine = os.uname().machine
     p = normalize(sys.platform if sys.platform != "linux2" else "linux", machine)
     if p.architecture == "arm64" and p.variant is None:
-        return dataclasses.replace(p, variant="v8")
+        return replace(p, variant="v8")
     return p
 
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 from composefs import _faults, _log, splitstream
+from composefs._record import asdict as record_asdict
 from composefs._text import human_bytes
 from composefs.errors import ComposefsError, DigestMismatchError, wrap
 from composefs.oci import layer as _layer
@@ -303,7 +304,7 @@ class PullResult:
             "tag": self.tag,
             "index_digest": self.index_digest,
             "index_verity": hex_or_none(self.index_verity),
-            "platform": None if self.platform is None else dataclasses.asdict(self.platform),
+            "platform": None if self.platform is None else record_asdict(self.platform),
             "image_id": hex_or_none(self.image_id),
             "images": {str(v): image_id.hex() for v, image_id in sorted(self.images.items())},
             "layers": [{"diff_id": d, "verity": v.hex()} for d, v in self.layers],

@@ -12,9 +12,9 @@ for a manifest digest (cfsctl's ``OciReference``).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
+from composefs._record import record
 from composefs.errors import ImageReferenceError
 
 __all__ = [
@@ -64,7 +64,7 @@ _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _DIGEST_SUFFIX = re.compile(r"^(?P<path>.*)@(?P<digest>(?:sha256|sha384|sha512):[0-9A-Za-z]+)$")
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class ImageReference:
     """A parsed ``TRANSPORT:NAME`` source reference."""
 
@@ -139,7 +139,7 @@ def parse_digest(text: str) -> str:
     raise ImageReferenceError(f"invalid sha256 digest {text!r} (expected 64 lower-case hex digits)")
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class LayoutReference:
     """The name part of an ``oci:`` reference."""
 
@@ -165,7 +165,7 @@ def parse_layout_name(name: str) -> LayoutReference:
     return LayoutReference(before, tag=tag)
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class RepoReference:
     """An image inside a repository: a tag name, or ``@sha256:<hex>`` (a digest)."""
 

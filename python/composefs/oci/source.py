@@ -9,16 +9,16 @@ the manifest for a platform, read the config, import the layers in parallel, wri
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from typing import Protocol
 
 # The descriptor is a document type: defined with its parser, named here for the sources.
+from composefs._record import record
 from composefs.oci.documents import Descriptor
 
 __all__ = ["Descriptor", "ImageSource", "ReferrerSource", "ResolvedManifest"]
 
 
-@dataclasses.dataclass(frozen=True)
+@record
 class ResolvedManifest:
     """The image manifest chosen for a platform, and how it was reached.
 

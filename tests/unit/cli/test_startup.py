@@ -93,7 +93,8 @@ def test_help_imports_only_the_parser() -> None:
 
 
 #: never needed to list, inspect or compute an image: the pull, the layer reader, the pure
-#: backend, the writers, fsck, and the stdlib modules they bring
+#: backend, the writers, fsck, and the stdlib modules they bring; ``dataclasses`` (and the
+#: ``inspect`` it imports): the records of these modules are ``composefs._record`` classes
 NOT_FOR_READING = (
     "composefs._pure",
     "composefs._repo_objects",
@@ -108,6 +109,8 @@ NOT_FOR_READING = (
     "composefs.oci.pull",
     "concurrent.futures",
     "ctypes",
+    "dataclasses",
+    "inspect",
     "secrets",
     "subprocess",
     "zstandard",
