@@ -2,7 +2,7 @@
 """Start-up of the ``composefs`` command against ``cfsctl`` (and, optionally, another checkout
 of this package), in one run.
 
-    python3 benches/startup.py [--runs 20] [--baseline PATH/python]
+    python3 benches/startup.py [--runs 20] [--baseline NAME=PATH/python]...
 
 Each command runs ``--runs`` times, the tools interleaved (a, b, c, a, b, c, ...), after two
 warm-up runs (page cache, ``__pycache__``). Python runs in a fresh venv without pip or site
@@ -71,7 +71,13 @@ def _once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--baseline", help="the python/ directory of another checkout")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="the python/ directory of another checkout, shown as NAME (repeatable)",
+    )
     parser.add_argument("--cfsctl", default=shutil.which("cfsctl") or "~/.cargo/bin/cfsctl")
     args = parser.parse_args()
     cfsctl = os.path.expanduser(args.cfsctl)
@@ -83,8 +89,10 @@ def main() -> None:
         tools: dict[str, tuple[list[str], dict[str, str], Path]] = {
             "composefs": ([python, "-m", "composefs.cli"], _env(str(OURS)), tmp / "ours")
         }
-        if args.baseline:
-            tools["baseline"] = ([python, "-m", "composefs.cli"], _env(args.baseline), tmp / "base")
+        for i, spec in enumerate(args.baseline):
+            name, _, path = spec.rpartition("=")
+            name = name or f"baseline{i + 1}"
+            tools[name] = ([python, "-m", "composefs.cli"], _env(path), tmp / f"base{i}")
         tools["cfsctl"] = ([cfsctl], _env(None), tmp / "cfsctl")
         for prefix, env, repo in tools.values():
             for step in (["init", "--insecure"], ["oci", "pull", f"oci:{tmp / 'layout'}:t", "img"]):

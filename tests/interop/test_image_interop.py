@@ -300,7 +300,9 @@ def test_pull_without_usr_fails_like_cfsctl(cfsctl: str, tmp_path: Path) -> None
     blob = w.layer(TarBuilder().dir("etc").file("etc/a", b"a" * 100).build(), "none")
     w.write_index([w.tagged(w.image([blob], architecture=HOST_ARCH), "nousr")])
     ref = f"oci:{tmp_path / 'img'}:nousr"
-    for name, cli in (("cfsctl", (cfsctl,)), ("ours", (sys.executable, "-m", "composefs.cli"))):
+    # ours with -q: no progress lines, stderr is the error alone
+    ours = (sys.executable, "-m", "composefs.cli", "-q")
+    for name, cli in (("cfsctl", (cfsctl,)), ("ours", ours)):
         repo = tmp_path / name
         run(*cli, "--repo", repo, "init", "--insecure", repo)
         proc = run(*cli, "--repo", repo, "oci", "pull", ref, check=False)
