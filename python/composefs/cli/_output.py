@@ -405,7 +405,9 @@ def pull_progress(out: TextIO, *, quiet: bool) -> Iterator[Callable[[PullEvent],
         yield None
         return
     try:
-        tty = out.isatty()
+        # a terminal that cannot move the cursor (TERM=dumb: Emacs shells, some CI consoles)
+        # gets the plain lines
+        tty = out.isatty() and os.environ.get("TERM") != "dumb"
     except (AttributeError, ValueError):
         tty = False
     renderer: TerminalProgress | PlainProgress = (

@@ -450,6 +450,7 @@ def _spawn_on_pty(
     and the pty's master end."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env.setdefault("TERM", "xterm")  # whatever the environment running the tests says
     proc = subprocess.Popen(
         [sys.executable, "-m", "composefs.cli", *map(os.fspath, args)],
         stdout=subprocess.PIPE,
@@ -500,6 +501,19 @@ def test_pull_on_a_terminal_draws_bars(repo: Path, layout: Path) -> None:
     assert "Creating composefs image\r\n" in shown
     assert "\x1b[?25l" not in shown  # the cursor is never hidden
     assert all(len(x) < 100 for x in shown.replace("\x1b[J", "\n").splitlines())
+
+
+def test_a_dumb_terminal_gets_plain_lines(repo: Path, layout: Path) -> None:
+    proc, master = _spawn_on_pty(
+        ["--repo", repo, "oci", "pull", f"oci:{layout}:t", "img"], TERM="dumb"
+    )
+    try:
+        shown = _read_pty(master).decode()
+    finally:
+        os.close(master)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert "\x1b" not in shown and "Copying blob sha256:" in shown
 
 
 def test_quiet_and_verbose_on_a_terminal(repo: Path, layout: Path) -> None:
