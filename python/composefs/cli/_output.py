@@ -16,10 +16,8 @@ written above the bars through the same lock (see docs/internals.md).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
-import threading
 import time
 
 from composefs._text import human_bytes, printable
@@ -41,83 +39,69 @@ __all__ = [
 
 # -- log records ---------------------------------------------------------------------------------
 
-#: -q, default, -v (-vv and more: DEBUG); -q only silences the progress: warnings stay, as
-#: the commands' own ``warning:`` lines do
-_LEVELS = {-1: logging.WARNING, 0: logging.WARNING, 1: logging.INFO}
 
+class _LogState:
+    """The handler of one run: installed at once with ``-v``, else when the library first
+    logs (:mod:`composefs._loghook`); log lines go to ``write`` while it is set."""
 
-class _Handler(logging.Handler):
-    """Writes records to stderr (looked up at each record, so that a redirected ``sys.stderr``
-    is honoured), or to ``write`` while a progress display owns the terminal."""
-
-    def __init__(self, verbose: bool) -> None:
-        super().__init__()
-        self.verbose = verbose
+    def __init__(self, verbosity: int) -> None:
+        self.verbosity = verbosity
         self.start = time.time()
         self.write: Callable[[str], None] | None = None
+        self.uninstall: Callable[[], None] | None = None
 
-    def format(self, record: logging.LogRecord) -> str:
-        message = printable(record.getMessage())
-        if not self.verbose:  # warnings and errors of a normal run, like the CLI's own
-            return f"{record.levelname.lower()}: {message}"
-        elapsed = record.created - self.start
-        return f"[{elapsed:8.3f}s {record.levelname:<7} {record.name}] {message}"
+    def install(self) -> None:
+        from composefs.cli import _loghandler
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = self.format(record)
-            if record.exc_info and self.verbose:
-                from composefs.errors import format_error
-
-                exc = record.exc_info[1]
-                if exc is not None:
-                    line += "\n" + format_error(exc)
-            write = self.write
-            if write is not None:
-                write(line)
-            else:
-                stream = sys.stderr
-                stream.write(line + "\n")
-                stream.flush()
-        except Exception:
-            self.handleError(record)
+        if self.uninstall is None:
+            self.uninstall = _loghandler.install(self.verbosity, self.start, lambda: self.write)
 
 
-_current: _Handler | None = None
+_current: _LogState | None = None
 
 
 @contextlib.contextmanager
 def logging_to_stderr(verbosity: int) -> Iterator[None]:
     """The ``composefs`` logger's records at ``verbosity`` (-1 quiet, 0 default, 1 ``-v``,
-    2+ ``-vv``) on stderr while the block runs; the logger is left as it was found."""
+    2+ ``-vv``) on stderr while the block runs; the logger is left as it was found.
+
+    :mod:`logging` is imported only if something logs: at once with ``-v``; otherwise when
+    :mod:`composefs._log` is first imported (the handler waits in
+    :mod:`composefs._loghook`), so that the commands that never log do not pay for it.
+    """
     global _current
-    logger = logging.getLogger("composefs")
-    handler = _Handler(verbose=verbosity > 0)
-    saved = (logger.level, logger.propagate, _current)
-    logger.addHandler(handler)
-    logger.setLevel(_LEVELS.get(verbosity, logging.DEBUG))
-    logger.propagate = False
-    _current = handler
+    from composefs import _loghook
+
+    state = _LogState(verbosity)
+    saved = _current
+    _current = state
+    if verbosity > 0 or "composefs._log" in sys.modules:
+        state.install()
+    else:
+        _loghook.on_first_use.append(state.install)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
-        logger.level, logger.propagate, _current = saved
+        _current = saved
+        with contextlib.suppress(ValueError):
+            _loghook.on_first_use.remove(state.install)
+        if state.uninstall is not None:
+            state.uninstall()
 
 
 @contextlib.contextmanager
 def _log_through(write: Callable[[str], None]) -> Iterator[None]:
     """Log lines go to ``write`` (a progress display that redraws around them)."""
-    handler = _current
-    if handler is None:
+    state = _current
+    if state is None:
         yield
         return
-    saved = handler.write
-    handler.write = write
+    saved = state.write
+    state.write = write
     try:
         yield
     finally:
-        handler.write = saved
+        state.write = saved
 
 
 # -- pull progress --------------------------------------------------------------------------
@@ -188,6 +172,8 @@ class PlainProgress:
     """
 
     def __init__(self, out: TextIO) -> None:
+        import threading  # not at start-up: only a pull shows progress
+
         self.out = out
         self.lock = threading.Lock()
         self.tracker = _Tracker()
@@ -235,6 +221,8 @@ class TerminalProgress:
     WINDOW = 5.0
 
     def __init__(self, out: TextIO) -> None:
+        import threading  # not at start-up: only a pull shows progress
+
         self.out = out
         self.lock = threading.Lock()
         self.tracker = _Tracker()

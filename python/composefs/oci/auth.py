@@ -24,7 +24,6 @@ import base64
 import binascii
 import dataclasses
 import json
-import logging
 import os
 import pwd
 import re
@@ -38,6 +37,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from composefs import _log
 from composefs._text import printable
 from composefs.errors import AuthenticationError, ImageReferenceError, TransportError
 
@@ -55,7 +55,7 @@ __all__ = [
     "parse_www_authenticate",
 ]
 
-log = logging.getLogger(__name__)
+log = _log.logger(__name__)
 
 #: an auth file larger than this is refused (real ones are a few KiB)
 AUTH_FILE_LIMIT = 1 << 20

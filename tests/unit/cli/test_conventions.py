@@ -198,6 +198,26 @@ def test_verbose_pull_logs_each_step(repo: Path, layout: Path) -> None:
     assert not any(x.startswith("[") for x in proc.stderr.splitlines())
 
 
+def test_a_library_warning_reaches_stderr_without_v() -> None:
+    """Without ``-v`` the handler waits until the library first logs (composefs._loghook)."""
+    code = (
+        "import sys\n"
+        "from composefs.cli import _output\n"
+        "with _output.logging_to_stderr(0):\n"
+        "    assert 'logging' not in sys.modules\n"
+        "    from composefs import _log\n"
+        "    _log.logger('composefs.x').warning('careful\\x1b[2J')\n"
+        "    _log.logger('composefs.x').info('not shown')\n"
+        "assert _log.logger('composefs').handlers[-1].__class__.__name__ == 'NullHandler'\n"
+        "_log.logger('composefs.x').warning('after the run: not shown')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "warning: careful\\x1b[2J\n"
+
+
 def test_library_logging_has_a_null_handler_and_logs_the_pull(
     tmp_path: Path, layout: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

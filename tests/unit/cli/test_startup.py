@@ -92,11 +92,27 @@ def test_help_imports_only_the_parser() -> None:
         assert name not in modules, name
 
 
+def test_commands_that_do_not_log_do_not_import_logging(repo: Path) -> None:
+    for argv in (["oci", "images"], ["oci", "compute-id", "t"], ["images"]):
+        assert "logging" not in imported("--repo", repo, *argv), argv
+    assert "logging" in imported("--repo", repo, "-v", "oci", "images")  # -v: at once
+
+
+def test_every_module_logs_through_composefs_log() -> None:
+    """So that the command's handler is installed before anything logs (composefs._loghook)."""
+    package = Path(PYTHON_DIR) / "composefs"
+    allowed = {package / "_log.py", package / "cli" / "_loghandler.py"}
+    for path in sorted(package.rglob("*.py")):
+        if path not in allowed:
+            assert "getLogger(" not in path.read_text(), f"{path}: use composefs._log.logger"
+
+
 #: never needed to list, inspect or compute an image: the pull, the layer reader, the pure
 #: backend, the writers, fsck, and the stdlib modules they bring; ``dataclasses`` (and the
 #: ``inspect`` it imports): the records of these modules are ``composefs._record`` classes
 NOT_FOR_READING = (
     "composefs._pure",
+    "composefs._log",
     "composefs._repo_objects",
     "composefs.dumpfile",
     "composefs.fs",
