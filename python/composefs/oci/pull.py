@@ -31,6 +31,7 @@ from typing import Any, Literal
 from composefs import _faults, splitstream
 from composefs.errors import ComposefsError
 from composefs.oci import layer as _layer
+from composefs.oci.auth import Credentials
 from composefs.oci.documents import (
     DocumentError,
     config_diff_ids,
@@ -76,6 +77,7 @@ __all__ = [
     "PullError",
     "PullEvent",
     "PullResult",
+    "SourceOptions",
     "human_bytes",
     "open_source",
     "pull",
@@ -104,7 +106,11 @@ class _Stop:
         self._own.set()
 
     def is_set(self) -> bool:
-        return self._own.is_set() or (self._external is not None and self._external.is_set())
+        return self._own.is_set() or self.requested()
+
+    def requested(self) -> bool:
+        """The caller's ``cancel`` event is set (not merely a stop after a failure)."""
+        return self._external is not None and self._external.is_set()
 
 
 def _check_cancel(cancel: _Stop) -> None:
@@ -283,16 +289,49 @@ class PullResult:
 # -- sources ---------------------------------------------------------------------------------
 
 
-#: Opens an image source for a parsed reference and the wanted platform.
-SourceFactory = Callable[[ImageReference, "str | None"], ImageSource]
+@dataclasses.dataclass(frozen=True)
+class SourceOptions:
+    """What a source factory gets besides the reference (the ``pull`` keywords)."""
+
+    #: ``os/arch[/variant]`` asked for (``None``: the host's)
+    platform: str | None = None
+    #: registry credentials (``None``: looked up in the auth files)
+    credentials: Credentials | None = None
+    #: an auth file searched first (``--authfile``)
+    authfile: str | None = None
+    #: ``False``: no TLS verification, plain HTTP allowed (``--tls-verify=false``)
+    tls_verify: bool | None = None
+    #: read ``docker://`` through skopeo instead of natively
+    via_skopeo: bool = False
+    #: polled by network waits and transfers: the pull's stop flag
+    cancel: Callable[[], bool] | None = None
 
 
-def _open_layout(ref: ImageReference, platform: str | None) -> ImageSource:
-    """``oci:``: the layout directory, read natively."""
+#: Opens an image source for a parsed reference with the pull's options.
+SourceFactory = Callable[[ImageReference, SourceOptions], ImageSource]
+
+
+def _open_layout(ref: ImageReference, options: SourceOptions) -> ImageSource:
+    """``oci:``: the layout directory, read directly."""
     return LayoutSource(parse_layout_name(ref.name))
 
 
-def _open_proxy(ref: ImageReference, platform: str | None) -> ImageSource:
+def _open_registry(ref: ImageReference, options: SourceOptions) -> ImageSource:
+    """``docker://``: the registry, over HTTP (skopeo with ``via_skopeo``)."""
+    if options.via_skopeo:
+        return _open_proxy(ref, options)
+    from composefs.oci.registry import RegistryImageSource
+
+    return RegistryImageSource(
+        ref.name,
+        credentials=options.credentials,
+        authfile=options.authfile,
+        tls_verify=options.tls_verify,
+        cancel=options.cancel,
+    )
+
+
+def _open_proxy(ref: ImageReference, options: SourceOptions) -> ImageSource:
     """Every transport skopeo knows, through its image proxy."""
     try:
         from composefs.oci import proxy
@@ -300,14 +339,25 @@ def _open_proxy(ref: ImageReference, platform: str | None) -> ImageSource:
         raise PullError(
             f"the {ref.transport}: transport needs the skopeo image proxy client"
         ) from e
-    return proxy.ProxyImageSource(ref.for_skopeo(), platform=platform)
+    extra: list[str] = []
+    if ref.transport == "docker":
+        if options.tls_verify is not None:
+            extra.append(f"--tls-verify={'true' if options.tls_verify else 'false'}")
+        if options.authfile is not None:
+            extra.append(f"--authfile={options.authfile}")
+        if options.credentials is not None:
+            creds = options.credentials
+            extra.append(f"--creds={creds.username}:{creds.password}")
+    if extra:
+        return proxy.ProxyImageSource(ref.for_skopeo(), platform=options.platform, extra_args=extra)
+    return proxy.ProxyImageSource(ref.for_skopeo(), platform=options.platform)
 
 
 #: canonical transport name (:data:`composefs.oci.reference.TRANSPORTS`) -> how to open it; a
 #: new transport is a module with a factory plus one line here
 SOURCES: dict[str, SourceFactory] = {
     "oci": _open_layout,
-    "docker": _open_proxy,
+    "docker": _open_registry,
     "oci-archive": _open_proxy,
     "docker-archive": _open_proxy,
     "containers-storage": _open_proxy,
@@ -316,13 +366,20 @@ SOURCES: dict[str, SourceFactory] = {
 }
 
 
-def open_source(ref: ImageReference, platform: str | None = None) -> ImageSource:
+def open_source(
+    ref: ImageReference, platform: str | None = None, options: SourceOptions | None = None
+) -> ImageSource:
     """The :class:`~composefs.oci.source.ImageSource` for ``ref``'s transport (:data:`SOURCES`):
-    a :class:`LayoutSource` for ``oci:``, skopeo's image proxy for everything else."""
+    a :class:`LayoutSource` for ``oci:``, a
+    :class:`~composefs.oci.registry.RegistryImageSource` for ``docker://``, skopeo's image
+    proxy for the rest. ``platform`` overrides ``options.platform``."""
     factory = SOURCES.get(ref.transport)
     if factory is None:
         raise PullError(f"no image source for the {ref.transport}: transport")
-    return factory(ref, platform)
+    options = options or SourceOptions()
+    if platform is not None:
+        options = dataclasses.replace(options, platform=platform)
+    return factory(ref, options)
 
 
 def _source_context(ref: ImageReference) -> str:
@@ -343,6 +400,10 @@ def pull(
     *,
     threads: int = 0,
     cancel: threading.Event | None = None,
+    auth: Credentials | None = None,
+    authfile: str | None = None,
+    tls_verify: bool | None = None,
+    via_skopeo: bool = False,
 ) -> PullResult:
     """Pulls ``ref`` (``oci:PATH[:TAG]``, ``oci:PATH@sha256:...``, ``docker://...``, ...).
 
@@ -356,10 +417,23 @@ def pull(
     the EROFS step and blob copies too. A :class:`KeyboardInterrupt` in the calling thread
     sets it for the workers and propagates at once. Nothing is tagged then; what was stored
     is consistent (objects and links are written atomically) and left for ``gc``.
+
+    Registries (``docker://``): ``auth`` are the credentials (default: looked up in the auth
+    files as containers-auth.json(5) says, ``authfile`` first); ``tls_verify=False`` skips
+    certificate checks and allows plain HTTP for this pull; ``via_skopeo`` reads the image
+    through skopeo's image proxy instead of natively (as the other transports are).
     """
     stop = _Stop(cancel)
+    options = SourceOptions(
+        platform=platform,
+        credentials=auth,
+        authfile=authfile,
+        tls_verify=tls_verify,
+        via_skopeo=via_skopeo,
+        cancel=stop.is_set,
+    )
     try:
-        return _pull(repo, ref, name, platform, progress, threads, stop)
+        return _pull(repo, ref, name, options, progress, threads, stop)
     except BaseException:
         stop.set()  # stop every worker still running, whatever the error
         raise
@@ -369,11 +443,12 @@ def _pull(
     repo: Repository,
     ref: str,
     name: str | None,
-    platform: str | None,
+    options: SourceOptions,
     progress: ProgressCallback | None,
     threads: int,
     cancel: _Stop,
 ) -> PullResult:
+    platform = options.platform
     repo.ensure_writable()
     if name is not None and name.startswith("@"):
         raise PullError(
@@ -388,16 +463,16 @@ def _pull(
     emit = progress or _no_progress
     with contextlib.ExitStack() as stack:
         try:
-            source = open_source(image_ref, platform)
+            source = open_source(image_ref, options=options)
             stack.callback(source.close)
             resolved = source.resolve(platform)
             _check_cancel(cancel)
             result = _import(repo, source, resolved, image_ref, emit, threads, cancel)
         except PullCancelled:
             raise
-        except ComposefsError as e:
-            raise PullError(_source_context(image_ref)) from e
-        except OSError as e:
+        except (ComposefsError, OSError) as e:
+            if cancel.requested():  # a transfer stopped by the caller's cancel
+                raise PullCancelled("cancelled") from e
             raise PullError(_source_context(image_ref)) from e
     _faults.point("manifest-stored")
     stored_verity = result.manifest_verity
@@ -609,9 +684,8 @@ def _import_layers(
             return _import_one(repo, source, desc, diff_id, artifact, emit, threads, cancel)
         except PullCancelled:
             raise
-        except ComposefsError as e:
-            raise PullError(f"Failed to import layer {desc.digest}") from e
-        except OSError as e:
+        except (ComposefsError, OSError) as e:
+            _check_cancel(cancel)  # a transfer stopped by the cancel flag: PullCancelled
             raise PullError(f"Failed to import layer {desc.digest}") from e
 
     # not a ``with`` block: on Ctrl-C the main thread must not first wait for every layer

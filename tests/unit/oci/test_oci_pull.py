@@ -419,25 +419,50 @@ def test_artifact_with_blob_layers(repo: Repository, tmp_path: Path) -> None:
 def test_proxy_transports_use_the_proxy_source(
     repo: Repository, layout: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Everything but ``oci:`` goes to ``composefs.oci.proxy.ProxyImageSource(ref, platform=)``."""
-    calls: list[tuple[str, str | None]] = []
+    """Everything but ``oci:`` and ``docker://`` goes to
+    ``composefs.oci.proxy.ProxyImageSource(ref, platform=)``; ``docker://`` too with
+    ``via_skopeo``, with the registry options as skopeo's flags."""
+    calls: list[tuple[str, str | None, tuple[str, ...]]] = []
 
     class FakeProxySource(LayoutSource):
-        def __init__(self, ref: str, *, platform: str | None = None) -> None:
-            calls.append((ref, platform))
+        def __init__(
+            self, ref: str, *, platform: str | None = None, extra_args: tuple[str, ...] = ()
+        ) -> None:
+            calls.append((ref, platform, tuple(extra_args)))
             super().__init__(parse_layout_name(f"{layout['path']}:multi"))
 
     fake = type(sys)("composefs.oci.proxy")
     fake.ProxyImageSource = FakeProxySource  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "composefs.oci.proxy", fake)
     monkeypatch.setattr(oci, "proxy", fake, raising=False)
-    result = oci.pull(repo, "registry:example.com/img:1", platform=f"linux/{OTHER}")
-    assert calls == [("docker://example.com/img:1", f"linux/{OTHER}")]
+    result = oci.pull(
+        repo, "registry:example.com/img:1", platform=f"linux/{OTHER}", via_skopeo=True
+    )
+    assert calls == [("docker://example.com/img:1", f"linux/{OTHER}", ())]
     assert result.manifest_digest == layout["other"]["digest"]
+    calls.clear()
+    oci.pull(
+        repo,
+        "docker://example.com/img:1",
+        platform=f"linux/{OTHER}",
+        via_skopeo=True,
+        tls_verify=False,
+        authfile="/a.json",
+    )
+    assert calls == [
+        (
+            "docker://example.com/img:1",
+            f"linux/{OTHER}",
+            ("--tls-verify=false", "--authfile=/a.json"),
+        )
+    ]
+    calls.clear()
+    oci.pull(repo, "oci-archive:/a.tar", platform=f"linux/{OTHER}", tls_verify=False)
+    assert calls == [("oci-archive:/a.tar", f"linux/{OTHER}", ())]
     monkeypatch.setitem(sys.modules, "composefs.oci.proxy", None)
     monkeypatch.delattr(oci, "proxy")
     with pytest.raises(PullError) as e:
-        oci.pull(repo, "docker://example.com/img:1")
+        oci.pull(repo, "docker://example.com/img:1", via_skopeo=True)
     assert _chain(e.value)[:2] == [
         "Unable to pull container image docker://example.com/img:1",
         "the docker: transport needs the skopeo image proxy client",
