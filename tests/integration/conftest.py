@@ -2,7 +2,8 @@
 
 The registry is Debian's ``docker-registry`` (the distribution registry v2), run on 127.0.0.1 with
 a free port, plain HTTP, no auth and a temporary filesystem storage; it is stopped at the end of
-the session. Images are pushed into it with ``skopeo copy``.
+the session. Images are pushed into it with ``skopeo copy``. ``tls_registry`` is a second one
+serving HTTPS with a certificate signed by a CA the fixture makes (``openssl``).
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from support import tool
+from support import run, tool
 from support.registry import (
     OCI_INDEX,
     Blob,
@@ -26,6 +29,7 @@ from support.registry import (
     MultiArchImage,
     OciImage,
     Registry,
+    TlsRegistry,
     image_files,
 )
 
@@ -79,7 +83,9 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, deadline: float) -> boo
         if proc.poll() is not None:
             return False
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
+            # the TLS registry's CA is not trusted here: only readiness is checked
+            context = ssl._create_unverified_context() if url.startswith("https:") else None
+            with urllib.request.urlopen(url, timeout=1, context=context) as response:
                 if response.status == 200:
                     return True
         except (urllib.error.URLError, OSError):
@@ -88,14 +94,13 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, deadline: float) -> boo
     return False
 
 
-@pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """Debian's ``docker-registry`` on 127.0.0.1 (plain HTTP, no auth), for the session."""
+def _start_registry(base: Path, http_extra: str = "") -> tuple[subprocess.Popen[bytes], int]:
+    """Starts ``docker-registry`` with its storage in ``base/storage`` on a free port
+    (``http_extra``: more lines of its ``http:`` section, indented by four spaces)."""
     binary = tool("docker-registry")
-    skopeo = tool("skopeo")
-    base = tmp_path_factory.mktemp("registry")
     storage = base / "storage"
-    storage.mkdir()
+    storage.mkdir(exist_ok=True)
+    scheme = "https" if "tls:" in http_extra else "http"
     for _attempt in range(5):
         port = _free_port()
         config = base / "config.yml"
@@ -111,7 +116,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
             "  delete:\n"
             "    enabled: true\n"
             "http:\n"
-            f"  addr: 127.0.0.1:{port}\n"
+            f"  addr: 127.0.0.1:{port}\n" + http_extra
         )
         with open(base / "registry.log", "wb") as log:
             proc = subprocess.Popen(
@@ -121,21 +126,97 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "OTEL_TRACES_EXPORTER": "none"},
             )
-        if _wait_ready(proc, f"http://127.0.0.1:{port}/v2/", time.monotonic() + 15):
-            break
+        if _wait_ready(proc, f"{scheme}://127.0.0.1:{port}/v2/", time.monotonic() + 15):
+            return proc, port
         proc.kill()
         proc.wait()
-    else:
-        log_text = (base / "registry.log").read_text(errors="replace")
-        pytest.fail(f"docker-registry did not start:\n{log_text}")
+    log_text = (base / "registry.log").read_text(errors="replace")
+    pytest.fail(f"docker-registry did not start:\n{log_text}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """Debian's ``docker-registry`` on 127.0.0.1 (plain HTTP, no auth), for the session."""
+    skopeo = tool("skopeo")
+    base = tmp_path_factory.mktemp("registry")
+    proc, port = _start_registry(base)
     registries_conf = base / "registries.conf"
     registries_conf.write_text(f'[[registry]]\nlocation = "127.0.0.1:{port}"\ninsecure = true\n')
     try:
-        yield Registry(f"127.0.0.1:{port}", storage, skopeo, registries_conf)
+        yield Registry(f"127.0.0.1:{port}", base / "storage", skopeo, registries_conf)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
+
+
+def _openssl(*args: str | Path) -> None:
+    run(tool("openssl"), *map(str, args))
+
+
+@pytest.fixture(scope="session")
+def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRegistry]:
+    """``docker-registry`` on 127.0.0.1 over HTTPS, its certificate (for the IP address
+    127.0.0.1) signed by a CA made here; the CA is trusted by nothing on the machine."""
+    skopeo = tool("skopeo")
+    base = tmp_path_factory.mktemp("tls-registry")
+    ca_key, ca_cert = base / "ca.key", base / "ca.crt"
+    key, csr, cert = base / "server.key", base / "server.csr", base / "server.crt"
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        ca_key,
+        "-out",
+        ca_cert,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=composefs test CA",
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        csr,
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    ext = base / "ext.cnf"
+    ext.write_text("subjectAltName = IP:127.0.0.1\nbasicConstraints = CA:FALSE\n")
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        ca_cert,
+        "-CAkey",
+        ca_key,
+        "-CAcreateserial",
+        "-out",
+        cert,
+        "-days",
+        "2",
+        "-extfile",
+        ext,
+    )
+    proc, port = _start_registry(base, f"  tls:\n    certificate: {cert}\n    key: {key}\n")
+    try:
+        yield TlsRegistry(f"127.0.0.1:{port}", base / "storage", skopeo, base / "unused", ca_cert)
+    finally:
+        _stop(proc)

@@ -27,7 +27,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import urllib3
 import urllib3.exceptions
@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 USER_AGENT: Final = "composefs-python"
+_M = TypeVar("_M", bound=urllib3.PoolManager)
 _MAX_REDIRECTS: Final = 10
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 
@@ -324,6 +325,16 @@ def _split_host_port(item: str) -> tuple[str, str]:
 # -- the client ------------------------------------------------------------------------------
 
 
+class _UnverifiedHTTPSPool(urllib3.HTTPSConnectionPool):
+    """The pool used when TLS verification is off on the user's request
+    (``--tls-verify=false``): it connects without urllib3's ``InsecureRequestWarning``,
+    which would only repeat, once per connection, what the user asked for."""
+
+    def _validate_conn(self, conn: Any) -> None:
+        if conn.is_closed:
+            conn.connect()
+
+
 class HttpClient:
     """Requests over one pool of connections (per proxy), with the :class:`RetryPolicy`.
 
@@ -349,13 +360,23 @@ class HttpClient:
         self._ssl_context = ssl_context
         self._maxsize = maxsize
         self._lock = threading.Lock()
-        self._direct = urllib3.PoolManager(
-            num_pools=8,
-            maxsize=maxsize,
-            ssl_context=ssl_context,
-            headers={"User-Agent": USER_AGENT},
+        self._direct = self._quiet(
+            urllib3.PoolManager(
+                num_pools=8,
+                maxsize=maxsize,
+                ssl_context=ssl_context,
+                headers={"User-Agent": USER_AGENT},
+            )
         )
         self._proxied: dict[str, urllib3.ProxyManager] = {}
+
+    def _quiet(self, manager: _M) -> _M:
+        if self._ssl_context.verify_mode == ssl.CERT_NONE:
+            manager.pool_classes_by_scheme = {
+                **manager.pool_classes_by_scheme,
+                "https": _UnverifiedHTTPSPool,
+            }
+        return manager
 
     def close(self) -> None:
         with self._lock:
@@ -380,13 +401,15 @@ class HttpClient:
                     user = urllib.parse.unquote(parts.username)
                     password = urllib.parse.unquote(parts.password or "")
                     headers = urllib3.make_headers(proxy_basic_auth=f"{user}:{password}")
-                manager = urllib3.ProxyManager(
-                    proxy,
-                    num_pools=8,
-                    maxsize=self._maxsize,
-                    proxy_headers=headers,
-                    ssl_context=self._ssl_context,
-                    headers={"User-Agent": USER_AGENT},
+                manager = self._quiet(
+                    urllib3.ProxyManager(
+                        proxy,
+                        num_pools=8,
+                        maxsize=self._maxsize,
+                        proxy_headers=headers,
+                        ssl_context=self._ssl_context,
+                        headers={"User-Agent": USER_AGENT},
+                    )
                 )
                 self._proxied[proxy] = manager
             return manager
@@ -519,8 +542,3 @@ def read_limited(response: urllib3.BaseHTTPResponse, limit: int) -> bytes | None
         if total > limit:
             return None
         chunks.append(chunk)
-
-
-def header_value(headers: Any, name: str) -> str | None:
-    value = headers.get(name)
-    return value if isinstance(value, str) else None

@@ -44,9 +44,8 @@ from composefs.oci.image import OciImage
 from composefs.oci.index import write_index
 from composefs.oci.layout import LayoutSource
 from composefs.oci.media_types import (
-    CONFIG_MEDIA_TYPE,
-    DOCKER_CONFIG_MEDIA_TYPE,
     DOCKER_MANIFEST_MEDIA_TYPE,
+    IMAGE_CONFIG_MEDIA_TYPES,
     INDEX_MEDIA_TYPE,
     LAYER_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPE,
@@ -534,7 +533,7 @@ def _check_manifest(resolved: ResolvedManifest) -> tuple[Descriptor, list[Descri
 
 def _diff_ids(config: Descriptor, raw: bytes, layers: Sequence[Descriptor]) -> list[str]:
     """``rootfs.diff_ids`` for image configs; the layer digests for anything else."""
-    if config.media_type not in (CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE):
+    if config.media_type not in IMAGE_CONFIG_MEDIA_TYPES:
         return [d.digest for d in layers]
     what = f"config {config.digest}"
     return config_diff_ids(parse_json_object(raw, what), what)
@@ -576,7 +575,7 @@ def _import(
             repo, resolved.digest, resolved.raw, config_digest, config_verity, layer_refs
         )
     platform = None
-    if config_desc.media_type == CONFIG_MEDIA_TYPE:
+    if config_desc.media_type in IMAGE_CONFIG_MEDIA_TYPES:
         with contextlib.suppress(DocumentError):
             platform = Platform.from_json(parse_json_object(config_raw, "config"))
     return PullResult(
@@ -637,7 +636,7 @@ def _import_config_and_layers(
         raise _missing(diff_ids[len(layers)], diff_ids[: len(layers)])
     if len(diff_ids) < len(layers):
         raise PullError(f"expected {len(layers)} layer refs but got {len(diff_ids)}")
-    artifact = config_desc.media_type not in (CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE)
+    artifact = config_desc.media_type not in IMAGE_CONFIG_MEDIA_TYPES
     if not artifact:
         for desc in layers:
             if desc.media_type not in LAYER_MEDIA_TYPES:

@@ -702,7 +702,9 @@ class _BlobRelay:
                 progressed = False
                 try:
                     while True:
-                        chunk = response.read(_CHUNK, decode_content=False)
+                        # what has arrived (up to 1 MiB), not a full MiB: bytes already
+                        # received are passed on before a cut or a stall
+                        chunk = response.read1(_CHUNK, decode_content=False)
                         if not chunk:
                             break
                         if skip:
@@ -741,18 +743,20 @@ class _BlobRelay:
     def _write(self, data: bytes) -> bool:
         """Writes all of ``data`` into the pipe; ``False`` when the reader has closed it."""
         view = memoryview(data)
-        poller = select.poll()
-        poller.register(self._write_fd, select.POLLOUT)
+        poller: select.poll | None = None
         while view:
-            if self._stopping():
-                raise TransferCancelled("cancelled")
-            if not poller.poll(50):
-                continue
             try:
-                n = os.write(self._write_fd, view)
-            except BlockingIOError:
+                view = view[os.write(self._write_fd, view) :]
                 continue
+            except BlockingIOError:
+                pass
             except BrokenPipeError:
                 return False
-            view = view[n:]
+            # the pipe is full: wait for the reader, looking at the stop flags
+            if self._stopping():
+                raise TransferCancelled("cancelled")
+            if poller is None:
+                poller = select.poll()
+                poller.register(self._write_fd, select.POLLOUT)
+            poller.poll(50)
         return True
