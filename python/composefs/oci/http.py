@@ -35,9 +35,11 @@ import urllib3.exceptions
 from composefs.errors import TransportError
 
 __all__ = [
+    "ConnectError",
     "HttpClient",
     "ProxySettings",
     "RetryPolicy",
+    "TlsError",
     "TransferCancelled",
     "describe_error",
     "parse_content_range",
@@ -49,6 +51,14 @@ USER_AGENT: Final = "composefs-python"
 _M = TypeVar("_M", bound=urllib3.PoolManager)
 _MAX_REDIRECTS: Final = 10
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+
+
+class TlsError(TransportError):
+    """The TLS handshake with the server failed (certificate, protocol): not retried."""
+
+
+class ConnectError(TransportError):
+    """The server could not be reached (refused, unreachable, name unknown, timed out)."""
 
 
 class TransferCancelled(TransportError):
@@ -162,21 +172,26 @@ def describe_error(error: BaseException) -> str:
             inner = nested
         if isinstance(inner, ssl.SSLCertVerificationError) and inner.verify_message:
             return f"TLS certificate verification failed: {inner.verify_message}"
+        if isinstance(inner, ssl.SSLError) and inner.reason in _NOT_TLS_REASONS:
+            return "TLS handshake failed: the server answered in plain HTTP, not TLS"
         if isinstance(inner, ssl.SSLError) and inner.reason:
             return f"TLS handshake failed: {inner.reason}"
         return f"TLS error: {inner}"
+    if isinstance(error, urllib3.exceptions.ProxyError):
+        cause = getattr(error, "original_error", None)
+        return "proxy error" + (f": {describe_error(cause)}" if cause is not None else "")
+    # (urllib3 2: NameResolutionError < NewConnectionError < ConnectTimeoutError)
+    if isinstance(error, urllib3.exceptions.NameResolutionError):
+        return "cannot resolve the host name"
+    os_error = _find_os_error(error)
+    if isinstance(error, urllib3.exceptions.NewConnectionError) and os_error:
+        return f"connection failed: {os_error}"
     if isinstance(error, urllib3.exceptions.ConnectTimeoutError):
         return "connection timed out"
     if isinstance(error, urllib3.exceptions.ReadTimeoutError | TimeoutError):
         return "timed out waiting for data"
-    if isinstance(error, urllib3.exceptions.NameResolutionError):
-        return "cannot resolve the host name"
-    if isinstance(error, urllib3.exceptions.ProxyError):
-        cause = error.original_error if hasattr(error, "original_error") else None
-        return "proxy error" + (f": {describe_error(cause)}" if cause is not None else "")
-    os_error = _find_os_error(error)
     if isinstance(error, urllib3.exceptions.NewConnectionError):
-        return "connection failed" + (f": {os_error}" if os_error else "")
+        return "connection failed"
     if isinstance(error, urllib3.exceptions.ProtocolError):
         if os_error:
             return f"connection broken: {os_error}"
@@ -186,6 +201,10 @@ def describe_error(error: BaseException) -> str:
     if os_error:
         return os_error
     return type(error).__name__
+
+
+#: OpenSSL's reasons for a reply that is not TLS at all (3.0; 3.2 and later)
+_NOT_TLS_REASONS: Final = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE"})
 
 
 def _find_os_error(error: BaseException) -> str:
@@ -200,6 +219,16 @@ def _find_os_error(error: BaseException) -> str:
                 return arg.strerror
         current = current.__cause__ or current.__context__
     return ""
+
+
+def _error_class(error: BaseException) -> type[TransportError]:
+    if isinstance(error, urllib3.exceptions.SSLError | ssl.SSLError):
+        return TlsError
+    if isinstance(error, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ProxyError):
+        return ConnectError
+    if isinstance(error, urllib3.exceptions.ConnectTimeoutError):
+        return ConnectError
+    return TransportError
 
 
 def _retryable_error(error: BaseException) -> bool:
@@ -451,7 +480,9 @@ class HttpClient:
                 raise
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 if not _retryable_error(e) or attempt >= self.policy.tries:
-                    raise self.failure(method, url, describe_error(e), attempt) from e
+                    cls = _error_class(e)
+                    # the description is the error: urllib3's own text adds object reprs
+                    raise self.failure(method, url, describe_error(e), attempt, cls) from None
                 self.wait(self.policy.delay(attempt))
                 continue
             if retryable_status(response.status):
@@ -465,9 +496,17 @@ class HttpClient:
                 continue
             return response
 
-    def failure(self, method: str, url: str, why: str, tries: int) -> TransportError:
+    def failure(
+        self,
+        method: str,
+        url: str,
+        why: str,
+        tries: int,
+        cls: type[TransportError] = TransportError,
+    ) -> TransportError:
+        """``METHOD URL: why[ after N tries]`` (the URL without its query)."""
         suffix = f" after {tries} tries" if tries > 1 else ""
-        return TransportError(f"{method} {safe_url(url)}: {why}{suffix}")
+        return cls(f"{method} {safe_url(url)}: {why}{suffix}")
 
     def _send(
         self, method: str, url: str, headers: Mapping[str, str], body: bytes | None

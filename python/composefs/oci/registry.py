@@ -54,9 +54,11 @@ from composefs.oci.documents import (
     quote,
 )
 from composefs.oci.http import (
+    ConnectError,
     HttpClient,
     ProxySettings,
     RetryPolicy,
+    TlsError,
     TransferCancelled,
     describe_error,
     parse_content_range,
@@ -268,6 +270,10 @@ class RegistryImageSource:
             return self._base
 
     def _ping(self) -> str:
+        """``GET /v2/`` over https; with ``tls_verify=False`` over plain http when https
+        reached the server but failed (a TLS error or an error status), as containers/image
+        does for insecure registries. A refused connection is not tried again over http (the
+        same port would refuse it too)."""
         endpoint = self.ref.endpoint
         what = f"pinging container registry {self.ref.registry}"
         try:
@@ -275,22 +281,29 @@ class RegistryImageSource:
             return f"https://{endpoint}"
         except TransferCancelled:
             raise
+        except TlsError as e:
+            if not self._insecure:
+                if "plain HTTP" in str(e):
+                    hint = (
+                        "the registry speaks plain HTTP: pull with --tls-verify=false to allow it"
+                    )
+                else:
+                    hint = (
+                        f"put the CA that signed its certificate in certs.d/{self.ref.registry}/"
+                        "ca.crt, or pull with --tls-verify=false"
+                    )
+                raise TransportError(f"{what} ({hint})") from e
+            https_error: TransportError = e
+        except ConnectError as e:
+            raise TransportError(what) from e
         except TransportError as e:
             if not self._insecure:
-                cause = e.__cause__
-                if isinstance(cause, urllib3.exceptions.SSLError):
-                    hint = (
-                        "if the registry speaks plain HTTP, or to skip certificate checks, "
-                        "pull with --tls-verify=false; to trust its CA, put it in "
-                        f"certs.d/{self.ref.registry}/ca.crt"
-                    )
-                    raise TransportError(f"{what} ({hint})") from e
                 raise TransportError(what) from e
             https_error = e
         try:
             self._ping_one(f"http://{endpoint}")
         except TransportError as e:
-            raise TransportError(f"{what} (https: {https_error}; plain http: {e})") from https_error
+            raise TransportError(f"{what}: over https, {https_error}") from e
         return f"http://{endpoint}"
 
     def _ping_one(self, base: str) -> None:
@@ -323,7 +336,7 @@ class RegistryImageSource:
                 response.status, {k.lower(): v for k, v in response.headers.items()}, data
             )
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise self._client.failure(method, url, describe_error(e), 1) from e
+            raise self._client.failure(method, url, describe_error(e), 1) from None
         finally:
             response.release_conn()
 
@@ -383,6 +396,32 @@ class RegistryImageSource:
             return AuthenticationError(message)
         return TransportError(message)
 
+    def _get_small(
+        self,
+        path: str,
+        headers: Mapping[str, str],
+        limit: int,
+        status_error: Callable[[urllib3.BaseHTTPResponse, str], Exception],
+    ) -> tuple[bytes | None, Mapping[str, str]]:
+        """The body of ``GET path`` (``None`` when larger than ``limit``) and the response
+        headers; a body cut off is fetched again (the retry policy's tries)."""
+        failures = 0
+        while True:
+            response, url = self._get(path, headers)
+            try:
+                if response.status != 200:
+                    raise status_error(response, url)
+                try:
+                    return read_limited(response, limit), response.headers
+                except (urllib3.exceptions.HTTPError, OSError) as e:
+                    failures += 1
+                    if failures >= self._policy.tries:
+                        why = describe_error(e)
+                        raise self._client.failure("GET", url, why, failures) from None
+            finally:
+                response.release_conn()
+            self._client.wait(self._policy.delay(failures))
+
     # -- manifests ------------------------------------------------------------------------------
 
     def _fetch_manifest(
@@ -391,20 +430,14 @@ class RegistryImageSource:
         """``(raw, media type, sha256 digest)`` of the manifest or index ``reference``."""
         limit = SIZE_LIMITS["manifest"]
         path = f"/v2/{self.ref.repository}/manifests/{reference}"
-        response, url = self._get(path, {"Accept": ACCEPT})
-        try:
-            if response.status != 200:
-                raise self._status_error(response, url, what, tag=tag)
-            try:
-                raw = read_limited(response, limit)
-            except (urllib3.exceptions.HTTPError, OSError) as e:
-                raise self._client.failure("GET", url, describe_error(e), 1) from e
-            if raw is None:
-                raise RegistryError(f"{what} is too large (more than {limit} bytes)")
-            header_digest = response.headers.get("Docker-Content-Digest")
-            content_type = response.headers.get("Content-Type", "")
-        finally:
-            response.release_conn()
+        found, headers = self._get_small(
+            path, {"Accept": ACCEPT}, limit, lambda r, u: self._status_error(r, u, what, tag=tag)
+        )
+        if found is None:
+            raise RegistryError(f"{what} is too large (more than {limit} bytes)")
+        raw = found
+        header_digest = headers.get("Docker-Content-Digest")
+        content_type = headers.get("Content-Type", "")
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
         if reference.startswith("sha256:") and digest != reference:
             raise RegistryDigestMismatch(
@@ -501,20 +534,15 @@ class RegistryImageSource:
             raise RegistryError(context) from RegistryError(
                 f"blob is too large ({descriptor.size} bytes, the limit is {limit})"
             )
-        response, url = self._get(self._blob_path(descriptor))
         try:
-            if response.status != 200:
-                raise RegistryError(context) from self._status_error(
-                    response, url, f"blob {descriptor.digest}", blob=True
-                )
-            try:
-                data = read_limited(response, descriptor.size)
-            except (urllib3.exceptions.HTTPError, OSError) as e:
-                raise RegistryError(context) from self._client.failure(
-                    "GET", url, describe_error(e), 1
-                )
-        finally:
-            response.release_conn()
+            data, _ = self._get_small(
+                self._blob_path(descriptor),
+                {},
+                descriptor.size,
+                lambda r, u: self._status_error(r, u, f"blob {descriptor.digest}", blob=True),
+            )
+        except (RegistryError, TransportError) as e:
+            raise type(e)(context) from e
         if data is None:
             raise RegistryDigestMismatch(context) from RegistryDigestMismatch(
                 f"the blob is larger than its descriptor's {descriptor.size} bytes"
@@ -727,7 +755,7 @@ class _BlobRelay:
                         raise TransferCancelled("cancelled") from None
                     failures = 1 if progressed else failures + 1
                     if failures >= policy.tries:
-                        raise client.failure("GET", url, describe_error(e), failures) from e
+                        raise client.failure("GET", url, describe_error(e), failures) from None
                     client.wait(policy.delay(failures))
                     continue
             finally:
