@@ -12,6 +12,8 @@ import pytest
 # group -> name -> median seconds
 MEDIANS: dict[str, dict[str, float]] = {}
 REFERENCES: dict[str, str] = {}
+#: more lines for the summary (e.g. peak RSS figures)
+NOTES: list[str] = []
 
 
 def record(group: str, name: str, median: float, *, reference: bool = False) -> None:
@@ -47,6 +49,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not MEDIANS:
         return
     tr = terminalreporter
+    for line in NOTES:
+        tr.write_line(line)
     tr.section("medians and speed ratios against the reference (higher is faster)")
     for group, results in MEDIANS.items():
         ref_name = REFERENCES.get(group)

@@ -1,0 +1,172 @@
+"""``oci pull docker://`` from a loopback registry: our native registry client against
+``cfsctl oci pull`` (skopeo underneath: the reference), our skopeo path, and
+``skopeo copy docker://... dir:`` (which only downloads and checks digests).
+
+The image: 6 gzip layers of ~80 MiB of tar each (a 60 MiB file of random bytes plus 2,000
+files of 10 KiB, half random and half text), about 370 MB of gzip in all, pushed into Debian's
+``docker-registry`` on 127.0.0.1 (plain HTTP; cfsctl is given a registries.conf marking it
+insecure). Each round pulls into a new repository on tmpfs (``init`` included for both tools).
+Every row runs a command in a subprocess, so the peak RSS of each is measured
+(``wait4``) and printed with the medians.
+
+Goals (issue 11): native >= 2x cfsctl, no slower than ``skopeo copy ... dir:``, peak RSS of
+ours < 200 MB.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from composefs.oci.platform import host_platform
+from composefs.testing import LayoutWriter, TarBuilder
+
+# how the integration tests start Debian's docker-registry on 127.0.0.1
+from integration.conftest import _start_registry, _stop
+from support import tool
+from support.registry import Registry
+
+GROUP = "pull docker:// 6x80MiB gzip layers (loopback registry)"
+LAYERS = 6
+#: command -> its largest peak RSS over the rounds (KiB)
+PEAK_RSS: dict[str, int] = {}
+
+
+def _layer(rng: random.Random, n: int) -> bytes:
+    t = TarBuilder(mtime=1_700_000_000 + n)
+    t.dir("usr")
+    t.dir(f"usr/l{n}")
+    text = b"composefs registry benchmark, a line of fairly compressible text\n" * 64
+    t.file(f"usr/l{n}/big", rng.randbytes(60 << 20))
+    for i in range(2000):
+        t.file(f"usr/l{n}/s{i}", rng.randbytes(5 << 10) + text[: 5 << 10])
+    return t.build()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A loopback registry for this module (plain HTTP; a registries.conf marks it insecure
+    for cfsctl's skopeo)."""
+    skopeo = tool("skopeo")
+    base = tmp_path_factory.mktemp("registry")
+    proc, port = _start_registry(base)
+    conf = base / "registries.conf"
+    conf.write_text(f'[[registry]]\nlocation = "127.0.0.1:{port}"\ninsecure = true\n')
+    try:
+        yield Registry(f"127.0.0.1:{port}", base / "storage", skopeo, conf)
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def image(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    path = tmp_path_factory.mktemp("bench") / "layout"
+    rng = random.Random(11)
+    w = LayoutWriter(path)
+    layers = [w.layer(_layer(rng, n), "gzip") for n in range(LAYERS)]
+    w.write_index([w.tagged(w.image(layers, architecture=host_platform().architecture), "t")])
+    ref = registry.push(f"oci:{path}:t", "bench:t")
+    shutil.rmtree(path)
+    yield ref
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Iterator[Callable[[], Path]]:
+    """A new path per round, on tmpfs when there is one (both tools ``syncfs``)."""
+    shm = Path("/dev/shm")
+    base = (
+        Path(tempfile.mkdtemp(prefix="composefs-registry-bench-", dir=shm))
+        if shm.is_dir()
+        else tmp_path
+    )
+    counter = itertools.count()
+    os.sync()
+    yield lambda: base / f"r{next(counter)}"
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _run(name: str, argv: list[str | os.PathLike[str]], env: dict[str, str] | None = None) -> bytes:
+    """Runs ``argv``, records its peak RSS (``wait4``), returns its stdout (it must succeed)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([os.fspath(a) for a in argv], stdout=out, stderr=err, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        PEAK_RSS[name] = max(PEAK_RSS.get(name, 0), usage.ru_maxrss)
+        err.seek(0)
+        assert proc.returncode == 0, err.read().decode(errors="replace")
+        out.seek(0)
+        return out.read()
+
+
+def _cli(repo: Path, *args: str) -> list[str | os.PathLike[str]]:
+    return [sys.executable, "-m", "composefs.cli", "--repo", repo, *args]
+
+
+def test_cfsctl_pull(
+    measure: Any, image: str, registry: Registry, fresh: Callable[[], Path]
+) -> None:
+    cfsctl = tool("cfsctl")
+    env = {**os.environ, "CONTAINERS_REGISTRIES_CONF": str(registry.registries_conf)}
+
+    def pull() -> bytes:
+        repo = fresh()
+        subprocess.run([cfsctl, "--repo", repo, "init", "--insecure", repo], check=True,
+                       capture_output=True)  # fmt: skip
+        return _run("cfsctl", [cfsctl, "--repo", repo, "oci", "pull", image], env)
+
+    out = measure(GROUP, "cfsctl oci pull docker:// (skopeo)", pull, rounds=3, reference=True)
+    assert out.startswith(b"manifest sha256:")
+
+
+def _ours(image: str, fresh: Callable[[], Path], name: str, *extra: str) -> Callable[[], bytes]:
+    env = {**os.environ, "COMPOSEFS_BACKEND": "native"}
+
+    def pull() -> bytes:
+        repo = fresh()
+        subprocess.run(_cli(repo, "init", "--insecure"), check=True, capture_output=True, env=env)
+        return _run(name, _cli(repo, "oci", "pull", image, "--tls-verify=false", *extra), env)
+
+    return pull
+
+
+def test_ours_native(measure: Any, image: str, fresh: Callable[[], Path]) -> None:
+    pull = _ours(image, fresh, "native")
+    out = measure(GROUP, "composefs oci pull docker:// (native)", pull, rounds=5)
+    assert out.startswith(b"manifest sha256:")
+
+
+def test_ours_via_skopeo(measure: Any, image: str, fresh: Callable[[], Path]) -> None:
+    pull = _ours(image, fresh, "via-skopeo", "--via-skopeo")
+    out = measure(GROUP, "composefs oci pull --via-skopeo", pull, rounds=3)
+    assert out.startswith(b"manifest sha256:")
+
+
+def test_skopeo_copy_dir(measure: Any, image: str, fresh: Callable[[], Path]) -> None:
+    skopeo = tool("skopeo")
+
+    def copy() -> bytes:
+        return _run(
+            "skopeo-copy",
+            [skopeo, "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false", image,
+             f"dir:{fresh()}"],
+        )  # fmt: skip
+
+    measure(GROUP, "skopeo copy docker:// dir: (download only)", copy, rounds=3)
+
+
+def test_peak_rss(image: str) -> None:
+    """Adds the peak RSS of every command to the summary (the largest over its rounds)."""
+    from conftest import NOTES
+
+    for name, kib in sorted(PEAK_RSS.items()):
+        NOTES.append(f"peak RSS {name}: {kib / 1024:.0f} MiB")
