@@ -25,7 +25,7 @@ import io
 import json
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 from composefs import _faults, splitstream
@@ -339,17 +339,39 @@ def _open_proxy(ref: ImageReference, options: SourceOptions) -> ImageSource:
             f"the {ref.transport}: transport needs the skopeo image proxy client"
         ) from e
     extra: list[str] = []
-    if ref.transport == "docker":
-        if options.tls_verify is not None:
-            extra.append(f"--tls-verify={'true' if options.tls_verify else 'false'}")
-        if options.authfile is not None:
-            extra.append(f"--authfile={options.authfile}")
-        if options.credentials is not None:
-            creds = options.credentials
-            extra.append(f"--creds={creds.username}:{creds.password}")
-    if extra:
-        return proxy.ProxyImageSource(ref.for_skopeo(), platform=options.platform, extra_args=extra)
-    return proxy.ProxyImageSource(ref.for_skopeo(), platform=options.platform)
+    with contextlib.ExitStack() as stack:
+        if ref.transport == "docker":
+            if options.tls_verify is not None:
+                extra.append(f"--tls-verify={'true' if options.tls_verify else 'false'}")
+            if options.credentials is not None:
+                # an auth file of our own (mode 0600, removed once skopeo has read it at
+                # OpenImage) rather than --creds, which other users could read in ps
+                path = stack.enter_context(_auth_file(ref, options.credentials))
+                extra.append(f"--authfile={path}")
+            elif options.authfile is not None:
+                extra.append(f"--authfile={options.authfile}")
+        if extra:
+            return proxy.ProxyImageSource(
+                ref.for_skopeo(), platform=options.platform, extra_args=extra
+            )
+        return proxy.ProxyImageSource(ref.for_skopeo(), platform=options.platform)
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _auth_file(ref: ImageReference, credentials: Credentials) -> Iterator[str]:
+    """A temporary containers-auth.json with ``credentials`` for ``ref``'s registry."""
+    import base64
+    import tempfile
+
+    from composefs.oci.docker_reference import parse_docker_reference
+
+    registry = parse_docker_reference(ref.name).registry
+    token = base64.b64encode(f"{credentials.username}:{credentials.password}".encode()).decode()
+    with tempfile.NamedTemporaryFile("w", prefix="composefs-auth-", suffix=".json") as f:
+        json.dump({"auths": {registry: {"auth": token}}}, f)
+        f.flush()
+        yield f.name
 
 
 #: canonical transport name (:data:`composefs.oci.reference.TRANSPORTS`) -> how to open it; a

@@ -717,7 +717,7 @@ class _BlobRelay:
                     self.resumed += 1
                     if response.status == 206:
                         span = parse_content_range(response.headers.get("Content-Range"))
-                        if span is None or span[0] != start:
+                        if span is None or span[0] != start or span[2] not in (None, desc.size):
                             shown = quote(str(response.headers.get("Content-Range"))[:100])
                             raise TransportError(
                                 f"GET {safe_url(url)}: asked for bytes {start}-, got the range "

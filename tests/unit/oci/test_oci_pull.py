@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -16,6 +17,7 @@ import pytest
 from composefs import _backend, oci, splitstream
 from composefs.errors import ComposefsError, RepositoryNotWritable
 from composefs.oci import image as oci_image
+from composefs.oci.auth import Credentials
 from composefs.oci.layout import LayoutSource
 from composefs.oci.platform import host_platform, parse_platform
 from composefs.oci.pull import ImportStats, PullError, PullEvent, human_bytes
@@ -423,12 +425,16 @@ def test_proxy_transports_use_the_proxy_source(
     ``composefs.oci.proxy.ProxyImageSource(ref, platform=)``; ``docker://`` too with
     ``via_skopeo``, with the registry options as skopeo's flags."""
     calls: list[tuple[str, str | None, tuple[str, ...]]] = []
+    auth_files: list[str] = []
 
     class FakeProxySource(LayoutSource):
         def __init__(
             self, ref: str, *, platform: str | None = None, extra_args: tuple[str, ...] = ()
         ) -> None:
             calls.append((ref, platform, tuple(extra_args)))
+            for arg in extra_args:  # read while skopeo would (OpenImage, in the constructor)
+                if arg.startswith("--authfile=/tmp"):
+                    auth_files.append(Path(arg.removeprefix("--authfile=")).read_text())
             super().__init__(parse_layout_name(f"{layout['path']}:multi"))
 
     fake = type(sys)("composefs.oci.proxy")
@@ -456,6 +462,20 @@ def test_proxy_transports_use_the_proxy_source(
             ("--tls-verify=false", "--authfile=/a.json"),
         )
     ]
+    calls.clear()
+    # credentials reach skopeo in an auth file of ours, never on its command line
+    oci.pull(
+        repo,
+        "docker://img:1",
+        platform=f"linux/{OTHER}",
+        via_skopeo=True,
+        auth=Credentials("me", "s3cret"),
+    )
+    assert "s3cret" not in repr(calls)
+    assert json.loads(auth_files[0]) == {
+        "auths": {"docker.io": {"auth": base64.b64encode(b"me:s3cret").decode()}}
+    }
+    assert not Path(calls[0][2][0].removeprefix("--authfile=")).exists()
     calls.clear()
     oci.pull(repo, "oci-archive:/a.tar", platform=f"linux/{OTHER}", tls_verify=False)
     assert calls == [("oci-archive:/a.tar", f"linux/{OTHER}", ())]
