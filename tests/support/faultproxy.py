@@ -122,10 +122,11 @@ class FaultProxy:
             head, _, _body = head.partition(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
             method, path, _version = lines[0].split(" ", 2)
-            headers: dict[str, str] = {}
+            pairs: list[tuple[str, str]] = []
             for line in lines[1:]:
                 name, _, value = line.partition(":")
-                headers[name.strip()] = value.strip()
+                pairs.append((name.strip(), value.strip()))
+            headers = dict(pairs)  # for the record (a repeated header keeps its last value)
             with self._lock:
                 self.requests.append(Request(method, path, dict(headers)))
             fault = self._take(path)
@@ -138,15 +139,15 @@ class FaultProxy:
                 with contextlib.suppress(OSError):
                     client.sendall(response.encode())
                 return
-            forwarded = {
-                k: v
-                for k, v in headers.items()
+            forwarded = [
+                (k, v)
+                for k, v in pairs  # every header, repeated ones too (skopeo sends several Accept)
                 if k.lower() != "connection"
                 and not (fault is not None and fault.strip_range and k.lower() == "range")
-            }
-            forwarded["Connection"] = "close"
+            ]
+            forwarded.append(("Connection", "close"))
             request = f"{method} {path} HTTP/1.1\r\n" + "".join(
-                f"{k}: {v}\r\n" for k, v in forwarded.items()
+                f"{k}: {v}\r\n" for k, v in forwarded
             )
             try:
                 upstream = socket.create_connection(self.upstream, timeout=10)
