@@ -105,13 +105,40 @@ def fresh(tmp_path: Path) -> Iterator[Callable[[], Path]]:
     shutil.rmtree(base, ignore_errors=True)
 
 
+#: runs argv[2:] and writes the peak RSS (KiB) of that child (and the processes it waited for,
+#: such as cfsctl's skopeo) to fd argv[1]: the benchmark
+#: process itself is large, and a child forked from it inherits its resident pages until exec
+#: (counted in the child's peak RSS), so a small process starts the command
+_PEAK_RSS_WRAPPER = """
+import os, sys
+fd = int(sys.argv[1])
+closing = [(os.POSIX_SPAWN_CLOSE, fd)]
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ, file_actions=closing)
+_, status, usage = os.wait4(pid, 0)
+os.write(fd, str(usage.ru_maxrss).encode())
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _run(name: str, argv: list[str | os.PathLike[str]], env: dict[str, str] | None = None) -> bytes:
-    """Runs ``argv``, records its peak RSS (``wait4``), returns its stdout (it must succeed)."""
+    """Runs ``argv``, records its peak RSS, returns its stdout (it must succeed)."""
+    read_fd, write_fd = os.pipe()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([os.fspath(a) for a in argv], stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        PEAK_RSS[name] = max(PEAK_RSS.get(name, 0), usage.ru_maxrss)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-S", "-c", _PEAK_RSS_WRAPPER, str(write_fd)]
+                + [os.fspath(a) for a in argv],
+                stdout=out,
+                stderr=err,
+                env=env,
+                pass_fds=(write_fd,),
+            )
+        finally:
+            os.close(write_fd)
+        proc.wait()
+        with os.fdopen(read_fd, "rb") as r:
+            kib = int(r.read() or 0)
+        PEAK_RSS[name] = max(PEAK_RSS.get(name, 0), kib)
         _NOTES[f"peak RSS {name}"] = f"{PEAK_RSS[name] / 1024:.0f} MiB (largest of the rounds)"
         err.seek(0)
         assert proc.returncode == 0, err.read().decode(errors="replace")
