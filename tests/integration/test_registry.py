@@ -554,3 +554,21 @@ def test_cli_pull(tmp_path: Path, registry: Registry, pushed: str, no_skopeo: Pa
     assert err.startswith(f"Error: Unable to pull container image {pushed}\n")
     assert "--tls-verify=false" in err and "Traceback" not in err
     assert not no_skopeo.exists()
+
+
+def test_layers_above_8_mib_through_both_paths(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Layers are streamed, never capped like documents (the skopeo path capped them at the
+    8 MiB config limit)."""
+    w = ImageLayoutWriter(tmp_path / "layout")
+    big = TarBuilder().dir("usr").file("usr/big", os.urandom(9 << 20)).build()
+    manifest = w.image([w.layer(big, "gzip")], architecture=pulls.HOST)
+    w.write_index([w.tagged(manifest, "t")])
+    monkeypatch.setenv("PATH", os.environ["PATH"].split(os.pathsep, 1)[1])  # the real skopeo
+    ref = registry.push(f"oci:{tmp_path / 'layout'}:t", "big:t")
+    for via_skopeo in (False, True):
+        with new_repo(tmp_path / f"r{via_skopeo}") as repo:
+            result = oci.pull(repo, ref, "t", tls_verify=False, via_skopeo=via_skopeo)
+            assert result.manifest_digest == manifest["digest"]
+    assert tree(tmp_path / "rFalse") == tree(tmp_path / "rTrue")
