@@ -8,8 +8,8 @@ files of 10 KiB, half random and half text), about 370 MB of gzip in all, pushed
 insecure from ``$HOME/.config/containers/registries.conf`` (skopeo 1.9.3 ignores
 ``CONTAINERS_REGISTRIES_CONF``). Each round pulls into a new repository on tmpfs (``init``
 included for both tools).
-Every row runs a command in a subprocess, so the peak RSS of each is measured
-(``wait4``) and printed with the medians.
+Every row runs a command in a subprocess, so the peak RSS and the CPU time of each are
+measured (``wait4``) and printed with the medians.
 
 Goals (issue 11): native >= 2x cfsctl, no slower than ``skopeo copy ... dir:``, peak RSS of
 ours < 200 MB.
@@ -21,6 +21,7 @@ import itertools
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,8 @@ GROUP = "pull docker:// 6x80MiB gzip layers (loopback registry)"
 LAYERS = 6
 #: command -> its largest peak RSS over the rounds (KiB)
 PEAK_RSS: dict[str, int] = {}
+#: command -> CPU seconds of each round (robust where the wall time is not: a shared machine)
+CPU_SECONDS: dict[str, list[float]] = {}
 #: the summary's extra lines (the ``notes`` fixture's dict, set by :func:`_record_notes`)
 _NOTES: dict[str, str] = {}
 
@@ -115,7 +118,7 @@ fd = int(sys.argv[1])
 closing = [(os.POSIX_SPAWN_CLOSE, fd)]
 pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ, file_actions=closing)
 _, status, usage = os.wait4(pid, 0)
-os.write(fd, str(usage.ru_maxrss).encode())
+os.write(fd, f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}".encode())
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
@@ -137,9 +140,14 @@ def _run(name: str, argv: list[str | os.PathLike[str]], env: dict[str, str] | No
             os.close(write_fd)
         proc.wait()
         with os.fdopen(read_fd, "rb") as r:
-            kib = int(r.read() or 0)
-        PEAK_RSS[name] = max(PEAK_RSS.get(name, 0), kib)
-        _NOTES[f"peak RSS {name}"] = f"{PEAK_RSS[name] / 1024:.0f} MiB (largest of the rounds)"
+            kib_text, _, cpu_text = r.read().decode().partition(" ")
+        PEAK_RSS[name] = max(PEAK_RSS.get(name, 0), int(kib_text or 0))
+        CPU_SECONDS.setdefault(name, []).append(float(cpu_text or 0))
+        cpu = statistics.median(CPU_SECONDS[name])
+        _NOTES[f"{name}"] = (
+            f"peak RSS {PEAK_RSS[name] / 1024:.0f} MiB (largest of the rounds), "
+            f"CPU time (user + system, the process and what it waited for) median {cpu:.2f} s"
+        )
         err.seek(0)
         assert proc.returncode == 0, err.read().decode(errors="replace")
         out.seek(0)
