@@ -72,7 +72,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     for cfsctl's skopeo)."""
     skopeo = tool("skopeo")
     base = tmp_path_factory.mktemp("registry")
-    proc, port = _start_registry(base)
+    (base / "storage").mkdir()
+    proc, port = _start_registry(base, base / "storage")
     conf = base / "registries.conf"
     conf.write_text(f'[[registry]]\nlocation = "127.0.0.1:{port}"\ninsecure = true\n')
     try:

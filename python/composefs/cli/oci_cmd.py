@@ -68,6 +68,11 @@ def register(sub: Any) -> None:
         action="store_true",
         help="read docker:// through skopeo's image proxy instead of natively",
     )
+    p.add_argument(
+        "--referrers",
+        action="store_true",
+        help="also fetch the artifacts referring to the image (signatures, SBOMs)",
+    )
 
     p = add_command(inner, "images", "list the tagged images", cmd_images)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -107,6 +112,15 @@ def register(sub: Any) -> None:
         metavar="OS/ARCH[/VARIANT]",
         help="re-resolve the image's stored index for this platform",
     )
+
+    p = add_command(
+        inner,
+        "referrers",
+        "list the artifacts (signatures, SBOMs) referring to an image",
+        cmd_referrers,
+    )
+    p.add_argument("image", metavar="IMAGE", help="a tag, or @sha256:... (a manifest digest)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add_command(inner, "tag", "tag a manifest (or stored index) by digest", cmd_tag)
     p.add_argument("digest", metavar="DIGEST", type=_digest_arg, help="sha256:...")
@@ -208,6 +222,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 authfile=args.authfile,
                 tls_verify=args.tls_verify,
                 via_skopeo=args.via_skopeo,
+                referrers=args.referrers,
             )
         finally:
             if renderer is not None:
@@ -217,6 +232,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     print(f"verity   {result.manifest_verity.hex()}")
     print(f"tagged   {printable(name)}")
     print(f"objects  {result.stats}")
+    if args.referrers:
+        print(f"referrers {len(result.referrers)}")
     return 0
 
 
@@ -263,6 +280,28 @@ def cmd_images(args: argparse.Namespace) -> int:
             for row, erofs_id in zip(rows, erofs_ids, strict=True):
                 row.append(erofs_id[:12] if erofs_id else "-")
         print(render_table(header, rows))
+    return 0
+
+
+def cmd_referrers(args: argparse.Namespace) -> int:
+    from composefs.cli.repo_cmd import render_table
+    from composefs.oci import image
+    from composefs.oci.reference import parse_repo_reference
+
+    ref = parse_repo_reference(args.image)
+    with open_repo(args) as repo:
+        subject = image.OciImage.resolve(repo, ref)
+        found = []
+        for digest, verity in image.list_referrers(repo, subject.manifest_digest):
+            artifact = image.OciImage.open(repo, digest, verity)
+            found.append(artifact.referrer_info())
+    if args.json:
+        print(json_text({"subject": subject.manifest_digest, "referrers": found}, indent=2))
+    elif not found:
+        print(f"No referrers of {subject.manifest_digest}")
+    else:
+        rows = [[r["digest"], r["artifact_type"] or "-", str(r["size"])] for r in found]
+        print(render_table(["DIGEST", "ARTIFACT TYPE", "SIZE"], rows))
     return 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import email.utils
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from composefs.oci.http import (
 )
 from composefs.oci.registry import _error_codes, _error_detail
 from composefs.oci.tls import TlsConfigError, certs_dir_for, certs_roots, ssl_context
-from support import tool as find_tool
+from support.registry_auth import make_ca
 
 D = "sha256:" + "ab" * 32
 
@@ -256,15 +255,8 @@ def test_certs_roots(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def pem(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    openssl = find_tool("openssl")
-    base = tmp_path_factory.mktemp("pem")
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", base / "k",
-         "-out", base / "c", "-days", "1", "-subj", "/CN=t"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return {"key": (base / "k").read_bytes(), "cert": (base / "c").read_bytes()}
+    ca = make_ca(tmp_path_factory.mktemp("pem"))
+    return {"key": ca.key_path.read_bytes(), "cert": ca.cert_path.read_bytes()}
 
 
 def test_certs_directory(tmp_path: Path, pem: dict[str, bytes]) -> None:
