@@ -108,6 +108,9 @@ ACCEPT: Final = ", ".join(
 _CHUNK: Final = 1 << 20
 _ERROR_BODY_LIMIT: Final = 64 << 10
 _TOKEN_BODY_LIMIT: Final = 1 << 20
+#: 401 answers handled for one request (the authenticator refuses a second one for the same
+#: credentials itself; this only bounds a misbehaving one)
+_MAX_CHALLENGES: Final = 3
 #: manifests, indexes and configs kept once read (platform matching reads them twice)
 _CACHE_BUDGET: Final = 16 << 20
 
@@ -343,29 +346,27 @@ class RegistryImageSource:
     def _get(
         self, path: str, headers: Mapping[str, str] | None = None
     ) -> tuple[urllib3.BaseHTTPResponse, str]:
-        """``GET base/path`` with authentication (one retry after a ``401`` challenge)."""
+        """``GET base/path`` with authentication: each ``401`` goes to
+        :meth:`Authenticator.challenge <composefs.oci.auth.Authenticator.challenge>`, which
+        prepares the retry (a token, Basic credentials, a fresh token for an expired one) or
+        raises when no retry can help (a retry refused again: "credentials rejected")."""
         url = self.base_url + path
         scope = self.ref.scope
         extra = dict(headers or {})
-        response = self._client.request("GET", url, {**extra, **self._auth.headers(scope)})
-        if response.status != 401:
-            return response, url
-        challenge = response.headers.get("WWW-Authenticate")
-        response.drain_conn()
-        response.release_conn()
-        try:
-            self._auth.challenge(challenge, scope)
-        except AuthenticationError as e:
-            raise AuthenticationError(f"GET {safe_url(url)}: 401 Unauthorized") from e
-        response = self._client.request("GET", url, {**extra, **self._auth.headers(scope)})
-        if response.status == 401:
+        for _ in range(_MAX_CHALLENGES):
+            response = self._client.request("GET", url, {**extra, **self._auth.headers(scope)})
+            if response.status != 401:
+                return response, url
+            challenge = response.headers.get("WWW-Authenticate")
             response.drain_conn()
             response.release_conn()
-            raise AuthenticationError(
-                f"GET {safe_url(url)}: 401 Unauthorized (the registry refused the credentials "
-                f"for {self.ref.repository})"
-            )
-        return response, url
+            try:
+                self._auth.challenge(challenge, scope)
+            except AuthenticationError as e:
+                raise AuthenticationError(f"GET {safe_url(url)}: 401 Unauthorized") from e
+        raise AuthenticationError(
+            f"GET {safe_url(url)}: 401 Unauthorized after {_MAX_CHALLENGES} authentications"
+        )
 
     def _status_error(
         self,

@@ -3,7 +3,7 @@ reads them (``containers-certs.d(5)``).
 
 For a registry ``HOST[:PORT]`` the first of these directories that exists is used (only one):
 
-* ``~/.config/containers/certs.d/HOST[:PORT]/`` (when not running as root),
+* ``~/.config/containers/certs.d/HOST[:PORT]/`` (root's too: skopeo 1.9.3 reads it as root),
 * ``/etc/containers/certs.d/HOST[:PORT]/``,
 * ``/etc/docker/certs.d/HOST[:PORT]/``.
 
@@ -45,12 +45,8 @@ def certs_roots(env: Mapping[str, str] | None = None) -> list[Path]:
     override = env.get(CERTS_DIRS_ENV)
     if override is not None:
         return [Path(p) for p in override.split(os.pathsep) if p]
-    roots: list[Path] = []
-    if os.geteuid() != 0:
-        home = env.get("HOME") or os.path.expanduser("~")
-        roots.append(Path(home) / ".config/containers/certs.d")
-    roots += [Path(p) for p in _SYSTEM_ROOTS]
-    return roots
+    home = env.get("HOME") or os.path.expanduser("~")
+    return [Path(home) / ".config/containers/certs.d", *(Path(p) for p in _SYSTEM_ROOTS)]
 
 
 def certs_dir_for(host_port: str, roots: Sequence[Path]) -> Path | None:

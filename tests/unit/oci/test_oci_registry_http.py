@@ -133,17 +133,20 @@ def test_persistent_5xx_message_and_tries(servers: list[Server]) -> None:
 def test_401_goes_through_the_authenticator(
     servers: list[Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The stub authenticator (anonymous only) refuses: one clear error, no secret shown;
+    """The authenticator refuses (the token server says no): one clear error, no secret shown;
     an authenticator that answers the challenge gets the request retried with its header."""
     monkeypatch.setattr(registry_module, "DEFAULT_RETRY", FAST)
 
     def handle(h: http.server.BaseHTTPRequestHandler) -> None:
         if h.path == "/v2/":
             reply(h, 200)
+        elif h.path.startswith("/token"):
+            reply(h, 401)  # the token server refuses these credentials
         elif h.headers.get("Authorization") == "Bearer good":
             reply(h, 404, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"nope"}]}')
         else:
-            reply(h, 401, WWW_Authenticate='Bearer realm="http://x/token",service="s"')
+            realm = f"http://{h.headers['Host']}/token"
+            reply(h, 401, WWW_Authenticate=f'Bearer realm="{realm}",service="s"')
 
     s = Server(handle)
     servers.append(s)
@@ -177,7 +180,7 @@ def test_401_goes_through_the_authenticator(
     with source, pytest.raises(registry_module.RegistryTagNotFound):
         source.resolve(None)
     assert made[0].challenges == [
-        ('Bearer realm="http://x/token",service="s"', "repository:a/b:pull")
+        (f'Bearer realm="http://{s.host}/token",service="s"', "repository:a/b:pull")
     ]
     assert made[0].registry == s.host
 
