@@ -12,12 +12,20 @@ import pytest
 # group -> name -> median seconds
 MEDIANS: dict[str, dict[str, float]] = {}
 REFERENCES: dict[str, str] = {}
+#: more lines for the summary: name -> text (e.g. peak RSS figures)
+NOTES: dict[str, str] = {}
 
 
 def record(group: str, name: str, median: float, *, reference: bool = False) -> None:
     MEDIANS.setdefault(group, {})[name] = median
     if reference:
         REFERENCES[group] = name
+
+
+@pytest.fixture
+def notes() -> dict[str, str]:
+    """Lines added to the summary (name -> text)."""
+    return NOTES
 
 
 @pytest.fixture
@@ -47,6 +55,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not MEDIANS:
         return
     tr = terminalreporter
+    for name, text in NOTES.items():
+        tr.write_line(f"{name}: {text}")
     tr.section("medians and speed ratios against the reference (higher is faster)")
     for group, results in MEDIANS.items():
         ref_name = REFERENCES.get(group)

@@ -4,7 +4,8 @@ The registry is Debian's ``docker-registry`` (the distribution registry v2), run
 a free port, plain HTTP, no auth and a temporary filesystem storage; it is stopped at the end of
 the session. Images are pushed into it with ``skopeo copy``. Two more need credentials
 (``support.registry_auth``): ``basic_registry`` (htpasswd, HTTPS with a CA made by the tests)
-and ``token_registry`` (Bearer tokens from a token server the tests run).
+and ``token_registry`` (Bearer tokens from a token server the tests run); ``tls_registry``
+serves HTTPS without auth, with a certificate of a CA made for the session.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from support.registry import (
     MultiArchImage,
     OciImage,
     Registry,
+    TlsRegistry,
     image_files,
 )
 from support.registry_auth import (
@@ -280,3 +282,21 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthReg
             _stop(proc)
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRegistry]:
+    """``docker-registry`` on 127.0.0.1 over HTTPS, no auth, its certificate signed by a CA
+    made for the session (``TlsRegistry.ca``), which nothing on the machine trusts."""
+    skopeo = tool("skopeo")
+    base = tmp_path_factory.mktemp("tls-registry")
+    storage = base / "storage"
+    storage.mkdir()
+    ca = make_ca(base / "pki")
+    cert = server_cert(ca, base / "pki" / "server")
+    proc, port = _start_registry(base, storage, tls=cert, ca=ca)
+    host = f"127.0.0.1:{port}"
+    try:
+        yield TlsRegistry(host, storage, skopeo, _registries_conf(base, host), ca=ca.cert_path)
+    finally:
+        _stop(proc)

@@ -465,7 +465,8 @@ def test_pull_through_proxy_equals_fast_path(
         repo_path = tmp_path / f"repo-{kind}"
         repo, _ = Repository.init(repo_path, insecure=True)
         with repo:
-            results[kind] = oci.pull(repo, ref, name="image")
+            # docker:// is native by default: this test is about the skopeo path
+            results[kind] = oci.pull(repo, ref, name="image", via_skopeo=True)
         snapshots[kind] = repo_snapshot(repo_path)
     fast = results["fast"]
     assert fast.manifest_digest == oci_image.manifest.digest
@@ -497,7 +498,7 @@ def test_pull_docker_v2s2_through_proxy(
         repo_path = tmp_path / f"repo-{kind}"
         repo, _ = Repository.init(repo_path, insecure=True)
         with repo:
-            results[kind] = oci.pull(repo, source, name="image")
+            results[kind] = oci.pull(repo, source, name="image", via_skopeo=True)
         snapshots[kind] = repo_snapshot(repo_path)
     assert results["v2s2"].layers == results["fast"].layers
     assert results["v2s2"].manifest_digest != results["fast"].manifest_digest

@@ -195,3 +195,17 @@ class Registry:
         """The file holding a blob in the registry's filesystem storage."""
         hexdigest = digest.removeprefix("sha256:")
         return self.storage / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
+
+
+@dataclasses.dataclass
+class TlsRegistry(Registry):
+    """A registry over HTTPS; ``ca`` is the CA certificate that signed its certificate."""
+
+    ca: Path = Path()
+
+    def certs_root(self, base: Path) -> Path:
+        """A ``certs.d`` root under ``base`` with ``HOST:PORT/ca.crt`` for this registry."""
+        directory = base / "certs.d" / self.host
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "ca.crt").write_bytes(self.ca.read_bytes())
+        return base / "certs.d"

@@ -48,6 +48,26 @@ def configure(name: str, oci: argparse.ArgumentParser) -> None:
         "--platform", metavar="OS/ARCH[/VARIANT]", help="pick this platform from an image index"
     )
     p.add_argument(
+        "--creds",
+        metavar="USER[:PASSWORD]",
+        help="registry credentials (default: the auth files, as containers-auth.json(5) says)",
+    )
+    p.add_argument("--authfile", metavar="PATH", help="an auth file (auth.json) to search first")
+    p.add_argument(
+        "--tls-verify",
+        metavar="BOOL",
+        type=_bool_arg,
+        nargs="?",
+        const=True,
+        default=None,
+        help="verify the registry's certificate (default: true); false also allows plain HTTP",
+    )
+    p.add_argument(
+        "--via-skopeo",
+        action="store_true",
+        help="read docker:// through skopeo's image proxy instead of natively",
+    )
+    p.add_argument(
         "--referrers",
         action="store_true",
         help="also fetch the artifacts referring to the image (signatures, SBOMs)",
@@ -175,10 +195,24 @@ def _digest_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _bool_arg(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     from composefs import oci
     from composefs.cli._output import pull_progress
 
+    credentials = None
+    if args.creds is not None:
+        from composefs.oci.auth import parse_creds
+
+        credentials = parse_creds(args.creds)
     name = args.name if args.name is not None else args.image
     with open_repo(args) as repo, pull_progress(sys.stderr, quiet=args.quiet) as progress:
         result = oci.pull(
@@ -187,6 +221,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
             name,
             platform=args.platform,
             progress=progress,
+            auth=credentials,
+            authfile=args.authfile,
+            tls_verify=args.tls_verify,
+            via_skopeo=args.via_skopeo,
             referrers=args.referrers,
         )
     if args.json:

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from composefs.oci.platform import Platform, PlatformError, host_platform, parse_platform
     from composefs.oci.pull import ImportStats, PullError, PullEvent, PullResult, pull
     from composefs.oci.reference import ImageReferenceError, parse_reference
+    from composefs.oci.registry import RegistryImageSource
+    from composefs.oci.resolve import PlatformNotFound
 
 # name -> the module that defines it: imported on first use (CLI start-up)
 _EXPORTS: dict[str, str] = {
@@ -58,6 +60,8 @@ _EXPORTS: dict[str, str] = {
     "OciImage": "composefs.oci.image",
     "Platform": "composefs.oci.platform",
     "PlatformError": "composefs.oci.platform",
+    "PlatformNotFound": "composefs.oci.resolve",
+    "RegistryImageSource": "composefs.oci.registry",
     "PullError": "composefs.oci.pull",
     "PullEvent": "composefs.oci.pull",
     "PullResult": "composefs.oci.pull",
@@ -93,9 +97,11 @@ __all__ = [
     "OciImage",
     "Platform",
     "PlatformError",
+    "PlatformNotFound",
     "PullError",
     "PullEvent",
     "PullResult",
+    "RegistryImageSource",
     "StoredIndex",
     "gc",
     "host_platform",

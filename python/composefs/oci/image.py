@@ -23,6 +23,7 @@ from composefs.oci.index import StoredIndex, open_index, resolve_index, write_in
 from composefs.oci.media_types import (
     CONFIG_MEDIA_TYPE,
     EMPTY_MEDIA_TYPE,
+    IMAGE_CONFIG_MEDIA_TYPES,
     INDEX_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
 )
@@ -190,7 +191,7 @@ class OciImage:
 
     @property
     def is_container_image(self) -> bool:
-        return _field(_object(self.manifest, "config"), "mediaType") == CONFIG_MEDIA_TYPE
+        return _field(_object(self.manifest, "config"), "mediaType") in IMAGE_CONFIG_MEDIA_TYPES
 
     @property
     def architecture(self) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import hashlib
 import os
 import stat
@@ -36,21 +35,15 @@ from composefs.oci.documents import (
     read_regular_file,
 )
 from composefs.oci.media_types import (
-    CONFIG_MEDIA_TYPE,
     DOCKER_MANIFEST_MEDIA_TYPE,
     INDEX_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
     MAX_INDEX_DEPTH,
     REF_NAME_ANNOTATION,
 )
-from composefs.oci.platform import (
-    Platform,
-    format_platforms,
-    host_platform,
-    match_rank,
-    parse_platform,
-)
+from composefs.oci.platform import Platform, host_platform, parse_platform
 from composefs.oci.reference import ImageReferenceError, LayoutReference, parse_digest
+from composefs.oci.resolve import Chain, IndexWalker, PlatformNotFound
 from composefs.oci.source import Descriptor, ResolvedManifest
 
 __all__ = [
@@ -86,7 +79,7 @@ class LayoutDigestMismatch(LayoutError, DigestMismatchError):
     """A blob of the layout does not match its descriptor's size or digest."""
 
 
-class NoMatchingPlatform(LayoutError):
+class NoMatchingPlatform(LayoutError, PlatformNotFound):
     """No manifest of the image matches the wanted platform."""
 
 
@@ -126,18 +119,6 @@ def _entries(raw: bytes, what: str, *, check_version: bool = True) -> tuple[Desc
     return parse_index(parse_json_object(raw, what), what, check_version=check_version).manifests
 
 
-@dataclasses.dataclass
-class _Search:
-    wanted: Platform
-    best: tuple[int, int, Descriptor, tuple[tuple[str, bytes], ...]] | None = None
-    order: int = 0
-    #: the distinct platforms met, in order (for the error message); a dict: linear
-    seen: dict[Platform | None, None] = dataclasses.field(default_factory=dict)
-    #: the indexes already walked: an index listed twice (or by several parents) is walked
-    #: once, so hostile fan-out (20k entries naming one 20k-entry index) stays linear
-    walked: set[str] = dataclasses.field(default_factory=set)
-
-
 class LayoutSource:
     """An image in an OCI layout directory (``oci:PATH[:TAG]`` or ``oci:PATH@DIGEST``).
 
@@ -157,8 +138,8 @@ class LayoutSource:
         self._blobs = -1
         self._cache: dict[str, bytes] = {}
         self._cached_bytes = 0
-        #: manifest digest -> its platform from the config (entries without ``platform``)
-        self._config_platforms: dict[str, Platform | None] = {}
+        #: the index walk and platform choice, shared with the registry source
+        self._walker = IndexWalker(self.read_blob, error=LayoutError, no_match=NoMatchingPlatform)
         try:
             self._dir = os.open(ref.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
@@ -337,95 +318,22 @@ class LayoutSource:
             entries = tagged
         elif not entries:
             raise LayoutError("Image index contains no manifests")
-        search = _Search(wanted)
-        self._walk(entries, (), search, 0)
-        return self._finish(search)
+        return self._finish(*self._walker.select(entries, wanted))
 
-    def _finish(self, search: _Search) -> ResolvedManifest:
-        if search.best is None:
-            raise NoMatchingPlatform(
-                f"No manifest found for platform {quote(search.wanted)}; available: "
-                f"{format_platforms(search.seen)}"
-            )
-        _, _, desc, chain = search.best
+    def _finish(self, desc: Descriptor, chain: Chain) -> ResolvedManifest:
         return ResolvedManifest(desc.digest, self.read_blob(desc), chain)
-
-    def _walk(
-        self,
-        entries: Sequence[Descriptor],
-        chain: tuple[tuple[str, bytes], ...],
-        search: _Search,
-        depth: int,
-    ) -> bool:
-        """Ranks every manifest below ``entries``; ``True`` once an exact match was found.
-
-        Linear in the entries of the distinct indexes: each index is read and walked once
-        (walking it again could only find the same candidates later in file order, which
-        never win), and each manifest's config platform is looked up once.
-        """
-        for desc in entries:
-            if desc.media_type == MANIFEST_MEDIA_TYPE:
-                plat = self._platform_of(desc)
-                search.seen.setdefault(plat)
-                rank = None if plat is None else match_rank(plat, search.wanted)
-                if rank is not None:
-                    key = (rank, search.order, desc, chain)
-                    search.order += 1
-                    if search.best is None or key[:2] < search.best[:2]:
-                        search.best = key
-                    if rank == 0:
-                        return True
-            elif desc.media_type == INDEX_MEDIA_TYPE:
-                if depth >= MAX_INDEX_DEPTH or any(d == desc.digest for d, _ in chain):
-                    raise LayoutError(f"image index {desc.digest} nests too deep (a loop?)")
-                if desc.digest in search.walked:
-                    continue
-                search.walked.add(desc.digest)
-                raw = self.read_blob(desc)
-                children = _entries(raw, f"index {desc.digest}")
-                if self._walk(children, (*chain, (desc.digest, raw)), search, depth + 1):
-                    return True
-            elif not desc.media_type:
-                raise LayoutError(f"descriptor {desc.digest} has no mediaType")
-            else:
-                raise LayoutError(f"Unexpected media type {quote(desc.media_type)}")
-        return False
-
-    def _platform_of(self, desc: Descriptor) -> Platform | None:
-        """The descriptor's platform, else the one in the image's config (``None``: none)."""
-        if desc.platform:
-            return Platform.from_json(desc.platform)
-        if desc.digest in self._config_platforms:
-            return self._config_platforms[desc.digest]
-        what = f"manifest {desc.digest}"
-        manifest = parse_manifest(parse_json_object(self.read_blob(desc), what), what)
-        plat = None
-        if manifest.config.media_type == CONFIG_MEDIA_TYPE:
-            config_what = f"config {manifest.config.digest}"
-            doc = parse_json_object(self.read_blob(manifest.config), config_what)
-            if doc.get("architecture") and doc.get("os"):
-                plat = Platform.from_json(doc)
-        self._config_platforms[desc.digest] = plat
-        return plat
 
     def _resolve_digest(self, digest: str, wanted: Platform, *, explicit: bool) -> ResolvedManifest:
         """A digest names a manifest (taken as it is) or an index (resolved from there)."""
         desc = self._find_descriptor(digest)
         if desc.media_type == INDEX_MEDIA_TYPE:
             raw = self.read_blob(desc)
-            children = _entries(raw, f"index {digest}")
-            search = _Search(wanted, walked={digest})
-            self._walk(children, ((digest, raw),), search, 1)
-            return self._finish(search)
+            children = self._walker.children(raw, digest)
+            return self._finish(*self._walker.select(children, wanted, ((digest, raw),)))
         if desc.media_type != MANIFEST_MEDIA_TYPE:
             raise LayoutError(f"Unexpected media type {quote(desc.media_type)}")
         if explicit:
-            plat = self._platform_of(desc)
-            if plat is None or match_rank(plat, wanted) is None:
-                raise NoMatchingPlatform(
-                    f"No manifest found for platform {quote(wanted)}; available: "
-                    f"{format_platforms([plat])}"
-                )
+            self._walker.check(desc, wanted)
         return ResolvedManifest(digest, self.read_blob(desc))
 
     # -- referrers -------------------------------------------------------------------------

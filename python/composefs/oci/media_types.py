@@ -15,6 +15,7 @@ __all__ = [
     "DOCKER_MANIFEST_LIST_MEDIA_TYPE",
     "DOCKER_MANIFEST_MEDIA_TYPE",
     "EMPTY_MEDIA_TYPE",
+    "IMAGE_CONFIG_MEDIA_TYPES",
     "INDEX_MEDIA_TYPE",
     "LAYER_MEDIA_TYPE",
     "LAYER_MEDIA_TYPES",
@@ -46,6 +47,10 @@ DOCKER_CONFIG_MEDIA_TYPE: Final = "application/vnd.docker.container.image.v1+jso
 #: An uncompressed Docker layer; ``.gzip`` and ``.zstd`` name the compressed ones.
 DOCKER_LAYER_MEDIA_TYPE: Final = "application/vnd.docker.image.rootfs.diff.tar"
 _DOCKER_FOREIGN_LAYER: Final = "application/vnd.docker.image.rootfs.foreign.diff.tar"
+
+#: The configs of container images (OCI, and Docker schema 2 as a registry serves it): an
+#: image whose manifest names one of these gets its composefs image.
+IMAGE_CONFIG_MEDIA_TYPES: Final = frozenset({CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE})
 
 #: Every layer media type we import -> its compression (``none``, ``gzip`` or ``zstd``).
 LAYER_MEDIA_TYPES: Final[dict[str, str]] = {

@@ -428,10 +428,7 @@ class ProxyImageSource:
         on exit. If the block is left early, the transfer is abandoned.
         """
         context = f"Fetching blob {descriptor.digest}"
-        if descriptor.size > SIZE_LIMITS["config"]:
-            raise ProxyError(context) from ProxyError(
-                f"blob is too large ({descriptor.size} bytes, the limit is {SIZE_LIMITS['config']})"
-            )
+        # (no size cap here: a layer is streamed, never held; read_blob caps what it reads)
         try:
             reply = self._get_blob(descriptor)
         except ProxyError as e:

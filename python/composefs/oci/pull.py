@@ -34,6 +34,7 @@ from composefs._record import asdict as record_asdict
 from composefs._text import human_bytes
 from composefs.errors import ComposefsError, DigestMismatchError, wrap
 from composefs.oci import layer as _layer
+from composefs.oci.auth import Credentials
 from composefs.oci.documents import (
     DocumentError,
     config_diff_ids,
@@ -46,9 +47,8 @@ from composefs.oci.image import OciImage
 from composefs.oci.index import write_index
 from composefs.oci.layout import LayoutSource
 from composefs.oci.media_types import (
-    CONFIG_MEDIA_TYPE,
-    DOCKER_CONFIG_MEDIA_TYPE,
     DOCKER_MANIFEST_MEDIA_TYPE,
+    IMAGE_CONFIG_MEDIA_TYPES,
     INDEX_MEDIA_TYPE,
     LAYER_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPE,
@@ -81,6 +81,7 @@ __all__ = [
     "PullError",
     "PullEvent",
     "PullResult",
+    "SourceOptions",
     "human_bytes",
     "open_source",
     "pull",
@@ -116,7 +117,11 @@ class _Stop:
         self._own.set()
 
     def is_set(self) -> bool:
-        return self._own.is_set() or (self._external is not None and self._external.is_set())
+        return self._own.is_set() or self.requested()
+
+    def requested(self) -> bool:
+        """The caller's ``cancel`` event is set (not merely a stop after a failure)."""
+        return self._external is not None and self._external.is_set()
 
 
 def _check_cancel(cancel: _Stop) -> None:
@@ -316,16 +321,49 @@ class PullResult:
 # -- sources ---------------------------------------------------------------------------------
 
 
-#: Opens an image source for a parsed reference and the wanted platform.
-SourceFactory = Callable[[ImageReference, "str | None"], ImageSource]
+@dataclasses.dataclass(frozen=True)
+class SourceOptions:
+    """What a source factory gets besides the reference (the ``pull`` keywords)."""
+
+    #: ``os/arch[/variant]`` asked for (``None``: the host's)
+    platform: str | None = None
+    #: registry credentials (``None``: looked up in the auth files)
+    credentials: Credentials | None = None
+    #: an auth file searched first (``--authfile``)
+    authfile: str | None = None
+    #: ``False``: no TLS verification, plain HTTP allowed (``--tls-verify=false``)
+    tls_verify: bool | None = None
+    #: read ``docker://`` through skopeo instead of natively
+    via_skopeo: bool = False
+    #: polled by network waits and transfers: the pull's stop flag
+    cancel: Callable[[], bool] | None = None
 
 
-def _open_layout(ref: ImageReference, platform: str | None) -> ImageSource:
-    """``oci:``: the layout directory, read natively."""
+#: Opens an image source for a parsed reference with the pull's options.
+SourceFactory = Callable[[ImageReference, SourceOptions], ImageSource]
+
+
+def _open_layout(ref: ImageReference, options: SourceOptions) -> ImageSource:
+    """``oci:``: the layout directory, read directly."""
     return LayoutSource(parse_layout_name(ref.name))
 
 
-def _open_proxy(ref: ImageReference, platform: str | None) -> ImageSource:
+def _open_registry(ref: ImageReference, options: SourceOptions) -> ImageSource:
+    """``docker://``: the registry, over HTTP (skopeo with ``via_skopeo``)."""
+    if options.via_skopeo:
+        return _open_proxy(ref, options)
+    from composefs.oci.registry import RegistryImageSource
+
+    return RegistryImageSource(
+        ref.name,
+        credentials=options.credentials,
+        authfile=options.authfile,
+        tls_verify=options.tls_verify,
+        cancel=options.cancel,
+    )
+
+
+def _open_proxy(ref: ImageReference, options: SourceOptions) -> ImageSource:
     """Every transport skopeo knows, through its image proxy."""
     try:
         from composefs.oci import proxy
@@ -333,14 +371,47 @@ def _open_proxy(ref: ImageReference, platform: str | None) -> ImageSource:
         raise PullError(
             f"the {ref.transport}: transport needs the skopeo image proxy client"
         ) from e
-    return proxy.ProxyImageSource(ref.for_skopeo(), platform=platform)
+    extra: list[str] = []
+    with contextlib.ExitStack() as stack:
+        if ref.transport == "docker":
+            if options.tls_verify is not None:
+                extra.append(f"--tls-verify={'true' if options.tls_verify else 'false'}")
+            if options.credentials is not None:
+                # an auth file of our own (mode 0600, removed once skopeo has read it at
+                # OpenImage) rather than --creds, which other users could read in ps
+                path = stack.enter_context(_auth_file(ref, options.credentials))
+                extra.append(f"--authfile={path}")
+            elif options.authfile is not None:
+                extra.append(f"--authfile={options.authfile}")
+        if extra:
+            return proxy.ProxyImageSource(
+                ref.for_skopeo(), platform=options.platform, extra_args=extra
+            )
+        return proxy.ProxyImageSource(ref.for_skopeo(), platform=options.platform)
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _auth_file(ref: ImageReference, credentials: Credentials) -> Iterator[str]:
+    """A temporary containers-auth.json with ``credentials`` for ``ref``'s registry."""
+    import base64
+    import tempfile
+
+    from composefs.oci.docker_reference import parse_docker_reference
+
+    registry = parse_docker_reference(ref.name).registry
+    token = base64.b64encode(f"{credentials.username}:{credentials.password}".encode()).decode()
+    with tempfile.NamedTemporaryFile("w", prefix="composefs-auth-", suffix=".json") as f:
+        json.dump({"auths": {registry: {"auth": token}}}, f)
+        f.flush()
+        yield f.name
 
 
 #: canonical transport name (:data:`composefs.oci.reference.TRANSPORTS`) -> how to open it; a
 #: new transport is a module with a factory plus one line here
 SOURCES: dict[str, SourceFactory] = {
     "oci": _open_layout,
-    "docker": _open_proxy,
+    "docker": _open_registry,
     "oci-archive": _open_proxy,
     "docker-archive": _open_proxy,
     "containers-storage": _open_proxy,
@@ -349,13 +420,20 @@ SOURCES: dict[str, SourceFactory] = {
 }
 
 
-def open_source(ref: ImageReference, platform: str | None = None) -> ImageSource:
+def open_source(
+    ref: ImageReference, platform: str | None = None, options: SourceOptions | None = None
+) -> ImageSource:
     """The :class:`~composefs.oci.source.ImageSource` for ``ref``'s transport (:data:`SOURCES`):
-    a :class:`LayoutSource` for ``oci:``, skopeo's image proxy for everything else."""
+    a :class:`LayoutSource` for ``oci:``, a
+    :class:`~composefs.oci.registry.RegistryImageSource` for ``docker://``, skopeo's image
+    proxy for the rest. ``platform`` overrides ``options.platform``."""
     factory = SOURCES.get(ref.transport)
     if factory is None:
         raise PullError(f"no image source for the {ref.transport}: transport")
-    return factory(ref, platform)
+    options = options or SourceOptions()
+    if platform is not None:
+        options = dataclasses.replace(options, platform=platform)
+    return factory(ref, options)
 
 
 def _source_context(ref: ImageReference) -> str:
@@ -376,6 +454,10 @@ def pull(
     *,
     threads: int = 0,
     cancel: threading.Event | None = None,
+    auth: Credentials | None = None,
+    authfile: str | None = None,
+    tls_verify: bool | None = None,
+    via_skopeo: bool = False,
     referrers: bool = False,
 ) -> PullResult:
     """Pulls ``ref`` (``oci:PATH[:TAG]``, ``oci:PATH@sha256:...``, ``docker://...``, ...).
@@ -391,13 +473,26 @@ def pull(
     sets it for the workers and propagates at once. Nothing is tagged then; what was stored
     is consistent (objects and links are written atomically) and left for ``gc``.
 
+    Registries (``docker://``): ``auth`` are the credentials (default: looked up in the auth
+    files as containers-auth.json(5) says, ``authfile`` first); ``tls_verify=False`` skips
+    certificate checks and allows plain HTTP for this pull; ``via_skopeo`` reads the image
+    through skopeo's image proxy instead of natively (as the other transports are).
+
     ``referrers=True`` also fetches the artifacts that refer to the manifest (OCI 1.1
     referrers: signatures, SBOMs, attestations) and links them as composefs-rs does
     (``streams/refs/oci-referrers/<subject>/<artifact>``), before the tag is written.
     """
     stop = _Stop(cancel)
+    options = SourceOptions(
+        platform=platform,
+        credentials=auth,
+        authfile=authfile,
+        tls_verify=tls_verify,
+        via_skopeo=via_skopeo,
+        cancel=stop.is_set,
+    )
     try:
-        return _pull(repo, ref, name, platform, progress, threads, stop, referrers)
+        return _pull(repo, ref, name, options, progress, threads, stop, referrers)
     except BaseException:
         stop.set()  # stop every worker still running, whatever the error
         raise
@@ -407,12 +502,13 @@ def _pull(
     repo: Repository,
     ref: str,
     name: str | None,
-    platform: str | None,
+    options: SourceOptions,
     progress: ProgressCallback | None,
     threads: int,
     cancel: _Stop,
     with_referrers: bool = False,
 ) -> PullResult:
+    platform = options.platform
     repo.ensure_writable()
     if name is not None and name.startswith("@"):
         raise PullError(
@@ -428,7 +524,7 @@ def _pull(
     emit = progress or _no_progress
     with contextlib.ExitStack() as stack:
         try:
-            source = open_source(image_ref, platform)
+            source = open_source(image_ref, options=options)
             stack.callback(source.close)
             log.debug("Opened the %s: source (%s)", image_ref.transport, type(source).__name__)
             resolved = source.resolve(platform)
@@ -447,6 +543,8 @@ def _pull(
         except PullCancelled:
             raise
         except (ComposefsError, OSError) as e:
+            if cancel.requested():  # a transfer stopped by the caller's cancel
+                raise PullCancelled("cancelled") from e
             raise wrap(PullError, _source_context(image_ref), e) from e
     _faults.point("manifest-stored")
     stored_verity = result.manifest_verity
@@ -560,7 +658,7 @@ def _check_manifest(resolved: ResolvedManifest) -> tuple[Descriptor, list[Descri
 
 def _diff_ids(config: Descriptor, raw: bytes, layers: Sequence[Descriptor]) -> list[str]:
     """``rootfs.diff_ids`` for image configs; the layer digests for anything else."""
-    if config.media_type not in (CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE):
+    if config.media_type not in IMAGE_CONFIG_MEDIA_TYPES:
         return [d.digest for d in layers]
     what = f"config {config.digest}"
     return config_diff_ids(parse_json_object(raw, what), what)
@@ -611,7 +709,7 @@ def _import(
             repo, resolved.digest, resolved.raw, config_digest, config_verity, layer_refs
         )
     platform = None
-    if config_desc.media_type == CONFIG_MEDIA_TYPE:
+    if config_desc.media_type in IMAGE_CONFIG_MEDIA_TYPES:
         with contextlib.suppress(DocumentError):
             platform = Platform.from_json(parse_json_object(config_raw, "config"))
     return PullResult(
@@ -650,7 +748,7 @@ def _import_config_and_layers(
             diff_ids = _diff_ids(config_desc, raw, layers)
         except DocumentError as e:
             raise wrap(PullError, f"Failed to parse config {config_digest}", e) from e
-        artifact = config_desc.media_type not in (CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE)
+        artifact = config_desc.media_type not in IMAGE_CONFIG_MEDIA_TYPES
         if artifact and not all(d in refs for d in diff_ids):
             # An artifact config is shared by unrelated artifacts (OCI 1.1's empty config `{}`
             # above all): its stream holds the refs of the artifact that stored it first. This
@@ -688,7 +786,7 @@ def _import_config_and_layers(
         raise _missing(diff_ids[len(layers)], diff_ids[: len(layers)])
     if len(diff_ids) < len(layers):
         raise PullError(f"expected {len(layers)} layer refs but got {len(diff_ids)}")
-    artifact = config_desc.media_type not in (CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE)
+    artifact = config_desc.media_type not in IMAGE_CONFIG_MEDIA_TYPES
     if not artifact:
         for desc in layers:
             if desc.media_type not in LAYER_MEDIA_TYPES:
@@ -739,6 +837,7 @@ def _import_layers(
         except PullCancelled:
             raise
         except (ComposefsError, OSError) as e:
+            _check_cancel(cancel)  # a transfer stopped by the cancel flag: PullCancelled
             raise wrap(PullError, f"Failed to import layer {desc.digest}", e) from e
 
     # not a ``with`` block: on Ctrl-C the main thread must not first wait for every layer

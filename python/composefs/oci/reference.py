@@ -4,7 +4,9 @@ A *source reference* is ``TRANSPORT:NAME`` (containers-image-proxy-rs rules: spl
 first colon, ``docker:`` needs ``//``). ``oci:`` references are read directly from the layout
 directory; their name is ``PATH[:TAG]``, split at the **last** colon unless a ``/`` follows it
 (composefs-rs ``parse_oci_layout_ref``), plus our extension ``PATH@sha256:<hex>`` naming a
-manifest or index blob of the layout by digest. Every other transport goes to skopeo.
+manifest or index blob of the layout by digest. ``docker://`` names are registry references
+(:mod:`composefs.oci.docker_reference` parses them; read natively). Every other transport goes
+to skopeo.
 
 A *repository reference* (``oci inspect`` and friends) is a tag name, or ``@sha256:<hex>``
 for a manifest digest (cfsctl's ``OciReference``).
@@ -57,7 +59,8 @@ TRANSPORTS: dict[str, str] = {
     "docker-daemon": "docker-daemon",
 }
 
-#: the transports handled by skopeo's image proxy
+#: the transports skopeo's image proxy can read (``docker`` is read natively unless the pull
+#: asks for skopeo: ``via_skopeo``)
 PROXY_TRANSPORTS = frozenset(t for t in TRANSPORTS.values() if t != "oci")
 
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
@@ -78,6 +81,7 @@ class ImageReference:
 
     @property
     def uses_proxy(self) -> bool:
+        """Whether skopeo *can* read this transport (``docker`` is native by default)."""
         return self.transport in PROXY_TRANSPORTS
 
     def for_skopeo(self) -> str:

@@ -428,14 +428,16 @@ def test_index_fan_out_walks_each_index_once(tmp_path: Path, monkeypatch: Any) -
     )
     w.write_index([w.tagged(w.index([inner] * 1000), "t")])
     calls = 0
-    real = oci.layout.match_rank
+    from composefs.oci import resolve  # the walk shared by the layout and registry sources
+
+    real = resolve.match_rank
 
     def counting(candidate: Platform, wanted: Platform) -> int | None:
         nonlocal calls
         calls += 1
         return real(candidate, wanted)
 
-    monkeypatch.setattr(oci.layout, "match_rank", counting)
+    monkeypatch.setattr(resolve, "match_rank", counting)
     src = LayoutSource(parse_layout_name(f"{tmp_path}:t"))
     with src, pytest.raises(oci.NoMatchingPlatform):
         src.resolve("linux/amd64")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -16,6 +17,7 @@ import pytest
 from composefs import _backend, oci, splitstream
 from composefs.errors import ComposefsError, RepositoryNotWritable
 from composefs.oci import image as oci_image
+from composefs.oci.auth import Credentials
 from composefs.oci.layout import LayoutSource
 from composefs.oci.platform import host_platform, parse_platform
 from composefs.oci.pull import ImportStats, PullError, PullEvent, human_bytes
@@ -429,25 +431,68 @@ def test_artifact_with_blob_layers(repo: Repository, tmp_path: Path) -> None:
 def test_proxy_transports_use_the_proxy_source(
     repo: Repository, layout: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Everything but ``oci:`` goes to ``composefs.oci.proxy.ProxyImageSource(ref, platform=)``."""
-    calls: list[tuple[str, str | None]] = []
+    """Everything but ``oci:`` and ``docker://`` goes to
+    ``composefs.oci.proxy.ProxyImageSource(ref, platform=)``; ``docker://`` too with
+    ``via_skopeo``, with the registry options as skopeo's flags."""
+    calls: list[tuple[str, str | None, tuple[str, ...]]] = []
+    auth_files: list[str] = []
 
     class FakeProxySource(LayoutSource):
-        def __init__(self, ref: str, *, platform: str | None = None) -> None:
-            calls.append((ref, platform))
+        def __init__(
+            self, ref: str, *, platform: str | None = None, extra_args: tuple[str, ...] = ()
+        ) -> None:
+            calls.append((ref, platform, tuple(extra_args)))
+            for arg in extra_args:  # read while skopeo would (OpenImage, in the constructor)
+                if arg.startswith("--authfile=/tmp"):
+                    auth_files.append(Path(arg.removeprefix("--authfile=")).read_text())
             super().__init__(parse_layout_name(f"{layout['path']}:multi"))
 
     fake = type(sys)("composefs.oci.proxy")
     fake.ProxyImageSource = FakeProxySource  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "composefs.oci.proxy", fake)
     monkeypatch.setattr(oci, "proxy", fake, raising=False)
-    result = oci.pull(repo, "registry:example.com/img:1", platform=f"linux/{OTHER}")
-    assert calls == [("docker://example.com/img:1", f"linux/{OTHER}")]
+    result = oci.pull(
+        repo, "registry:example.com/img:1", platform=f"linux/{OTHER}", via_skopeo=True
+    )
+    assert calls == [("docker://example.com/img:1", f"linux/{OTHER}", ())]
     assert result.manifest_digest == layout["other"]["digest"]
+    calls.clear()
+    oci.pull(
+        repo,
+        "docker://example.com/img:1",
+        platform=f"linux/{OTHER}",
+        via_skopeo=True,
+        tls_verify=False,
+        authfile="/a.json",
+    )
+    assert calls == [
+        (
+            "docker://example.com/img:1",
+            f"linux/{OTHER}",
+            ("--tls-verify=false", "--authfile=/a.json"),
+        )
+    ]
+    calls.clear()
+    # credentials reach skopeo in an auth file of ours, never on its command line
+    oci.pull(
+        repo,
+        "docker://img:1",
+        platform=f"linux/{OTHER}",
+        via_skopeo=True,
+        auth=Credentials("me", "s3cret"),
+    )
+    assert "s3cret" not in repr(calls)
+    assert json.loads(auth_files[0]) == {
+        "auths": {"docker.io": {"auth": base64.b64encode(b"me:s3cret").decode()}}
+    }
+    assert not Path(calls[0][2][0].removeprefix("--authfile=")).exists()
+    calls.clear()
+    oci.pull(repo, "oci-archive:/a.tar", platform=f"linux/{OTHER}", tls_verify=False)
+    assert calls == [("oci-archive:/a.tar", f"linux/{OTHER}", ())]
     monkeypatch.setitem(sys.modules, "composefs.oci.proxy", None)
     monkeypatch.delattr(oci, "proxy")
     with pytest.raises(PullError) as e:
-        oci.pull(repo, "docker://example.com/img:1")
+        oci.pull(repo, "docker://example.com/img:1", via_skopeo=True)
     assert _chain(e.value)[:2] == [
         "Unable to pull container image docker://example.com/img:1",
         "the docker: transport needs the skopeo image proxy client",

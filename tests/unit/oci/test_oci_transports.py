@@ -7,6 +7,7 @@ from pathlib import Path
 from composefs.oci.layout import LayoutSource
 from composefs.oci.pull import SOURCES, open_source
 from composefs.oci.reference import PROXY_TRANSPORTS, TRANSPORTS, parse_reference
+from composefs.oci.registry import RegistryImageSource
 from composefs.testing import LayoutWriter
 
 
@@ -17,7 +18,7 @@ def test_every_transport_has_a_source() -> None:
         assert parse_reference(text).transport in SOURCES
 
 
-def test_oci_is_native_the_rest_proxied(tmp_path: Path) -> None:
+def test_oci_and_docker_are_native_the_rest_proxied(tmp_path: Path) -> None:
     assert set(SOURCES) - PROXY_TRANSPORTS == {"oci"}
     w = LayoutWriter(tmp_path)
     w.write_index([])
@@ -26,3 +27,13 @@ def test_oci_is_native_the_rest_proxied(tmp_path: Path) -> None:
         assert isinstance(source, LayoutSource)
     finally:
         source.close()
+    # nothing is sent before the first request: opening needs no network
+    registry = open_source(parse_reference("docker://example.com/a/b:1"))
+    try:
+        assert isinstance(registry, RegistryImageSource)
+        assert str(registry.ref) == "example.com/a/b:1"
+    finally:
+        registry.close()
+    for transport, factory in SOURCES.items():
+        native = {"oci": "_open_layout", "docker": "_open_registry"}
+        assert factory.__name__ == native.get(transport, "_open_proxy")
