@@ -149,14 +149,26 @@ class _Node:
 
 def _set_xattr(node: _Node, name: bytes, value: bytes) -> None:
     """``lcfs_node_set_xattr`` (limits of external input)."""
-    if not name or len(name) > XATTR_NAME_MAX or len(value) > XATTR_SIZE_MAX:
-        raise MkcomposefsError("Can't set xattr")
+    if not name:
+        raise MkcomposefsError("Can't set xattr: empty name")
+    if len(name) > XATTR_NAME_MAX:
+        raise MkcomposefsError(
+            f"Can't set xattr {_show(name)}: name of {len(name)} bytes (the limit is "
+            f"{XATTR_NAME_MAX})"
+        )
+    if len(value) > XATTR_SIZE_MAX:
+        raise MkcomposefsError(
+            f"Can't set xattr {_show(name)}: value of {len(value)} bytes (the limit is "
+            f"{XATTR_SIZE_MAX})"
+        )
     old = node.xattrs.pop(name, None)
     if old is not None:
         node.xsize = node.xsize - (7 + len(name) + len(old)) if node.xattrs else 0
     entry = 7 + len(name) + len(value) + (12 if not node.xattrs else 0)
     if node.xsize + entry > XATTR_BUDGET:
-        raise MkcomposefsError("Can't set xattr")
+        raise MkcomposefsError(
+            f"Can't set xattr {_show(name)}: the xattrs of one file exceed {XATTR_BUDGET} bytes"
+        )
     node.xattrs[name] = value
     node.xsize += entry
 
@@ -237,6 +249,7 @@ def _optional(field: bytes) -> bytes | None:
 
 
 def _show(path: bytes) -> str:
+    """A path or name for a message (long ones cut at 256 characters)."""
     text = path.decode("utf-8", "backslashreplace")
     return text if len(text) <= 256 else text[:256] + "..."
 
@@ -272,8 +285,13 @@ class _Reader:
         name = parts[-1]
         if name in (b".", b".."):
             raise MkcomposefsError(f"Invalid . or .. in path: {_show(path)}")
-        if not name or len(name) > NAME_MAX:
-            raise MkcomposefsError("Can't add child")
+        if not name:
+            raise MkcomposefsError(f"Can't add child {_show(path)}: empty file name")
+        if len(name) > NAME_MAX:
+            raise MkcomposefsError(
+                f"Can't add child {_show(path)}: file name of {len(name)} bytes (the limit is "
+                f"{NAME_MAX})"
+            )
         if name in parent.children:
             raise MkcomposefsError(f"Path {_show(path)} already exist")
         parent.children[name] = node
@@ -355,8 +373,13 @@ class _Reader:
         node.nsec = nsec & _M32
         if kind == S_IFLNK:
             target = None if payload is None else _cstr(payload)
-            if not target or len(target) >= PATH_MAX:
-                raise MkcomposefsError("Invalid symlink")
+            if not target:
+                raise MkcomposefsError("Invalid symlink: empty target")
+            if len(target) >= PATH_MAX:
+                raise MkcomposefsError(
+                    f"Invalid symlink: target of {len(target)} bytes (the limit is "
+                    f"{PATH_MAX - 1})"
+                )
             node.payload = target
             node.size = len(target)
             if self.strict:
@@ -370,7 +393,9 @@ class _Reader:
             if payload is not None:
                 payload = _cstr(payload)
                 if len(payload) >= PATH_MAX:
-                    raise MkcomposefsError("Invalid payload")
+                    raise MkcomposefsError(
+                        f"Invalid payload: {len(payload)} bytes (the limit is {PATH_MAX - 1})"
+                    )
             node.payload = payload
             if content is not None:
                 if len(content) > INLINE_CONTENT_MAX:
@@ -513,8 +538,6 @@ def _xxh32(data: bytes, seed: int) -> int:
 def _rewrite(root: _Node, version: int) -> None:
     """``rewrite_tree_for_erofs``: validation, overlay xattrs, ``.``/``..``, the stubs."""
     for node in _walk(root):
-        if node.link is True:
-            raise MkcomposefsError("cannot write file: Invalid argument")
         kind = node.ftype
         if kind == S_IFREG and node.size > 0 and node.content is None:
             if _chunk_count(node.size) > MAX_CHUNKS:
