@@ -199,7 +199,10 @@ fn strtoull(text: &[u8], base: u32) -> Option<u64> {
     let mut overflow = false;
     for &c in digits {
         let d = (c as char).to_digit(base)?;
-        match value.checked_mul(u64::from(base)).and_then(|v| v.checked_add(u64::from(d))) {
+        match value
+            .checked_mul(u64::from(base))
+            .and_then(|v| v.checked_add(u64::from(d)))
+        {
             Some(v) => value = v,
             None => overflow = true,
         }
@@ -207,7 +210,11 @@ fn strtoull(text: &[u8], base: u32) -> Option<u64> {
     if overflow {
         return Some(u64::MAX);
     }
-    Some(if negative { value.wrapping_neg() } else { value })
+    Some(if negative {
+        value.wrapping_neg()
+    } else {
+        value
+    })
 }
 
 fn int(field: &[u8], base: u32) -> Res<u64> {
@@ -570,14 +577,18 @@ fn read(data: &[u8], strict: bool) -> Res<(Vec<Node>, usize)> {
     let mut pieces: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
     let last = pieces.pop().unwrap_or_default();
     for (number, line) in pieces.iter().enumerate() {
-        reader.line(line).map_err(|e| format!("line {}: {e}", number + 1))?;
+        reader
+            .line(line)
+            .map_err(|e| format!("line {}: {e}", number + 1))?;
     }
     if !last.is_empty() {
         if strict {
             return Err("Missing trailing newline".into());
         }
         let number = pieces.len() + 1;
-        reader.line(last).map_err(|e| format!("line {number}: {e}"))?;
+        reader
+            .line(last)
+            .map_err(|e| format!("line {number}: {e}"))?;
     }
     reader.finish()
 }
@@ -735,7 +746,10 @@ fn bfs(nodes: &mut [Node], root: usize) -> Res<Vec<usize>> {
         order.push(id);
         if nodes[id].ftype() == S_IFDIR {
             let children: Vec<usize> = nodes[id].children.values().copied().collect();
-            let subdirs = children.iter().filter(|&&c| nodes[c].ftype() == S_IFDIR).count();
+            let subdirs = children
+                .iter()
+                .filter(|&&c| nodes[c].ftype() == S_IFDIR)
+                .count();
             nodes[id].nlink = (2 + subdirs) as u32;
             for c in children {
                 if !nodes[c].is_link() {
@@ -1019,7 +1033,11 @@ fn write(mut nodes: Vec<Node>, root: usize, min_version: i64, max_version: i64) 
     put(&mut out, &mut p, &min_mtime.1.to_le_bytes());
     put(&mut out, &mut p, &((total / BLOCK) as u32).to_le_bytes());
     put(&mut out, &mut p, &0u32.to_le_bytes());
-    put(&mut out, &mut p, &((inodes_end / BLOCK) as u32).to_le_bytes());
+    put(
+        &mut out,
+        &mut p,
+        &((inodes_end / BLOCK) as u32).to_le_bytes(),
+    );
 
     let mut current = data_start;
     let mut pos = 1024 + 128usize;
@@ -1164,7 +1182,12 @@ fn write(mut nodes: Vec<Node>, root: usize, min_version: i64, max_version: i64) 
 
 /// C `mkcomposefs --min-version=MIN --max-version=MAX --from-file` (`strict`: with
 /// `CFS_PARSE_STRICT` set): the image of a dumpfile.
-pub fn mkcomposefs(dumpfile: &[u8], min_version: i64, max_version: i64, strict: bool) -> Res<Vec<u8>> {
+pub fn mkcomposefs(
+    dumpfile: &[u8],
+    min_version: i64,
+    max_version: i64,
+    strict: bool,
+) -> Res<Vec<u8>> {
     let (nodes, root) = read(dumpfile, strict)?;
     write(nodes, root, min_version, max_version)
 }

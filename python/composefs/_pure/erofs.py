@@ -65,7 +65,7 @@ from composefs.erofs_format import (
 
 # The backend contract (``write`` and ``xxh32`` are pure-only helpers, for the merge, the
 # scanner and the tests).
-__all__ = ["mkfs"]
+__all__ = ["mkcomposefs", "mkfs"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -955,3 +955,10 @@ def mkfs(dumpfile: Buffer, version: int) -> bytes:
         listed = ", ".join(map(str, orphaned))
         raise ValueError(f"invalid composefs filesystem: Orphaned leaves at indices [{listed}]")
     return write(fs, version)
+
+
+def mkcomposefs(dumpfile: Buffer, min_version: int, max_version: int, strict: bool) -> bytes:
+    """C mkcomposefs 1.0's image of a dumpfile (:mod:`composefs._pure.mkcomposefs`)."""
+    from composefs._pure import mkcomposefs as _c
+
+    return _c.mkcomposefs(dumpfile, min_version, max_version, strict)

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Final
 
+from composefs._pure.erofs import xxh32
 from composefs.erofs_format import (
     COMPACT_INODE,
     COMPOSEFS_HEADER,
@@ -377,8 +378,7 @@ class _Reader:
                 raise MkcomposefsError("Invalid symlink: empty target")
             if len(target) >= PATH_MAX:
                 raise MkcomposefsError(
-                    f"Invalid symlink: target of {len(target)} bytes (the limit is "
-                    f"{PATH_MAX - 1})"
+                    f"Invalid symlink: target of {len(target)} bytes (the limit is {PATH_MAX - 1})"
                 )
             node.payload = target
             node.size = len(target)
@@ -400,8 +400,7 @@ class _Reader:
             if content is not None:
                 if len(content) > INLINE_CONTENT_MAX:
                     raise MkcomposefsError(
-                        f"Inline content size {len(content)} exceeds maximum "
-                        f"{INLINE_CONTENT_MAX}"
+                        f"Inline content size {len(content)} exceeds maximum {INLINE_CONTENT_MAX}"
                     )
                 node.content = content or None
                 node.size = len(content)
@@ -529,27 +528,19 @@ def _entry_size(name: bytes, value: bytes) -> int:
     return (4 + len(suffix) + len(value) + 3) & ~3
 
 
-def _xxh32(data: bytes, seed: int) -> int:
-    from composefs._pure.erofs import xxh32
-
-    return xxh32(data, seed)
-
-
 def _rewrite(root: _Node, version: int) -> None:
     """``rewrite_tree_for_erofs``: validation, overlay xattrs, ``.``/``..``, the stubs."""
     for node in _walk(root):
         kind = node.ftype
-        if kind == S_IFREG and node.size > 0 and node.content is None:
-            if _chunk_count(node.size) > MAX_CHUNKS:
-                raise MkcomposefsError(
-                    f"cannot write file: File too large ({node.size} bytes)"
-                )
+        external = kind == S_IFREG and node.size > 0 and node.content is None
+        if external and _chunk_count(node.size) > MAX_CHUNKS:
+            raise MkcomposefsError(f"cannot write file: File too large ({node.size} bytes)")
         if any(k.startswith(_OVERLAY) for k in node.xattrs):
             node.xattrs = {
                 (_ESCAPED + k[len(_OVERLAY) :] if k.startswith(_OVERLAY) else k): v
                 for k, v in node.xattrs.items()
             }
-        if kind == S_IFREG and node.size > 0 and node.content is None:
+        if external:
             digest = node.digest
             if isinstance(digest, str):
                 raise MkcomposefsError(
@@ -776,7 +767,7 @@ def write(root: _Node, min_version: int, max_version: int) -> bytes:
             bits = 0
             for name in n.xattrs:
                 index, suffix = _split_name(name)
-                bits |= 1 << (_xxh32(suffix, XATTR_FILTER_SEED + index) & 31)
+                bits |= 1 << (xxh32(suffix, XATTR_FILTER_SEED + index) & 31)
             XATTR_HEADER.pack_into(out, pos, ~bits & _M32, len(shared))
             pos += 12
             for off in shared:
