@@ -28,7 +28,7 @@ const INLINE_CONTENT_MAX: usize = 5000;
 const NAME_MAX: usize = 255;
 const XATTR_NAME_MAX: usize = 255;
 const XATTR_SIZE_MAX: usize = 0xFFFF;
-const XATTR_BUDGET: usize = 0xFFFF / 2;
+const XATTR_BUDGET: u64 = 0xFFFF / 2;
 const MAX_CHUNKS: u64 = 1024;
 const MAX_SHARED_REFS: usize = 0x80;
 const VERSION_MAX: i64 = 1;
@@ -74,7 +74,7 @@ struct Node {
     digest: Digest,
     /// name -> value; the order is irrelevant (sorted when written)
     xattrs: HashMap<Vec<u8>, Vec<u8>>,
-    xsize: usize,
+    xsize: u64,
     children: BTreeMap<Vec<u8>, usize>,
     parent: Option<usize>,
     link: Link,
@@ -158,22 +158,24 @@ fn set_xattr(node: &mut Node, name: &[u8], value: &[u8]) -> Res<()> {
             value.len()
         ));
     }
+    // the budget is a size_t: it wraps (below, in the writer's copy of the tree)
     if let Some(old) = node.xattrs.remove(name) {
         node.xsize = if node.xattrs.is_empty() {
             0
         } else {
-            node.xsize - (7 + name.len() + old.len())
+            node.xsize
+                .wrapping_sub(7 + name.len() as u64 + old.len() as u64)
         };
     }
-    let entry = 7 + name.len() + value.len() + if node.xattrs.is_empty() { 12 } else { 0 };
-    if node.xsize + entry > XATTR_BUDGET {
+    let entry = 7 + (name.len() + value.len()) as u64 + if node.xattrs.is_empty() { 12 } else { 0 };
+    if node.xsize.wrapping_add(entry) > XATTR_BUDGET {
         return Err(format!(
             "Can't set xattr {}: the xattrs of one file exceed {XATTR_BUDGET} bytes",
             show(name)
         ));
     }
     node.xattrs.insert(name.to_vec(), value.to_vec());
-    node.xsize += entry;
+    node.xsize = node.xsize.wrapping_add(entry);
     Ok(())
 }
 
@@ -518,7 +520,7 @@ impl Reader {
                 }
                 Digest::Raw(raw)
             } else {
-                Digest::Bad(String::from_utf8_lossy(&text).into_owned())
+                Digest::Bad(show(&text))
             };
         }
         if rest.len() > 0xFFFF {
@@ -595,6 +597,21 @@ fn read(data: &[u8], strict: bool) -> Res<(Vec<Node>, usize)> {
 
 // -- writing -------------------------------------------------------------------------------
 
+fn path(nodes: &[Node], mut id: usize) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    while let Some(parent) = nodes[id].parent {
+        let name = nodes[parent]
+            .children
+            .iter()
+            .find(|(_, &c)| c == id)
+            .map_or(&b""[..], |(n, _)| n.as_slice());
+        parts.push(name);
+        id = parent;
+    }
+    parts.reverse();
+    [b"/".to_vec(), parts.join(&b"/"[..])].concat()
+}
+
 /// `follow_links`: the node a chain of hard links ends at.
 fn target(nodes: &[Node], id: usize) -> Res<usize> {
     let mut node = id;
@@ -654,16 +671,26 @@ fn round_up(x: u64, to: u64) -> u64 {
     x.div_ceil(to) * to
 }
 
-/// `rewrite_tree_for_erofs`: validation, overlay xattrs, `.`/`..`, the stubs. Returns the
-/// nodes in the order they were visited (the walk is done first: the loop adds nodes).
+/// `rewrite_tree_for_erofs`: validation, overlay xattrs, `.`/`..`, the stubs (the walk is
+/// listed first: the loop adds nodes).
+///
+/// C works on a copy of the tree whose nodes start with an xattr budget of 0 (the copy does
+/// not carry it over), so the xattrs the writer adds are counted from 0.
 fn rewrite(nodes: &mut Vec<Node>, root: usize, version: i64) -> Res<()> {
     for id in walk(nodes, root) {
+        nodes[id].xsize = 0;
         let kind = nodes[id].ftype();
         let external = kind == S_IFREG && nodes[id].size > 0 && nodes[id].content.is_none();
         if external && chunk_count(nodes[id].size) > MAX_CHUNKS {
             return Err(format!(
                 "cannot write file: File too large ({} bytes)",
                 nodes[id].size
+            ));
+        }
+        if let (true, Digest::Bad(text)) = (external, &nodes[id].digest) {
+            return Err(format!(
+                "cannot write file: the DIGEST {text} of {} is not 64 hex digits",
+                show(&path(nodes, id))
             ));
         }
         let node = &mut nodes[id];
@@ -678,12 +705,7 @@ fn rewrite(nodes: &mut Vec<Node>, root: usize, version: i64) -> Res<()> {
         }
         if external {
             let metacopy = match &node.digest {
-                Digest::Bad(text) => {
-                    return Err(format!(
-                        "cannot write file: the digest {text:?} of a file is not 64 hex digits"
-                    ))
-                }
-                Digest::None => Vec::new(),
+                Digest::Bad(_) | Digest::None => Vec::new(),
                 Digest::Raw(raw) => [&[0u8, 0x24, 0, 1][..], raw].concat(),
             };
             set_xattr(node, b"trusted.overlay.metacopy", &metacopy)?;

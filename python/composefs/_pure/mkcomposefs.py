@@ -162,16 +162,17 @@ def _set_xattr(node: _Node, name: bytes, value: bytes) -> None:
             f"Can't set xattr {_show(name)}: value of {len(value)} bytes (the limit is "
             f"{XATTR_SIZE_MAX})"
         )
+    # the budget is a size_t: it wraps (below, in the writer's copy of the tree)
     old = node.xattrs.pop(name, None)
     if old is not None:
-        node.xsize = node.xsize - (7 + len(name) + len(old)) if node.xattrs else 0
+        node.xsize = (node.xsize - (7 + len(name) + len(old))) & _M64 if node.xattrs else 0
     entry = 7 + len(name) + len(value) + (12 if not node.xattrs else 0)
-    if node.xsize + entry > XATTR_BUDGET:
+    if (node.xsize + entry) & _M64 > XATTR_BUDGET:
         raise MkcomposefsError(
             f"Can't set xattr {_show(name)}: the xattrs of one file exceed {XATTR_BUDGET} bytes"
         )
     node.xattrs[name] = value
-    node.xsize += entry
+    node.xsize = (node.xsize + entry) & _M64
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -410,7 +411,7 @@ class _Reader:
             if len(head) == 64 and _is_hex(head):
                 node.digest = bytes.fromhex(head.decode("ascii"))
             else:  # C would read memory it never wrote: refused if the file needs it
-                node.digest = text.decode("utf-8", "backslashreplace")
+                node.digest = _show(text)
         if len(rest) > 0xFFFF:
             raise MkcomposefsError("Too many xattrs")
         if rest:
@@ -480,6 +481,14 @@ def read(data: Buffer, strict: bool) -> _Node:
 # -- writing --------------------------------------------------------------------------------
 
 
+def _path(node: _Node) -> bytes:
+    parts = []
+    while node.parent is not None:
+        parts.append(node.name)
+        node = node.parent
+    return b"/" + b"/".join(reversed(parts))
+
+
 def _target(node: _Node) -> _Node:
     """``follow_links``: the entry a chain of hard links ends at."""
     seen = node
@@ -529,8 +538,11 @@ def _entry_size(name: bytes, value: bytes) -> int:
 
 
 def _rewrite(root: _Node, version: int) -> None:
-    """``rewrite_tree_for_erofs``: validation, overlay xattrs, ``.``/``..``, the stubs."""
+    """``rewrite_tree_for_erofs``: validation, overlay xattrs, ``.``/``..``, the stubs.
+    C works on a copy of the tree whose nodes start with an xattr budget of 0 (the copy does
+    not carry it over), so the xattrs the writer adds are counted from 0."""
     for node in _walk(root):
+        node.xsize = 0
         kind = node.ftype
         external = kind == S_IFREG and node.size > 0 and node.content is None
         if external and _chunk_count(node.size) > MAX_CHUNKS:
@@ -544,7 +556,8 @@ def _rewrite(root: _Node, version: int) -> None:
             digest = node.digest
             if isinstance(digest, str):
                 raise MkcomposefsError(
-                    f"cannot write file: the digest {digest!r} of a file is not 64 hex digits"
+                    f"cannot write file: the DIGEST {digest} of {_show(_path(node))} is not "
+                    "64 hex digits"
                 )
             metacopy = b"" if digest is None else b"\x00\x24\x00\x01" + digest
             _set_xattr(node, b"trusted.overlay.metacopy", metacopy)
