@@ -9,7 +9,7 @@ quirk. Used by the backend parity tests and, against the C binary, by
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 ROOT = b"/ 4096 40755 2 0 0 0 100.5 - - -\n"
 DIGEST = "a" * 64
@@ -216,3 +216,169 @@ CASES: list[Case] = [
         b"/0a 0 100644 1 0 0 0 0.0 - - -\n",
     ),
 ]
+
+
+# -- random dumpfiles in C's grammar (hypothesis) ----------------------------------------------
+
+NAMES = [
+    b"a",
+    b"b",
+    b"00",
+    b"0a",
+    b"ff",
+    b"#",
+    b"!x",
+    b"-",
+    b".hidden",
+    b"z" * 40,
+    b"sp ace",
+    b"\xff",
+]
+PAYLOADS = [b"aa/" + b"b" * 62, b"x", b"/abs", b"12/34", b"with space", b"s" * 3000]
+DIGESTS = [DIGEST.encode(), DIGEST2.encode(), b"A" * 64, b"0" * 64 + b"ff"]
+XATTRS = [
+    (b"user.common", b"1"),
+    (b"user.common", b"2"),
+    (b"security.selinux", b"system_u:object_r:etc_t:s0"),
+    (b"trusted.overlay.opaque", b"y"),
+    (b"trusted.overlay.overlay.x", b""),
+    (b"trusted.overlay.metacopy", b"m"),
+    (b"system.posix_acl_access", b"\x02\x00\x00\x00"),
+    (b"system.posix_acl_default", b"\x02"),
+    (b"lustre.lov", b"v"),
+    (b"user.overlay.whiteouts", b"w"),
+    (b"other", b"=\x00 \n"),
+    (b"user.long", b"L" * 3000),
+]
+MTIMES = [b"0.0", b"100.5", b"100.5", b"1633950376.0", b"4294967296.999999999", b"-1.0"]
+
+
+def escape(data: bytes, xattr: bool = False) -> bytes:
+    """A field as C's dumpfile writer escapes it (``-`` for empty fixed fields is the
+    caller's choice)."""
+    out = bytearray()
+    for b in data:
+        if b == 0x5C:
+            out += b"\\\\"
+        elif 0x21 <= b <= 0x7E and not (xattr and b == 0x3D):
+            out.append(b)
+        else:
+            out += b"\\x%02x" % b
+    return bytes(out)
+
+
+def c_dumpfiles() -> Any:
+    """A strategy: (dumpfile, min_version, max_version, strict), mostly valid dumpfiles that
+    use what C's grammar allows and composefs-rs's does not (hard links in any order, NLINK
+    and SIZE as written, long inline files and symlinks, any payload), with now and then a
+    line C refuses."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def build(draw: Any) -> tuple[bytes, int | None, int | None, bool]:
+        dirs = [b""]
+        paths: list[bytes] = []
+        used: set[bytes] = set()
+        root_mtime = draw(st.sampled_from(MTIMES))
+        lines = [b"/ 4096 40755 2 0 0 0 " + root_mtime + b" - - -" + xattrs(draw)]
+        for _ in range(draw(st.integers(0, 25))):
+            parent = draw(st.sampled_from(dirs))
+            name = draw(st.sampled_from(NAMES))
+            path = parent + b"/" + name
+            if path in used and draw(st.integers(0, 19)):
+                continue  # now and then a repeated path (refused)
+            used.add(path)
+            kind = draw(st.integers(0, 11))
+            mtime = draw(st.sampled_from(MTIMES))
+            nlink = draw(st.sampled_from([b"1", b"1", b"2", b"3", b"70000"]))
+            owner = draw(st.sampled_from([b"0 0", b"1000 1000", b"70000 5"]))
+            head = escape(path)
+            if kind == 0:
+                lines.append(head + b" 0 40755 2 " + owner + b" 0 " + mtime + b" - - -")
+                dirs.append(path)
+            elif kind in (1, 2):
+                content = draw(st.binary(max_size=draw(st.sampled_from([8, 3000, 5000]))))
+                text = escape(content) if content else b"-"
+                lines.append(
+                    head
+                    + b" %d 100644 " % len(content)
+                    + nlink
+                    + b" "
+                    + owner
+                    + b" 0 "
+                    + mtime
+                    + b" - "
+                    + text
+                    + b" -"
+                )
+            elif kind in (3, 4):
+                size = draw(st.sampled_from([0, 1, 4096, 70000, 1 << 40]))
+                payload = draw(st.sampled_from([*PAYLOADS, None]))
+                digest = draw(st.sampled_from([*DIGESTS, None]))
+                lines.append(
+                    head
+                    + b" %d 100644 " % size
+                    + nlink
+                    + b" "
+                    + owner
+                    + b" 0 "
+                    + mtime
+                    + b" "
+                    + (escape(payload) if payload else b"-")
+                    + b" - "
+                    + (digest if digest else b"-")
+                )
+            elif kind == 5:
+                target = draw(st.sampled_from([b"t", b"../x", b"l" * 2000, b"m" * 4095]))
+                lines.append(
+                    head
+                    + b" %d 120777 1 " % len(target)
+                    + owner
+                    + b" 0 "
+                    + mtime
+                    + b" "
+                    + escape(target)
+                    + b" - -"
+                )
+            elif kind in (6, 7):
+                rdev = draw(st.sampled_from([0, 0, 259, 1 << 33]))
+                size = draw(st.sampled_from([0, 0, 5]))
+                ifmt = draw(st.sampled_from([b"20", b"60"]))
+                lines.append(
+                    head
+                    + b" %d " % size
+                    + ifmt
+                    + b"644 "
+                    + nlink
+                    + b" "
+                    + owner
+                    + b" %d " % rdev
+                    + mtime
+                    + b" - - -"
+                )
+            elif kind == 8:
+                ifmt = draw(st.sampled_from([b"10", b"14"]))
+                lines.append(head + b" 0 " + ifmt + b"600 1 0 0 0 " + mtime + b" - - -")
+            elif kind in (9, 10) and paths:
+                target = draw(st.sampled_from([*paths, b"/"]))
+                lines.append(head + b" 0 @100644 0 0 0 0 0.0 " + escape(target) + b" - -")
+                paths.append(path)
+                continue
+            else:
+                lines.append(head + b" 0 100600 1 0 0 0 " + mtime + b" - - -")
+            lines[-1] += xattrs(draw)
+            paths.append(path)
+        if draw(st.integers(0, 19)) == 0:
+            # swap two lines (a child before its parent, a link before its target)
+            i = draw(st.integers(0, len(lines) - 1))
+            j = draw(st.integers(0, len(lines) - 1))
+            lines[i], lines[j] = lines[j], lines[i]
+        data = b"\n".join(lines) + (b"\n" if draw(st.integers(0, 9)) else b"")
+        versions = draw(st.sampled_from([(None, None), (0, 0), (1, 1), (None, 0), (1, None)]))
+        return data, versions[0], versions[1], draw(st.booleans())
+
+    def xattrs(draw: Any) -> bytes:
+        chosen = draw(st.lists(st.sampled_from(XATTRS), max_size=4))
+        return b"".join(b" " + escape(k, True) + b"=" + escape(v, True) for k, v in chosen)
+
+    return build()

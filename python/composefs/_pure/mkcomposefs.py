@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Final
 
-from composefs._pure.erofs import xxh32
+from composefs._pure.xxhash import xxh32
 from composefs.erofs_format import (
     COMPACT_INODE,
     COMPOSEFS_HEADER,
