@@ -612,18 +612,45 @@ fn path(nodes: &[Node], mut id: usize) -> Vec<u8> {
     [b"/".to_vec(), parts.join(&b"/"[..])].concat()
 }
 
-/// `follow_links`: the node a chain of hard links ends at.
-fn target(nodes: &[Node], id: usize) -> Res<usize> {
-    let mut node = id;
-    let mut steps: u64 = 0;
-    while let Link::To(next) = nodes[node].link {
-        node = next;
-        steps += 1;
-        if node == id || steps > nodes.len() as u64 {
-            return Err("cannot write file: hard link loop".into());
+/// `follow_links` once the links are flattened (`flatten`).
+fn target(nodes: &[Node], id: usize) -> usize {
+    match nodes[id].link {
+        Link::To(t) => t,
+        _ => id,
+    }
+}
+
+/// Points every hard link at the node its chain ends at (each chain walked once: a hostile
+/// chain of n links costs n, not n squared); a loop is an error, as C's `follow_links` finds
+/// it.
+fn flatten(nodes: &mut [Node], order: &[usize]) -> Res<()> {
+    let mut done = vec![false; nodes.len()];
+    let mut on_chain = vec![false; nodes.len()];
+    for &id in order {
+        let children: Vec<usize> = nodes[id].children.values().copied().collect();
+        for child in children {
+            if !matches!(nodes[child].link, Link::To(_)) || done[child] {
+                continue;
+            }
+            let mut chain = Vec::new();
+            let mut cur = child;
+            while let (Link::To(next), false) = (&nodes[cur].link, done[cur]) {
+                if on_chain[cur] {
+                    return Err("cannot write file: hard link loop".into());
+                }
+                on_chain[cur] = true;
+                chain.push(cur);
+                cur = *next;
+            }
+            let end = if done[cur] { target(nodes, cur) } else { cur };
+            for link in chain {
+                nodes[link].link = Link::To(end);
+                done[link] = true;
+                on_chain[link] = false;
+            }
         }
     }
-    Ok(node)
+    Ok(())
 }
 
 fn chunk_bits(size: u64) -> u32 {
@@ -780,11 +807,7 @@ fn bfs(nodes: &mut [Node], root: usize) -> Res<Vec<usize>> {
             }
         }
     }
-    for &id in &order {
-        for &c in nodes[id].children.values() {
-            target(nodes, c)?;
-        }
-    }
+    flatten(nodes, &order)?;
     Ok(order)
 }
 
@@ -937,7 +960,7 @@ fn file_type(mode: u32) -> u8 {
 fn put_dirents(nodes: &[Node], out: &mut [u8], pos: &mut usize, entries: &Dirents) -> Res<()> {
     let mut nameoff = 12 * entries.len();
     for (name, c) in entries {
-        let t = &nodes[target(nodes, *c)?];
+        let t = &nodes[target(nodes, *c)];
         put(out, pos, &t.nid.to_le_bytes());
         put(out, pos, &(nameoff as u16).to_le_bytes());
         put(out, pos, &[file_type(t.mode), 0]);

@@ -490,15 +490,33 @@ def _path(node: _Node) -> bytes:
 
 
 def _target(node: _Node) -> _Node:
-    """``follow_links``: the entry a chain of hard links ends at."""
-    seen = node
-    steps = 0
-    while isinstance(node.link, _Node):
-        node = node.link
-        steps += 1
-        if node is seen or steps > 1 << 32:
-            raise MkcomposefsError("cannot write file: hard link loop")
-    return node
+    """``follow_links`` once the links are flattened (:func:`_flatten`)."""
+    link = node.link
+    return link if isinstance(link, _Node) else node
+
+
+def _flatten(order: list[_Node]) -> None:
+    """Points every hard link at the entry its chain ends at (each chain walked once: a
+    hostile chain of n links costs n, not n squared); a loop is an error, as C's
+    ``follow_links`` finds it."""
+    done: set[int] = set()
+    for node in order:
+        for child in node.children.values():
+            if not isinstance(child.link, _Node) or id(child) in done:
+                continue
+            chain: list[_Node] = []
+            on_chain: set[int] = set()
+            cur = child
+            while isinstance(cur.link, _Node) and id(cur) not in done:
+                if id(cur) in on_chain:
+                    raise MkcomposefsError("cannot write file: hard link loop")
+                on_chain.add(id(cur))
+                chain.append(cur)
+                cur = cur.link
+            end = _target(cur) if id(cur) in done else cur
+            for link in chain:
+                link.link = end
+                done.add(id(link))
 
 
 def _children(node: _Node) -> list[tuple[bytes, _Node]]:
@@ -611,9 +629,7 @@ def _bfs(root: _Node) -> list[_Node]:
             for _, child in children:
                 if child.link is None:
                     queue.append(child)
-    for node in order:
-        for _, child in _children(node):
-            _target(child)
+    _flatten(order)
     return order
 
 
