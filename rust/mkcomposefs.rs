@@ -1262,3 +1262,106 @@ pub(crate) mod py {
         Ok(PyBytes::new(py, &image))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest as _, Sha256};
+    use std::io::Read;
+    use std::path::PathBuf;
+
+    fn assets() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/mkcomposefs")
+    }
+
+    fn read_asset(name: &str) -> Vec<u8> {
+        let raw = std::fs::read(assets().join(name)).unwrap();
+        if name.ends_with(".gz") {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&raw[..])
+                .read_to_end(&mut out)
+                .unwrap();
+            out
+        } else {
+            raw
+        }
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// C's test-checksums.sh over its assets (tests/data/mkcomposefs/README.md).
+    #[test]
+    fn c_checksum_assets() {
+        let mut seen = 0;
+        for entry in std::fs::read_dir(assets()).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let Some(asset) = name.strip_suffix(".sha256") else {
+                continue;
+            };
+            let (low, high) =
+                match std::fs::read_to_string(assets().join(format!("{asset}.version"))) {
+                    Ok(v) => {
+                        let v: i64 = v.trim().parse().unwrap();
+                        (v, v)
+                    }
+                    Err(_) => (0, 1),
+                };
+            let strict = !matches!(
+                asset,
+                "no-newline.dump" | "longlink.dump" | "honggfuzz-longlink-unterminated.dump"
+            );
+            let image = mkcomposefs(&read_asset(asset), low, high, strict).unwrap();
+            let expected = std::fs::read_to_string(assets().join(&name)).unwrap();
+            assert_eq!(hex(&Sha256::digest(&image)), expected.trim(), "{asset}");
+            seen += 1;
+        }
+        assert_eq!(seen, 14);
+    }
+
+    #[test]
+    fn c_should_fail_assets() {
+        let mut seen = 0;
+        for entry in std::fs::read_dir(assets()).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name.starts_with("should-fail-") {
+                assert!(
+                    mkcomposefs(&read_asset(&name), 0, 1, false).is_err(),
+                    "{name}"
+                );
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 14);
+    }
+
+    #[test]
+    fn numbers_the_c_way() {
+        assert_eq!(strtoull(b"+7", 10), Some(7));
+        assert_eq!(strtoull(b"\t 7", 10), Some(7));
+        assert_eq!(strtoull(b"-1", 10), Some(u64::MAX));
+        assert_eq!(strtoull(b"99999999999999999999", 10), Some(u64::MAX));
+        assert_eq!(strtoull(b"0755", 8), Some(0o755));
+        assert_eq!(strtoull(b"8", 8), None);
+        assert_eq!(strtoull(b"", 10), None);
+        assert_eq!(strtoull(b"+", 10), None);
+        assert_eq!(strtoull(b"7 ", 10), None);
+    }
+
+    #[test]
+    fn hard_link_loops_and_chains() {
+        let root = b"/ 0 40755 2 0 0 0 0.0 - - -\n";
+        let cycle = [
+            &root[..],
+            b"/a 0 @100644 0 0 0 0 0.0 /b - -\n/b 0 @100644 0 0 0 0 0.0 /a - -\n",
+        ]
+        .concat();
+        assert_eq!(
+            mkcomposefs(&cycle, 0, 1, false).unwrap_err(),
+            "cannot write file: hard link loop"
+        );
+        let chain = [&root[..], b"/a 0 @100644 0 0 0 0 0.0 /b - -\n/b 0 @100644 0 0 0 0 0.0 /t - -\n/t 1 100644 1 0 0 0 0.0 - x -\n"].concat();
+        assert!(mkcomposefs(&chain, 0, 1, false).is_ok());
+    }
+}
