@@ -13,14 +13,16 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import stat
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from support import load_backend, need, tool
+from support import load_backend, need, need_root, run, tool
 from support.mkcomposefs_cases import CASES, c_dumpfiles
 
 pytestmark = pytest.mark.interop
@@ -179,3 +181,19 @@ def test_cfsctl_on_c_assets(tmp_path: Path) -> None:
         ):
             matches.add(name)
     assert matches == CFSCTL_MATCHES
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_directory_with_a_whiteout(c_binary: str, tmp_path: Path, backend: str) -> None:
+    """A directory source holding a char device 0/0: C raises the version to 1 (cfsctl 0.9.4
+    stays at 0)."""
+    need_root()
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    os.mknod(tree / "sub" / "w", 0o600 | stat.S_IFCHR, os.makedev(0, 0))
+    (tree / "f").write_bytes(b"hi\n")
+    theirs, mine = tmp_path / "theirs.img", tmp_path / "mine.img"
+    run(c_binary, tree, theirs)
+    env = {**os.environ, "COMPOSEFS_BACKEND": backend}
+    run(sys.executable, "-m", "composefs.cli", "mkcomposefs", tree, mine, env=env)
+    assert mine.read_bytes() == theirs.read_bytes()
