@@ -570,9 +570,11 @@ DEFAULT_FORMAT_VERSION: Final = constants.DEFAULT_EROFS_VERSION
 
 def mkfs(dumpfile: BufferLike, version: int = DEFAULT_FORMAT_VERSION) -> bytes:
     """The composefs EROFS image (format ``version``: 0, 1 or 2) of the tree a composefs
-    dumpfile describes; byte-identical to composefs-rs 0.9 (V1 and V0 also to C
-    ``mkcomposefs``). Runs in the active backend; raises :class:`ErofsError` for a dumpfile
-    that is malformed or describes a tree no image can hold."""
+    dumpfile describes; byte-identical to composefs-rs 0.9 (V0 and V1 follow C mkcomposefs's
+    layout for the trees composefs-rs can describe; :func:`mkcomposefs` is C mkcomposefs
+    itself, with its own dumpfile rules). Runs in the active backend; raises
+    :class:`ErofsError` for a dumpfile that is malformed or describes a tree no image can
+    hold."""
     if version not in FORMAT_VERSIONS:
         raise ErofsError(f"unsupported EROFS format version {version} (expected 0, 1 or 2)")
     try:
