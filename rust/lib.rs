@@ -7,7 +7,7 @@
 //!
 //! Layering (a module uses only modules above it in this list, never one below):
 //! `error`, `tree` (the model; nothing else of ours), `constants`, `sha256x`, `sha_mb`,
-//! `fsverity`, `objects`, `splitstream`, `decompress`, `dumpfile`, `erofs` (`erofs::format` + writer),
+//! `fsverity`, `objects`, `splitstream`, `decompress`, `dumpfile`, `erofs` (`erofs::format` + writer), `mkcomposefs` (C mkcomposefs's reader and writer),
 //! `tar_split`, `merge` (layers -> tree -> dumpfile/images), `fs` (directory scanner).
 
 pub mod constants;
@@ -18,6 +18,7 @@ pub mod error;
 pub mod fs;
 pub mod fsverity;
 pub mod merge;
+pub mod mkcomposefs;
 pub mod objects;
 pub mod sha256x;
 pub mod sha_mb;

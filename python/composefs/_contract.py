@@ -208,9 +208,12 @@ class MergeModule(Protocol):
 
 
 class ErofsModule(Protocol):
-    """Backend module ``erofs``: the image writer."""
+    """Backend module ``erofs``: the image writer (composefs-rs's, and C mkcomposefs's)."""
 
     def mkfs(self, dumpfile: Buffer, version: int) -> bytes: ...
+    def mkcomposefs(
+        self, dumpfile: Buffer, min_version: int, max_version: int, strict: bool
+    ) -> bytes: ...
 
 
 class FsModule(Protocol):

@@ -68,6 +68,7 @@ __all__ = [
     "ImageInfo",
     "collect_objects",
     "image_id",
+    "mkcomposefs",
     "mkfs",
     "parse_object_path",
     "read_image_info",
@@ -569,13 +570,33 @@ DEFAULT_FORMAT_VERSION: Final = constants.DEFAULT_EROFS_VERSION
 
 def mkfs(dumpfile: BufferLike, version: int = DEFAULT_FORMAT_VERSION) -> bytes:
     """The composefs EROFS image (format ``version``: 0, 1 or 2) of the tree a composefs
-    dumpfile describes; byte-identical to composefs-rs 0.9 (V1 and V0 also to C
-    ``mkcomposefs``). Runs in the active backend; raises :class:`ErofsError` for a dumpfile
-    that is malformed or describes a tree no image can hold."""
+    dumpfile describes; byte-identical to composefs-rs 0.9 (V0 and V1 follow C mkcomposefs's
+    layout for the trees composefs-rs can describe; :func:`mkcomposefs` is C mkcomposefs
+    itself, with its own dumpfile rules). Runs in the active backend; raises
+    :class:`ErofsError` for a dumpfile that is malformed or describes a tree no image can
+    hold."""
     if version not in FORMAT_VERSIONS:
         raise ErofsError(f"unsupported EROFS format version {version} (expected 0, 1 or 2)")
     try:
         return bytes(_backend.backend().erofs.mkfs(dumpfile, version))
+    except ValueError as e:
+        raise ErofsError(str(e)) from None
+
+
+def mkcomposefs(
+    dumpfile: BufferLike, *, min_version: int = 0, max_version: int = 1, strict: bool = False
+) -> bytes:
+    """The image C ``mkcomposefs --from-file`` 1.0 writes for a dumpfile, byte for byte: C's
+    dumpfile rules (``strict``: as with ``CFS_PARSE_STRICT`` set) and C's writer. The format
+    is ``min_version`` (0 or 1), raised to 1 when the tree holds a whiteout and
+    ``max_version`` allows it. This is not :func:`mkfs`: C keeps each line's NLINK, PAYLOAD and
+    inline CONTENT (up to 5000 bytes) as written, refuses repeated paths, and more (see
+    docs/differences.md). Runs in the active backend; raises :class:`ErofsError` for an input
+    C refuses, with the line number."""
+    try:
+        return bytes(
+            _backend.backend().erofs.mkcomposefs(dumpfile, min_version, max_version, strict)
+        )
     except ValueError as e:
         raise ErofsError(str(e)) from None
 

@@ -58,6 +58,7 @@ pub(crate) mod py {
     }
 
     pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-        m.add_function(wrap_pyfunction!(mkfs, m)?)
+        m.add_function(wrap_pyfunction!(mkfs, m)?)?;
+        m.add_function(wrap_pyfunction!(crate::mkcomposefs::py::mkcomposefs, m)?)
     }
 }

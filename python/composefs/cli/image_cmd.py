@@ -54,12 +54,31 @@ def _add_mkcomposefs_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--print-digest-only", action="store_true", help="print the digest, write no image"
     )
-    p.add_argument("--use-epoch", action="store_true", help="set every mtime to 0")
-    p.add_argument("--skip-devices", action="store_true", help="leave device nodes out")
-    p.add_argument("--skip-xattrs", action="store_true", help="leave every xattr out")
-    p.add_argument("--user-xattrs", action="store_true", help="keep only user.* xattrs")
-    p.add_argument("--min-version", type=int, default=0, help="0 (default) or 1")
-    p.add_argument("--max-version", type=int, default=1, help="1 (default)")
+    p.add_argument(
+        "--use-epoch", action="store_true", help="set every mtime to 0 (directories only, as C)"
+    )
+    p.add_argument(
+        "--skip-devices", action="store_true", help="leave device nodes out (directories only)"
+    )
+    p.add_argument(
+        "--skip-xattrs", action="store_true", help="leave every xattr out (directories only)"
+    )
+    p.add_argument(
+        "--user-xattrs", action="store_true", help="keep only user.* xattrs (directories only)"
+    )
+    p.add_argument(
+        "--min-version",
+        type=int,
+        default=None,
+        help="the lowest format version (default 0; 0 when only --max-version is given)",
+    )
+    p.add_argument(
+        "--max-version",
+        type=int,
+        default=None,
+        help="the highest format version (default 1; 0 when only --min-version is given): "
+        "a dumpfile with a whiteout is written as version 1 if allowed",
+    )
     p.add_argument(
         "--hardlinks",
         action="store_true",
@@ -201,6 +220,29 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mkcomposefs_versions(args: argparse.Namespace) -> tuple[int, int]:
+    """C mkcomposefs's version options: without either, 0 and 1; a missing one is 0; a
+    maximum below the minimum is raised to it. Only 0 and 1 exist."""
+    if args.min_version is None and args.max_version is None:
+        return 0, 1
+    low = args.min_version or 0
+    high = max(args.max_version or 0, low)
+    for name, value in (("--min-version", args.min_version), ("--max-version", args.max_version)):
+        if value is not None and not 0 <= value <= 1:
+            raise ComposefsError(f"Invalid {name} {value}: the C-compatible versions are 0 and 1")
+    return low, high
+
+
+def _read_source(source: str) -> bytes:
+    if source == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(source, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ComposefsError(f"open `{source}`") from e
+
+
 def cmd_mkcomposefs(args: argparse.Namespace) -> int:
     from composefs import fs
     from composefs._pure import dumpfile
@@ -209,24 +251,20 @@ def cmd_mkcomposefs(args: argparse.Namespace) -> int:
         raise ComposefsError("IMAGE must be omitted when using --print-digest-only")
     if not args.print_digest_only and args.image is None:
         raise ComposefsError("IMAGE is required (or use --print-digest-only)")
-    if args.min_version > args.max_version:
-        raise ComposefsError(
-            f"Invalid version range: --min-version ({args.min_version}) must not exceed "
-            f"--max-version ({args.max_version})"
-        )
-    if args.min_version > 1:
-        raise ComposefsError(
-            f"--min-version {args.min_version} is not supported; the maximum C-compatible "
-            "version is 1"
-        )
-    version = 1 if args.min_version >= 1 else 0
+    if args.image == "-" and not args.print_digest_only and sys.stdout.isatty():
+        raise ComposefsError("stdout is a tty. Refusing to use it")
+    low, high = _mkcomposefs_versions(args)
     if args.from_file:
-        if args.source == "-":
-            text = sys.stdin.buffer.read()
-        else:
-            with open(args.source, "rb") as f:
-                text = f.read()
-        tree = dumpfile.parse(text)
+        # C mkcomposefs: its dumpfile rules (strict when CFS_PARSE_STRICT is set, as C's
+        # hidden switch) and its writer; the directory options do not apply, as in C
+        strict = os.environ.get("CFS_PARSE_STRICT") is not None
+        text = _read_source(args.source)
+        try:
+            image = erofs.mkcomposefs(text, min_version=low, max_version=high, strict=strict)
+        except erofs.ErofsError as e:
+            # one line, as C prints it, with the file and line named
+            name = "<stdin>" if args.source == "-" else args.source
+            raise ComposefsError(f"dumpfile {name}: {e}") from None
     else:
         # the directory is scanned by the active backend (native: digests in parallel)
         from composefs import _backend
@@ -237,14 +275,15 @@ def cmd_mkcomposefs(args: argparse.Namespace) -> int:
         tree = dumpfile.parse(scanned)
         if not args.hardlinks:
             fs.break_hardlinks(tree)
-    fs.mkcomposefs_transform(
-        tree,
-        skip_xattrs=args.skip_xattrs,
-        user_xattrs=args.user_xattrs,
-        use_epoch=args.use_epoch,
-        skip_devices=args.skip_devices,
-    )
-    image = erofs.mkfs(dumpfile.write(tree, raw_modes=False), version)
+        fs.mkcomposefs_transform(
+            tree,
+            skip_xattrs=args.skip_xattrs,
+            user_xattrs=args.user_xattrs,
+            use_epoch=args.use_epoch,
+            skip_devices=args.skip_devices,
+        )
+        version = 1 if low >= 1 or (high >= 1 and _has_whiteout(tree)) else 0
+        image = erofs.mkfs(dumpfile.write(tree, raw_modes=False), version)
     if not args.print_digest_only:
         if args.image == "-":
             sys.stdout.buffer.write(image)
@@ -257,3 +296,17 @@ def cmd_mkcomposefs(args: argparse.Namespace) -> int:
     if args.print_digest or args.print_digest_only:
         print(erofs.image_id(image, "sha256").hex())
     return 0
+
+
+def _has_whiteout(tree: Any) -> bool:
+    """Whether a scanned tree holds a character device 0/0 (C raises the version to 1)."""
+    from composefs._pure.tree import Directory
+
+    stack = [tree.root]
+    while stack:
+        for inode in stack.pop().entries.values():
+            if isinstance(inode, Directory):
+                stack.append(inode)
+            elif inode.kind == "char" and inode.rdev == 0:
+                return True
+    return False

@@ -5,6 +5,9 @@
   ``composefs._pure.dumpfile.write``, then the same dumpfiles mutated line- and byte-wise
   (repeated, dropped, swapped lines, replaced fields, stray bytes), plus hand-written cases
   whose message is also pinned (cfsctl's text where cfsctl has one).
+* ``erofs.mkcomposefs`` (C mkcomposefs's rules): the hand-written cases of
+  ``support.mkcomposefs_cases``, random dumpfiles in C's grammar, and the mutated dumpfiles
+  above with any versions and strictness.
 * ``merge.merge_layers`` / ``merge.mkfs_layers``: a few layer splitstream files imported with
   ``composefs.oci.layer.import_layer`` into a temporary repository, merged in random selections
   and orders, plus truncated and corrupted streams.
@@ -46,6 +49,9 @@ from composefs.oci.layer import import_layer
 from composefs.repository import Repository
 from composefs.testing import TarBuilder
 from support import load_backend, need
+from support.mkcomposefs_cases import CASES as MKCOMPOSEFS_CASES
+from support.mkcomposefs_cases import Case as McCase
+from support.mkcomposefs_cases import c_dumpfiles
 from support.tars import Tar
 
 VERSIONS = (0, 1, 2)
@@ -530,6 +536,55 @@ def test_mkfs_random_trees_all_versions(
     native: ModuleType, pure: ModuleType, fs: FileSystem
 ) -> None:
     same_mkfs(native, pure, dumpfile.write(fs), VERSIONS)
+
+
+# --------------------------------------------------------------------------------------------
+# erofs.mkcomposefs (C mkcomposefs's reader and writer)
+
+
+def same_mkcomposefs(
+    native: ModuleType, pure: ModuleType, data: bytes, low: int, high: int, strict: bool
+) -> None:
+    expected = outcome(native.erofs.mkcomposefs, data, low, high, strict)
+    got = outcome(pure.erofs.mkcomposefs, data, low, high, strict)
+    assert got == expected, (
+        f"versions {low}..{high}, strict {strict}, dumpfile {data[:600]!r}\n"
+        f"  native: {show(expected)}\n  pure:   {show(got)}"
+    )
+
+
+def _c_versions(low: int | None, high: int | None) -> tuple[int, int]:
+    if low is None and high is None:
+        return 0, 1
+    return low or 0, high or 0
+
+
+@pytest.mark.parametrize("case", MKCOMPOSEFS_CASES, ids=[c.id for c in MKCOMPOSEFS_CASES])
+def test_mkcomposefs_cases(native: ModuleType, pure: ModuleType, case: McCase) -> None:
+    low, high = _c_versions(case.min_version, case.max_version)
+    same_mkcomposefs(native, pure, case.data, low, high, case.strict)
+
+
+@FUZZ
+@given(example=c_dumpfiles())
+def test_mkcomposefs_fuzz(
+    native: ModuleType, pure: ModuleType, example: tuple[bytes, int | None, int | None, bool]
+) -> None:
+    data, low, high, strict = example
+    same_mkcomposefs(native, pure, data, *_c_versions(low, high), strict)
+
+
+@FUZZ
+@given(
+    data=dumpfiles(),
+    low=st.integers(-1, 2),
+    high=st.integers(-1, 2),
+    strict=st.booleans(),
+)
+def test_mkcomposefs_fuzz_mutated(
+    native: ModuleType, pure: ModuleType, data: bytes, low: int, high: int, strict: bool
+) -> None:
+    same_mkcomposefs(native, pure, data, low, high, strict)
 
 
 # --------------------------------------------------------------------------------------------
