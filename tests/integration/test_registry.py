@@ -30,6 +30,7 @@ from composefs.errors import (
     error_chain,
     format_error,
 )
+from composefs.oci import names as oci_names
 from composefs.oci import registry as registry_module
 from composefs.oci.http import RetryPolicy
 from composefs.oci.pull import PullCancelled, PullError
@@ -572,3 +573,109 @@ def test_layers_above_8_mib_through_both_paths(
             result = oci.pull(repo, ref, "t", tls_verify=False, via_skopeo=via_skopeo)
             assert result.manifest_digest == manifest["digest"]
     assert tree(tmp_path / "rFalse") == tree(tmp_path / "rTrue")
+
+
+# -- referrers -----------------------------------------------------------------------------------
+
+
+def _put(registry: Registry, path: str, data: bytes, content_type: str, method: str = "PUT") -> str:
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://{registry.host}{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": content_type},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return str(response.headers.get("Location", ""))
+
+
+def _push_blob(registry: Registry, name: str, data: bytes) -> str:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    location = _put(registry, f"/v2/{name}/blobs/uploads/", b"", "application/octet-stream", "POST")
+    location = location.removeprefix(f"http://{registry.host}")
+    sep = "&" if "?" in location else "?"
+    _put(registry, f"{location}{sep}digest={digest}", data, "application/octet-stream")
+    return digest
+
+
+def test_referrers_through_the_tag_schema(
+    tmp_path: Path, registry: Registry, oci_image: OciImage
+) -> None:
+    """The registry (distribution 2.8) has no referrers API: the artifacts are found through
+    the ``sha256-<hex>`` tag listing them, fetched, stored and linked to their subject."""
+    name = "referrers/img"
+    ref = registry.push(oci_image.ref, f"{name}:v1")
+    subject = {
+        "mediaType": oci_image.manifest.media_type,
+        "digest": oci_image.manifest.digest,
+        "size": oci_image.manifest.size,
+    }
+    empty = _push_blob(registry, name, b"{}")
+    artifacts = []
+    for kind in ("signature", "sbom"):
+        payload = f"{kind} payload".encode() * 40
+        blob = _push_blob(registry, name, payload)
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "artifactType": f"application/vnd.example.{kind}",
+                "config": {
+                    "mediaType": "application/vnd.oci.empty.v1+json",
+                    "digest": empty,
+                    "size": 2,
+                },
+                "layers": [
+                    {
+                        "mediaType": f"application/vnd.example.{kind}",
+                        "digest": blob,
+                        "size": len(payload),
+                    }
+                ],
+                "subject": subject,
+            }
+        ).encode()
+        digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+        _put(
+            registry,
+            f"/v2/{name}/manifests/{digest}",
+            manifest,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        artifacts.append(
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest,
+                "size": len(manifest),
+                "artifactType": f"application/vnd.example.{kind}",
+            }
+        )
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": artifacts,
+        }
+    ).encode()
+    fallback = "sha256-" + oci_image.manifest.digest.removeprefix("sha256:")
+    _put(
+        registry,
+        f"/v2/{name}/manifests/{fallback}",
+        index,
+        "application/vnd.oci.image.index.v1+json",
+    )
+
+    repo = new_repo(tmp_path / "repo")
+    with repo:
+        result = oci.pull(repo, ref, "img", tls_verify=False, referrers=True)
+        wanted = sorted(a["digest"] for a in artifacts)
+        assert sorted(result.referrers) == wanted
+        assert [d for d, _ in oci_names.list_referrers(repo, result.manifest_digest)] == wanted
+        assert oci.oci_fsck(repo).ok
+        # an image without referrers: none, no error
+        other = new_repo(tmp_path / "other")
+        with other:
+            plain = registry.push(oci_image.ref, "referrers/plain:v1")
+            assert oci.pull(other, plain, "p", tls_verify=False, referrers=True).referrers == ()

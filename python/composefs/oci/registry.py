@@ -49,6 +49,7 @@ from composefs.oci.documents import (
     SIZE_LIMITS,
     Descriptor,
     DocumentError,
+    parse_index,
     parse_json,
     parse_json_object,
     quote,
@@ -517,6 +518,45 @@ class RegistryImageSource:
         except (RegistryError, DocumentError) as e:
             cls = type(e) if isinstance(e, RegistryError) else RegistryError
             raise cls(f"Resolving manifest of {ref} for platform") from e
+
+    # -- referrers (OCI 1.1) ----------------------------------------------------------------------
+
+    def referrers(self, subject: str) -> list[Descriptor]:
+        """The manifests whose ``subject`` is ``subject``: the referrers API
+        (``GET /v2/<name>/referrers/<digest>``, an image index), or, where the registry does not
+        offer it (a 404), the index tagged ``sha256-<hex>`` (the tag schema of the distribution
+        spec); none when neither exists."""
+        what = f"referrers of {subject}"
+        limit = SIZE_LIMITS["index"]
+        path = f"/v2/{self.ref.repository}/referrers/{subject}"
+        response, url = self._get(path, {"Accept": INDEX_MEDIA_TYPE})
+        try:
+            if response.status == 200:
+                body = read_limited(response, limit)
+                if body is None:
+                    raise RegistryError(f"{what}: the list is larger than {limit} bytes")
+                return self._referrer_entries(body, subject, what)
+            if response.status != 404:
+                raise self._status_error(response, url, what)
+        finally:
+            response.release_conn()
+        fallback = "sha256-" + subject.removeprefix("sha256:")
+        try:
+            raw, media_type, _ = self._fetch_manifest(fallback, f"tag {fallback}", tag=True)
+        except (RegistryTagNotFound, RegistryManifestNotFound):
+            return []
+        if media_type not in ALL_INDEX_TYPES:
+            raise RegistryError(f"{what}: tag {fallback} is not an image index")
+        return self._referrer_entries(raw, subject, what)
+
+    @staticmethod
+    def _referrer_entries(raw: bytes, subject: str, what: str) -> list[Descriptor]:
+        index = parse_index(parse_json_object(raw, what), what, check_version=False)
+        return [d for d in index.manifests if d.digest != subject]
+
+    def read_manifest(self, descriptor: Descriptor) -> bytes:
+        """A manifest named by a descriptor, verified (digest and size)."""
+        return self._read_small(descriptor)
 
     # -- blobs ----------------------------------------------------------------------------------
 
