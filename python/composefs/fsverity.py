@@ -82,7 +82,7 @@ class Algorithm(enum.Enum):
         if "-" not in rest:
             raise ValueError("algorithm must be 'fsverity-<hash>-<lg_blocksize>'")
         hash_name, lg = rest.rsplit("-", 1)
-        if not lg.isdigit():
+        if not (lg.isascii() and lg.isdigit() and len(lg) < 5):
             raise ValueError(f"invalid lg_blocksize '{lg}'")
         if int(lg) != 12:
             raise ValueError(f"unsupported lg_blocksize {lg} (only 12 is currently supported)")

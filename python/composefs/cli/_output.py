@@ -359,8 +359,22 @@ def _terminal_size(out: TextIO) -> tuple[int, int]:
     except (AttributeError, OSError, ValueError):
         columns, lines = 80, 24
     env_columns, env_lines = os.environ.get("COLUMNS", ""), os.environ.get("LINES", "")
-    columns = int(env_columns) if env_columns.isdigit() and int(env_columns) > 0 else columns
-    lines = int(env_lines) if env_lines.isdigit() and int(env_lines) > 0 else lines
+    columns = (
+        int(env_columns)
+        if env_columns.isascii()
+        and env_columns.isdigit()
+        and 0 < len(env_columns) < 6
+        and int(env_columns) > 0
+        else columns
+    )
+    lines = (
+        int(env_lines)
+        if env_lines.isascii()
+        and env_lines.isdigit()
+        and 0 < len(env_lines) < 6
+        and int(env_lines) > 0
+        else lines
+    )
     return (columns or 80), (lines or 24)
 
 

@@ -91,13 +91,20 @@ class RetryPolicy:
         return urllib3.Timeout(connect=self.connect_timeout, read=self.read_timeout)
 
 
+def _digits(text: str) -> bool:
+    """``text`` is a decimal number a header may carry: ASCII digits only (``str.isdigit``
+    also accepts ``²`` and other digits ``int`` refuses), at most 19 of them (``int`` refuses
+    thousands of digits, and no size or delay needs more)."""
+    return 0 < len(text) <= 19 and text.isascii() and text.isdigit()
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """A ``Retry-After`` header in seconds from ``now``: delta-seconds or an HTTP date;
     ``None`` when absent or malformed (then the usual backoff applies)."""
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _digits(value):
         return float(int(value))
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -121,7 +128,7 @@ def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None
     start_text, dash, end_text = span.partition("-")
     if not slash or not dash:
         return None
-    if not (start_text.isdigit() and end_text.isdigit()):
+    if not (_digits(start_text) and _digits(end_text)):
         return None
     start, end = int(start_text), int(end_text)
     if end < start:
@@ -129,7 +136,7 @@ def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None
     total: int | None
     if total_text == "*":
         total = None
-    elif total_text.isdigit():
+    elif _digits(total_text):
         total = int(total_text)
         if end >= total:
             return None
@@ -342,10 +349,10 @@ def _split_host_port(item: str) -> tuple[str, str]:
         if end < 0:
             return item, ""
         rest = item[end + 1 :]
-        return item[1:end], rest[1:] if rest.startswith(":") and rest[1:].isdigit() else ""
+        return item[1:end], rest[1:] if rest.startswith(":") and _digits(rest[1:]) else ""
     if item.count(":") == 1:
         host, _, port = item.partition(":")
-        if port.isdigit():
+        if _digits(port):
             return host, port
         return host, ""
     return item, ""
@@ -569,7 +576,7 @@ def status_text(response: urllib3.BaseHTTPResponse) -> str:
 def read_limited(response: urllib3.BaseHTTPResponse, limit: int) -> bytes | None:
     """The whole body, or ``None`` when it is larger than ``limit`` bytes (not read further)."""
     length = response.headers.get("Content-Length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    if length is not None and _digits(length) and int(length) > limit:
         return None
     chunks: list[bytes] = []
     total = 0
