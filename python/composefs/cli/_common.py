@@ -12,6 +12,7 @@ from composefs._text import printable
 from composefs.constants import EROFS_VERSIONS
 from composefs.errors import (
     ComposefsError,
+    OldFormatRepository,
     RepositoryError,
     RepositoryMetadataMissing,
 )
@@ -66,6 +67,12 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fail if the repository was not initialized with fs-verity",
     )
+    parser.add_argument(
+        "--no-upgrade",
+        action="store_true",
+        help="fail on a repository without meta.json instead of upgrading a pre-0.7 one "
+        "(inferring its metadata from its objects)",
+    )
 
 
 def repo_path(args: argparse.Namespace) -> str:
@@ -89,12 +96,22 @@ def open_repo(args: argparse.Namespace) -> Repository:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise RepositoryError(f"opening repository {path}") from e
-    os.close(fd)
     try:
-        repo = Repository.open(
-            path, insecure=args.insecure_global, require_verity=args.require_verity
-        )
-    except RepositoryMetadataMissing:
+        upgrade = not getattr(args, "no_upgrade", False)
+        if args.hash is not None and upgrade:
+            _check_legacy_hash(fd, path, Algorithm(args.hash))
+    finally:
+        os.close(fd)
+    try:
+        if upgrade:
+            repo, _ = Repository.open_upgrade(
+                path, insecure=args.insecure_global, require_verity=args.require_verity
+            )
+        else:
+            repo = Repository.open(
+                path, insecure=args.insecure_global, require_verity=args.require_verity
+            )
+    except (RepositoryMetadataMissing, OldFormatRepository):
         raise RepositoryError(
             f"meta.json not found in {path}; this repository must be initialized with "
             "`composefs init`"
@@ -108,6 +125,30 @@ def open_repo(args: argparse.Namespace) -> Repository:
     if getattr(args, "erofs_version", None) is not None:
         repo.override_erofs_version(args.erofs_version)
     return repo
+
+
+def _check_legacy_hash(fd: int, path: str, wanted: Algorithm) -> None:
+    """cfsctl checks ``--hash`` against a pre-0.7 repository's inferred algorithm before
+    it writes ``meta.json``."""
+    from composefs.repo_metadata import METADATA_FILENAME, infer_metadata
+
+    if os.path.lexists(f"/proc/self/fd/{fd}/{METADATA_FILENAME}"):
+        return
+    try:
+        os.stat("objects", dir_fd=fd)
+    except OSError:
+        return
+    try:
+        inferred, _ = infer_metadata(fd)
+    except RepositoryError as e:
+        raise RepositoryError(
+            f"no meta.json in {path}; tried to infer algorithm from objects"
+        ) from e
+    if inferred is not wanted:
+        raise RepositoryError(
+            f"repository is configured for {inferred} (from meta.json) but "
+            f"--hash {wanted.hash_name} was specified"
+        )
 
 
 def add_command(

@@ -11,9 +11,10 @@ from typing import Any
 
 from composefs.cli._common import add_command, open_repo, printable, repo_path
 from composefs.constants import EROFS_VERSIONS
-from composefs.errors import ComposefsError
+from composefs.errors import ComposefsError, RepositoryError
 from composefs.fsverity import Algorithm
-from composefs.repository import Repository, to_id
+from composefs.repo_metadata import reset_metadata
+from composefs.repository import EnsureStatus, Repository, to_id
 
 
 def register(sub: Any) -> None:
@@ -26,6 +27,18 @@ def register(sub: Any) -> None:
         help="fsverity-sha256-12 or fsverity-sha512-12 (default)",
     )
     p.add_argument("--insecure", action="store_true", help="do not enable fs-verity on meta.json")
+    p.add_argument(
+        "--reset-metadata",
+        action="store_true",
+        help="migrate an old-format repository: remove streams/, images/ and meta.json, keep "
+        "objects/, then write a fresh meta.json (streams and images must be imported again)",
+    )
+    p.add_argument(
+        "--ensure",
+        action="store_true",
+        help="open an existing repository as it is (whatever its configuration), upgrade a "
+        "pre-0.7 one, or create one: for idempotent use from units and scripts",
+    )
     p.add_argument(
         "--erofs-version",
         dest="init_erofs_version",
@@ -68,15 +81,41 @@ def cmd_init(args: argparse.Namespace) -> int:
     erofs_version = args.init_erofs_version
     if erofs_version is None:
         erofs_version = args.erofs_version if args.erofs_version is not None else 1
-    repo, created = Repository.init(path, algorithm, insecure=insecure, erofs_version=erofs_version)
+    if args.reset_metadata:
+        reset_metadata(path)
+    if args.ensure:
+        repo, status = Repository.ensure(
+            path, algorithm, insecure=insecure, erofs_version=erofs_version
+        )
+        repo.close()
+        if status is EnsureStatus.CREATED:
+            _print_initialized(path, algorithm, insecure)
+        elif status is EnsureStatus.OPENED:
+            print(
+                f"Repository already initialized at {printable(path)} "
+                "(existing configuration preserved)"
+            )
+        else:
+            print(f"Upgraded legacy repository at {printable(path)}")
+        return 0
+    try:
+        repo, created = Repository.init(
+            path, algorithm, insecure=insecure, erofs_version=erofs_version
+        )
+    except ComposefsError as e:
+        raise RepositoryError(f"Initializing repository at {path}") from e
     repo.close()
     if created:
-        print(f"Initialized composefs repository at {printable(path)}")
-        print(f"  algorithm: {algorithm}")
-        print("  verity:    not required (insecure)" if insecure else "  verity:    required")
+        _print_initialized(path, algorithm, insecure)
     else:
         print(f"Repository already initialized at {printable(path)}")
     return 0
+
+
+def _print_initialized(path: str, algorithm: Algorithm, insecure: bool) -> None:
+    print(f"Initialized composefs repository at {printable(path)}")
+    print(f"  algorithm: {algorithm}")
+    print("  verity:    not required (insecure)" if insecure else "  verity:    required")
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
