@@ -25,7 +25,7 @@ import enum
 import errno
 import fcntl
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, BinaryIO
 
 from composefs import fsverity, splitstream
@@ -781,8 +781,19 @@ class Repository:
 
     # -- garbage collection ----------------------------------------------------------------
 
-    def gc(self, roots: Iterable[str] = (), *, dry_run: bool = False) -> GcResult:
+    def gc(
+        self,
+        roots: Iterable[str] = (),
+        *,
+        dry_run: bool = False,
+        on_wait: Callable[[], None] | None = None,
+    ) -> GcResult:
         """Removes objects not reachable from any ref (or from ``roots``) and dangling links.
+
+        The collection takes the repository's ``flock`` exclusively, so it waits while any
+        other handle has the repository open (another process's :class:`Repository`,
+        ``composefs transaction``, ``cfsctl transaction``); ``on_wait`` is called once if it
+        has to wait. A dry run does not wait.
 
         Unlike cfsctl, a dangling ref or an unexpected file is reported in
         ``GcResult.warnings`` and stepped over instead of aborting the collection.
@@ -790,7 +801,12 @@ class Repository:
         roots = [check_name(r, "GC root") for r in roots]
         if not dry_run:
             self.ensure_writable()
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
         try:
             return self._gc(roots, dry_run)
         finally:

@@ -10,10 +10,13 @@ comparing.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -213,3 +216,106 @@ def test_init_reset_metadata(cfsctl: str, tmp_path: Path) -> None:
     same(a.stdout, b.stdout)
     same(a.stderr, b.stderr)
     assert tree(tmp_path / "ours") == tree(tmp_path / "theirs")
+
+
+# -- transaction ---------------------------------------------------------------------------
+
+
+def _lock_held(repo: Path) -> bool:
+    """Whether another process holds the repository's flock (a shared one blocks ours)."""
+    fd = os.open(repo, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _start(*args: str | os.PathLike[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [os.fspath(a) for a in args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
+
+
+def _wait_for_lock(repo: Path, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while not _lock_held(repo):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the transaction never took the lock"
+        time.sleep(0.02)
+
+
+def _our_cli(*args: str | os.PathLike[str]) -> list[str | os.PathLike[str]]:
+    return [sys.executable, "-m", "composefs.cli", *args]
+
+
+@pytest.mark.parametrize(
+    ("holder", "collector"),
+    [("cfsctl", "ours"), ("ours", "cfsctl"), ("ours", "ours"), ("cfsctl", "cfsctl")],
+)
+def test_transaction_blocks_gc(cfsctl: str, tmp_path: Path, holder: str, collector: str) -> None:
+    """A transaction of either tool holds the repository's shared flock; gc of either tool
+    waits for it (cfsctl's gc silently, ours says so on stderr), other commands do not."""
+    repo = tmp_path / "repo"
+    theirs(cfsctl, "init", "--insecure", repo)
+    put = fsverity.digest(b"garbage" * 100, "sha512")
+    (repo / "objects" / object_pathname(put)).parent.mkdir(parents=True)
+    (repo / "objects" / object_pathname(put)).write_bytes(b"garbage" * 100)
+
+    def command(tool_name: str, *args: str | os.PathLike[str]) -> list[str | os.PathLike[str]]:
+        return [cfsctl, *args] if tool_name == "cfsctl" else _our_cli(*args)
+
+    transaction = _start(*command(holder, "--repo", repo, "transaction"))
+    try:
+        _wait_for_lock(repo, transaction)
+        listing = run(*command(collector, "--repo", repo, "images"), env=cli_env())
+        assert listing.stdout == b"No images found\n"
+        dry = run(*command(collector, "--repo", repo, "gc", "--dry-run"), env=cli_env())
+        assert b"Objects: 1 removed" in dry.stdout
+        gc = _start(*command(collector, "--repo", repo, "gc"))
+        time.sleep(1.5)
+        if gc.poll() is not None:
+            pytest.fail(f"gc did not wait: {gc.communicate()}")
+        assert (repo / "objects" / object_pathname(put)).exists()
+        transaction.send_signal(signal.SIGINT if holder == "ours" else signal.SIGTERM)
+        transaction.wait(10)
+        out, err = gc.communicate(timeout=30)
+        assert gc.returncode == 0, err
+        assert out == b"Objects: 1 removed (700 bytes)\n"
+        if collector == "ours":
+            assert b"Waiting for the repository's other users" in err
+        assert not (repo / "objects" / object_pathname(put)).exists()
+    finally:
+        transaction.kill()
+        output = transaction.communicate()
+    if holder == "ours":
+        # Ctrl-C ends our transaction quietly, with the status of a SIGINT
+        assert transaction.returncode == 130
+        assert output == (b"", b"")
+
+
+def test_gc_waiting_for_a_transaction_stops_on_ctrl_c(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    ours("init", "--insecure", repo)
+    transaction = _start(*_our_cli("--repo", repo, "transaction"))
+    try:
+        _wait_for_lock(repo, transaction)
+        gc = _start(*_our_cli("--repo", repo, "gc"))
+        deadline = time.monotonic() + 30
+        assert gc.stderr is not None
+        while b"Waiting" not in gc.stderr.read1(100):
+            assert time.monotonic() < deadline
+        gc.send_signal(signal.SIGINT)
+        start = time.monotonic()
+        _, err = gc.communicate(timeout=10)
+        assert time.monotonic() - start < 1.0
+        assert gc.returncode == 130
+        assert err.endswith(b"Error: interrupted\n")
+    finally:
+        transaction.kill()
+        transaction.communicate()

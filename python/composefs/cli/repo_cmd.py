@@ -48,6 +48,14 @@ def register(sub: Any) -> None:
         help="default EROFS image format (default: the global --erofs-version, else 1)",
     )
 
+    add_command(
+        sub,
+        "transaction",
+        "take a transaction lock on the repository (it prevents garbage collection) until "
+        "interrupted or killed",
+        cmd_transaction,
+    )
+
     p = add_command(sub, "fsck", "check the repository's integrity", cmd_fsck)
     p.add_argument("--json", action="store_true", help="machine-readable output (always exit 0)")
     p.add_argument("--metadata-only", action="store_true", help="skip checking object digests")
@@ -118,6 +126,25 @@ def _print_initialized(path: str, algorithm: Algorithm, insecure: bool) -> None:
     print("  verity:    not required (insecure)" if insecure else "  verity:    required")
 
 
+def cmd_transaction(args: argparse.Namespace) -> int:
+    """Holds the repository open (its shared ``flock``, which ``gc`` needs exclusively) until
+    SIGINT or SIGTERM, like ``cfsctl transaction``; prints nothing, ends with 130 or 143."""
+    import signal
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    with open_repo(args):
+        previous = signal.signal(signal.SIGTERM, terminate)
+        try:
+            while True:
+                signal.pause()
+        except KeyboardInterrupt:
+            return 128 + signal.SIGINT
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_fsck(args: argparse.Namespace) -> int:
     with open_repo(args) as repo:
         result = repo.fsck(check_objects=not args.metadata_only)
@@ -131,8 +158,15 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    def waiting() -> None:
+        print(
+            "Waiting for the repository's other users to finish (e.g. `composefs transaction`)",
+            file=sys.stderr,
+            flush=True,
+        )
+
     with open_repo(args) as repo:
-        result = repo.gc(args.root, dry_run=args.dry_run)
+        result = repo.gc(args.root, dry_run=args.dry_run, on_wait=waiting)
     for warning in result.warnings:
         print(f"warning: {printable(warning)}", file=sys.stderr)
     if args.dry_run:
