@@ -11,6 +11,7 @@ comparing.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ import pytest
 from composefs import fsverity
 from composefs.object_ids import object_pathname
 from support import run, tool
+from support.oci import build_layout
 
 pytestmark = pytest.mark.interop
 
@@ -319,3 +321,165 @@ def test_gc_waiting_for_a_transaction_stops_on_ctrl_c(tmp_path: Path) -> None:
     finally:
         transaction.kill()
         transaction.communicate()
+
+
+# -- dump-files, oci linked-erofs-images, compute-karg ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pulled(cfsctl: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A repository with the test layout's ``multi`` image pulled by cfsctl, and the image
+    id (hex) of its EROFS image."""
+    base = tmp_path_factory.mktemp("pulled")
+    layout = base / "layout"
+    build_layout(layout)
+    repo = base / "repo"
+    theirs(cfsctl, "init", "--insecure", repo)
+    theirs(cfsctl, "--repo", repo, "oci", "pull", f"oci:{layout}:multi", "multi")
+    inspect = json.loads(theirs(cfsctl, "--repo", repo, "oci", "inspect", "multi").stdout)
+    return repo, str(inspect["composefs_erofs"])
+
+
+def both_tools(cfsctl: str, *args: str | os.PathLike[str]) -> None:
+    """The same command through both tools: the same stdout, error report and status (usage
+    errors, status 2, are worded by each tool's argument parser)."""
+    a = ours(*args, check=False)
+    b = theirs(cfsctl, *args, check=False)
+    assert (a.returncode, a.stdout) == (b.returncode, b.stdout), args
+    if a.returncode != 2:
+        assert error_lines(a.stderr) == error_lines(b.stderr), args
+
+
+DUMP_FILES_CASES = [
+    ["/usr"],
+    ["/usr/bin/", "usr/lib", "/etc/passwd", "/usr/bin/hard2", "/opt", "/usr/./bin"],
+    [],
+    ["/usr/bin/.", "/usr/.", "usr/./", "/usr//", "/var/./."],
+    ["/usr/bin/tool", "/opt/old/c", "/usr/bin/hard2"],  # hard links: full lines each time
+    ["/"],
+    ["."],
+    ["/usr/../etc"],
+    ["/nonexist/x"],
+    ["/usr/bin/small/x"],
+    ["/usr/nope"],
+    ["./usr"],
+    [""],
+    ["/usr", "/nonexist"],  # nothing is printed when one path fails
+]
+
+
+@pytest.mark.parametrize("paths", DUMP_FILES_CASES, ids=lambda p: " ".join(p) or "none")
+def test_dump_files(cfsctl: str, pulled: tuple[Path, str], paths: list[str]) -> None:
+    repo, image = pulled
+    both_tools(cfsctl, "--repo", repo, "dump-files", image, *paths)
+    both_tools(cfsctl, "--repo", repo, "dump-files", "--backing-path-only", image, *paths)
+
+
+def test_dump_files_backing_paths(cfsctl: str, pulled: tuple[Path, str]) -> None:
+    repo, image = pulled
+    paths = ["/usr/bin/tool", "/usr/bin/small", "/usr/bin/link", "/var/fifo", "/usr/bin/hard2"]
+    both_tools(cfsctl, "--repo", repo, "dump-files", "--backing-path-only", image, *paths)
+    out = ours("--repo", repo, "dump-files", "--backing-path-only", image, *paths).stdout
+    assert b"/usr/bin/small inline\n" in out
+    assert b"/usr/bin/tool 76/" in out
+
+
+@pytest.mark.parametrize("version", [0, 1, 2])
+def test_dump_files_of_every_format(cfsctl: str, tmp_path: Path, version: int) -> None:
+    """Images in each format, with every kind of entry, hard links, escaped overlay xattrs and
+    whiteouts, imported into a repository with ``cfsctl import-image``: both tools read them
+    back the same way."""
+    from composefs import erofs
+    from composefs._pure import dumpfile
+
+    repo = tmp_path / "repo"
+    theirs(cfsctl, "init", "--insecure", "--algorithm", "fsverity-sha256-12", repo)
+    special = (Path(__file__).resolve().parents[1] / "data" / "special_v1.dump").read_bytes()
+    image = erofs.mkfs(dumpfile.write(dumpfile.parse(special)), version)
+    run(cfsctl, "--repo", repo, "import-image", "special", input=image, env=cli_env())
+    fs = dumpfile.parse(special)
+    names = sorted(os.fsdecode(b"/" + name) for name in fs.root.entries)
+    both_tools(cfsctl, "--repo", repo, "dump-files", "refs/special", *names)
+    both_tools(cfsctl, "--repo", repo, "dump-files", "refs/special", "/")
+
+
+def test_linked_erofs_images(cfsctl: str, pulled: tuple[Path, str], tmp_path: Path) -> None:
+    repo, image = pulled
+    both_tools(cfsctl, "--repo", repo, "oci", "linked-erofs-images", image)
+    listed = json.loads(ours("--repo", repo, "oci", "linked-erofs-images", image).stdout)
+    assert listed == [{"id": image, "bootable": False, "version": 1, "xattrMode": None}]
+    other = ("0" if image[0] != "0" else "1") + image[1:]
+    for bad in (other, "abcd", "z" * len(image)):
+        both_tools(cfsctl, "--repo", repo, "oci", "linked-erofs-images", bad)
+    # a V2 repository links a V2 image
+    v2 = tmp_path / "v2"
+    theirs(cfsctl, "init", "--insecure", "--erofs-version", "2", v2)
+    layout = tmp_path / "layout"
+    build_layout(layout)
+    theirs(cfsctl, "--repo", v2, "oci", "pull", f"oci:{layout}:multi", "multi")
+    inspect = json.loads(theirs(cfsctl, "--repo", v2, "oci", "inspect", "multi").stdout)
+    both_tools(cfsctl, "--repo", v2, "oci", "linked-erofs-images", inspect["composefs_erofs"])
+
+
+def _rootfs(path: Path) -> Path:
+    for d in ("usr/bin", "boot/loader/entries", "sysroot/ostree/repo", "etc", "var/tmp"):
+        (path / d).mkdir(parents=True, exist_ok=True)
+    (path / "usr/bin/tool").write_bytes(b"tool\n" * 1000)
+    (path / "usr/bin/small").write_bytes(b"hi\n")
+    (path / "boot/vmlinuz").write_bytes(b"k" * 10000)
+    (path / "boot/loader/entries/a.conf").write_bytes(b"title a\n")
+    (path / "etc/os-release").write_bytes(b"ID=test\n")
+    os.symlink("../usr/bin/tool", path / "etc/tool")
+    os.utime(path / "usr", (1_700_000_000, 1_700_000_000))
+    os.utime(path / "boot", (1_600_000_000, 1_600_000_000))
+    return path
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        [],
+        ["--erofs-version", "0"],
+        ["--erofs-version", "2"],
+        ["--hash", "sha256"],
+        ["--insecure"],
+        ["--no-repo", "--hash", "sha256", "--erofs-version", "2"],
+    ],
+    ids=lambda o: " ".join(o) or "default",
+)
+def test_compute_karg(cfsctl: str, tmp_path: Path, options: list[str]) -> None:
+    root = _rootfs(tmp_path / "root")
+    for extra in ([], ["--no-propagate-usr-to-root"]):
+        both_tools(cfsctl, *options, "compute-karg", root, *extra)
+    out = ours(*options, "compute-karg", root).stdout.decode()
+    assert out.startswith("composefs=" if "2" in options else "composefs.digest=")
+
+
+def test_compute_karg_uses_the_repository_hash(cfsctl: str, tmp_path: Path) -> None:
+    root = _rootfs(tmp_path / "root")
+    repo = tmp_path / "repo"
+    theirs(cfsctl, "init", "--insecure", "--algorithm", "fsverity-sha256-12", repo)
+    both_tools(cfsctl, "--repo", repo, "compute-karg", root)
+    assert b"v1-sha256-12:" in ours("--repo", repo, "compute-karg", root).stdout
+
+
+def test_compute_karg_errors(cfsctl: str, tmp_path: Path) -> None:
+    root = _rootfs(tmp_path / "root")
+    shutil.rmtree(root / "sysroot")
+    both_tools(cfsctl, "compute-karg", root)
+    # a missing directory: the scan's error chain is compute-id's, worded a little
+    # differently from cfsctl's ("Reading container root"), the status is the same
+    a = ours("compute-karg", tmp_path / "missing", check=False)
+    b = theirs(cfsctl, "compute-karg", tmp_path / "missing", check=False)
+    assert (a.returncode, a.stdout) == (b.returncode, b.stdout) == (1, b"")
+    # an SELinux policy: cfsctl relabels, we refuse (docs/differences.md)
+    root = _rootfs(tmp_path / "selinux")
+    (root / "etc/selinux").mkdir()
+    (root / "etc/selinux/config").write_bytes(b"SELINUX=enforcing\nSELINUXTYPE=targeted\n")
+    proc = ours("compute-karg", root, check=False)
+    assert proc.returncode == 1
+    assert b"SELINUXTYPE=targeted" in proc.stderr
+    assert b"not implemented" in proc.stderr
+    # a configuration without a policy type: labels are stripped, as cfsctl does
+    (root / "etc/selinux/config").write_bytes(b"SELINUX=disabled\n")
+    both_tools(cfsctl, "compute-karg", root)

@@ -95,6 +95,10 @@ def register(sub: Any) -> None:
     p = add_command(inner, "untag", "remove a tag", cmd_untag)
     p.add_argument("name", metavar="NAME")
 
+    from composefs.cli import surface_cmd
+
+    surface_cmd.register_oci(inner)
+
     p = add_command(inner, "fsck", "check the repository and its OCI images", cmd_fsck)
     p.add_argument("image", nargs="?", metavar="IMAGE", help="check only this tag")
     p.add_argument("--json", action="store_true", help="machine-readable output (exit 0)")
