@@ -89,9 +89,11 @@ def repo_path(args: argparse.Namespace) -> str:
     return SYSTEM_PATH
 
 
-def open_repo(args: argparse.Namespace) -> Repository:
-    """Opens the repository named by the global options (cfsctl's checks and messages)."""
-    path = repo_path(args)
+def open_repo(args: argparse.Namespace, path: str | None = None) -> Repository:
+    """Opens the repository named by the global options, or the one at ``path`` with their
+    settings (cfsctl's checks and messages)."""
+    if path is None:
+        path = repo_path(args)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:

@@ -53,6 +53,24 @@ def _path(value: str) -> str:
 def register_oci(inner: Any) -> None:
     p = add_command(
         inner,
+        "copy",
+        "copy an OCI image (and its layers) from another composefs repository into this one",
+        cmd_copy,
+    )
+    p.add_argument("image", metavar="IMAGE", help="the image to copy (a tag or @<digest>)")
+    p.add_argument(
+        "--from", dest="source", required=True, metavar="FROM", help="the source repository"
+    )
+    p.add_argument("--name", help="the tag to give the image in this repository")
+    p.add_argument(
+        "--zerocopy",
+        action="store_true",
+        help="reflink (else hard-link) objects instead of copying their data (same hash "
+        "algorithm; same filesystem to have an effect)",
+    )
+
+    p = add_command(
+        inner,
         "linked-erofs-images",
         "list every EROFS image linked to the OCI image that one EROFS image belongs to",
         cmd_linked_erofs_images,
@@ -204,6 +222,41 @@ def _karg_algorithm(args: argparse.Namespace) -> str:
         except (ComposefsError, OSError):
             pass
     return str(args.hash or "sha512")
+
+
+# -- oci copy ------------------------------------------------------------------------------
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    from composefs.errors import RepositoryError
+    from composefs.oci.copy import copy_image
+    from composefs.oci.reference import parse_repo_reference
+
+    parse_repo_reference(args.image)  # a bad reference is refused before anything is opened
+    try:
+        src = open_repo(args, args.source)
+    except ComposefsError as e:
+        raise RepositoryError(f"opening source repository {args.source}") from e
+    with src:
+        try:
+            dest = open_repo(args)
+        except ComposefsError as e:
+            raise RepositoryError(f"opening destination repository {_dest_path(args)}") from e
+        with dest:
+            result = copy_image(dest, src, args.image, name=args.name, zerocopy=args.zerocopy)
+    tagged = f", tagged as {args.name}" if args.name is not None else ""
+    print(f"Copied image {args.image} from {args.source} to destination repo{tagged}")
+    print(f"Manifest digest: {result.manifest_digest}")
+    print(f"Manifest verity: {result.manifest_verity.hex()}")
+    print(f"Config digest:   {result.config_digest}")
+    print(f"Config verity:   {result.config_verity.hex()}")
+    return 0
+
+
+def _dest_path(args: argparse.Namespace) -> str:
+    from composefs.cli._common import repo_path
+
+    return repo_path(args)
 
 
 # -- oci linked-erofs-images ---------------------------------------------------------------
