@@ -612,3 +612,103 @@ def test_oci_copy_damaged_source(cfsctl: str, copy_source: Path, tmp_path: Path)
         a = ours("--repo", dest, "oci", "copy", "multi", "--from", src, *extra, check=False)
         assert a.returncode == 1, a.stdout
         assert not (dest / "objects" / victim.relative_to(src / "objects")).exists()
+
+
+# -- composefs-info --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def info_images(pulled: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Images of every format (C's special_v1.dump, a pulled OCI image) as files."""
+    from composefs import erofs
+    from composefs._pure import dumpfile
+
+    base = tmp_path_factory.mktemp("info")
+    special = (Path(__file__).resolve().parents[1] / "data" / "special_v1.dump").read_bytes()
+    canonical = dumpfile.write(dumpfile.parse(special))
+    for version in (0, 1, 2):
+        (base / f"special{version}.img").write_bytes(erofs.mkfs(canonical, version))
+    lines = [b"/ 0 40755 2 0 0 0 0.0 - - -"]
+    for i in range(6):
+        digest = fsverity.digest(bytes([i]) * 1000, "sha256").hex()
+        path = f"{digest[:2]}/{digest[2:]}".encode()
+        lines.append(b"/f%d 1000 100644 1 0 0 0 0.0 %s - %s" % (i, path, digest.encode()))
+    (base / "ext.img").write_bytes(erofs.mkfs(b"\n".join(lines) + b"\n", 1))
+    repo, image = pulled
+    (base / "multi.img").write_bytes((repo / "images" / image).resolve().read_bytes())
+    return base
+
+
+def info_both(cfsctl: str, cwd: Path, *args: str) -> None:
+    """``composefs-info ARGS`` (our console script's entry point, and through ``composefs``)
+    against ``cfsctl composefs-info``: the same stdout, status and first error line."""
+    b = subprocess.run(
+        [cfsctl, "composefs-info", *args], cwd=cwd, capture_output=True, env=cli_env()
+    )
+    for command in (
+        [sys.executable, "-m", "composefs.cli.composefs_info", *args],
+        [sys.executable, "-m", "composefs.cli", "composefs-info", *args],
+    ):
+        a = subprocess.run(command, cwd=cwd, capture_output=True, env=cli_env())
+        assert (a.returncode, a.stdout) == (b.returncode, b.stdout), (args, a.stderr, b.stderr)
+        if a.returncode == 1:
+            assert error_lines(a.stderr)[0] == error_lines(b.stderr)[0], args
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ls", "special0.img", "special1.img", "special2.img"],
+        ["ls", "--filter", "usr", "--filter", "etc", "multi.img"],
+        ["ls", "multi.img"],
+        ["dump", "special0.img"],
+        ["dump", "special1.img", "special2.img"],
+        ["dump", "--filter", "usr", "special2.img"],
+        ["objects", "special1.img", "special2.img", "ext.img"],
+        ["ls", "ext.img"],
+        ["missing-objects", "--basedir", ".", "special1.img", "special0.img"],
+        ["measure-file", "special0.img", "special2.img"],
+        ["ls"],
+        ["ls", "missing.img"],
+        ["dump", "multi.img"],  # sha512 objects: not an image of SHA-256 objects
+        ["objects", "notanimage"],
+        ["measure-file", "missing"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_composefs_info(cfsctl: str, info_images: Path, args: list[str]) -> None:
+    (info_images / "notanimage").write_bytes(b"root:x:0:0\n" * 200)
+    info_both(cfsctl, info_images, *args)
+
+
+def test_composefs_info_missing_objects(cfsctl: str, info_images: Path, tmp_path: Path) -> None:
+    objects = run(
+        sys.executable,
+        "-m",
+        "composefs.cli.composefs_info",
+        "objects",
+        info_images / "ext.img",
+    ).stdout.split()
+    assert objects
+    basedir = tmp_path / "base"
+    for name in objects[::2]:
+        (basedir / os.fsdecode(name)).parent.mkdir(parents=True, exist_ok=True)
+        (basedir / os.fsdecode(name)).write_bytes(b"")
+    info_both(cfsctl, info_images, "missing-objects", "--basedir", os.fspath(basedir), "ext.img")
+
+
+def test_composefs_info_by_argv0(tmp_path: Path) -> None:
+    """Installed as (or linked to) ``composefs-info``, ``composefs`` is composefs-info, as
+    cfsctl is; pyproject declares the console script."""
+    import tomllib
+
+    with open(Path(__file__).resolve().parents[2] / "pyproject.toml", "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert scripts["composefs-info"] == "composefs.cli.composefs_info:main"
+    script = tmp_path / "composefs-info"
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nfrom composefs.cli import main\nsys.exit(main())\n"
+    )
+    script.chmod(0o755)
+    proc = run(script, "measure-file", script, env=cli_env())
+    assert proc.stdout.decode().strip() == fsverity.digest(script.read_bytes(), "sha256").hex()

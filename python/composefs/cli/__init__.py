@@ -39,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     the interpreter shuts down) is left to the default action: the process ends by the
     signal, without a traceback.
     """
+    if argv is None and os.path.basename(sys.argv[0]) == "composefs-info":
+        # multi-call, like cfsctl: `composefs` installed (or linked) as `composefs-info`
+        argv = ["composefs-info", *sys.argv[1:]]
     try:
         try:
             from composefs.cli._main import run

@@ -18,9 +18,10 @@ from composefs.repository import EnsureStatus, Repository, to_id
 
 
 def register(sub: Any) -> None:
-    from composefs.cli import surface_cmd
+    from composefs.cli import composefs_info, surface_cmd
 
     surface_cmd.register(sub)
+    composefs_info.register(sub)
     p = add_command(sub, "init", "initialize a repository", cmd_init)
     p.add_argument("path", nargs="?", metavar="PATH", help="default: the --repo path")
     p.add_argument(
