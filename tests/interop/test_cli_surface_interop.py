@@ -712,3 +712,50 @@ def test_composefs_info_by_argv0(tmp_path: Path) -> None:
     script.chmod(0o755)
     proc = run(script, "measure-file", script, env=cli_env())
     assert proc.stdout.decode().strip() == fsverity.digest(script.read_bytes(), "sha256").hex()
+
+
+def test_import_image(cfsctl: str, info_images: Path, tmp_path: Path) -> None:
+    """``import-image REF`` stores the image read on stdin as cfsctl does; a file that is not
+    a composefs image is refused (cfsctl stores it)."""
+    repos = {name: tmp_path / name for name in ("ours", "theirs")}
+    for repo in repos.values():
+        theirs(cfsctl, "init", "--insecure", "--algorithm", "fsverity-sha256-12", repo)
+    for image in ("special0.img", "special2.img", "ext.img"):
+        data = (info_images / image).read_bytes()
+        a = run(
+            sys.executable,
+            "-m",
+            "composefs.cli",
+            "--repo",
+            repos["ours"],
+            "import-image",
+            f"r/{image}",
+            input=data,
+            env=cli_env(),
+        )
+        b = run(
+            cfsctl,
+            "--repo",
+            repos["theirs"],
+            "import-image",
+            f"r/{image}",
+            input=data,
+            env=cli_env(),
+        )
+        assert a.stdout == b.stdout
+    assert tree(repos["ours"]) == tree(repos["theirs"])
+    bad = run(
+        sys.executable,
+        "-m",
+        "composefs.cli",
+        "--repo",
+        repos["ours"],
+        "import-image",
+        "bad",
+        input=b"not an image" * 500,
+        check=False,
+        env=cli_env(),
+    )
+    assert bad.returncode == 1
+    assert error_lines(bad.stderr)[0] == "Error: Importing image 'bad' from reader"
+    assert not (repos["ours"] / "images" / "refs" / "bad").exists()

@@ -30,6 +30,14 @@ def register(sub: Any) -> None:
 
     p = add_command(
         sub,
+        "import-image",
+        "store a composefs image read on stdin as images/<id> and images/refs/REFERENCE",
+        cmd_import_image,
+    )
+    p.add_argument("reference", metavar="REFERENCE", help="the ref name (images/refs/<name>)")
+
+    p = add_command(
+        sub,
         "compute-karg",
         "compute the composefs kernel argument of a root filesystem (boot transformation "
         "applied; nothing is stored)",
@@ -175,6 +183,31 @@ def cmd_dump_files(args: argparse.Namespace) -> int:
         fs = read_filesystem(data, repo.algorithm)
     out = dump_files(fs, [os.fsencode(p) for p in args.files], args.backing_path_only)
     sys.stdout.buffer.write(out)
+    return 0
+
+
+# -- import-image ----------------------------------------------------------------------------
+
+
+def cmd_import_image(args: argparse.Namespace) -> int:
+    """``cfsctl import-image``: the image is checked to be a well-formed composefs image
+    first (cfsctl stores any bytes) and read up to the size composefs-rs opens (1 GiB)."""
+    from composefs import erofs
+    from composefs.errors import RepositoryError
+    from composefs.repository import check_name
+
+    check_name(args.reference, "image reference")
+    with open_repo(args) as repo:
+        repo.ensure_writable()
+        data = sys.stdin.buffer.read(erofs.MAX_IMAGE_SIZE + 1)
+        try:
+            if len(data) > erofs.MAX_IMAGE_SIZE:
+                raise erofs.ErofsError(f"the image is larger than {erofs.MAX_IMAGE_SIZE} bytes")
+            erofs.collect_objects(data, repo.algorithm)
+        except erofs.ErofsError as e:
+            raise RepositoryError(f"Importing image '{args.reference}' from reader") from e
+        image_id = repo.write_image(args.reference, data)
+        print(f"{repo.algorithm.hash_name}:{image_id.hex()}")
     return 0
 
 
