@@ -53,7 +53,7 @@ from composefs.erofs_format import (
 )
 from composefs.fsverity import Algorithm
 
-__all__ = ["read_filesystem"]
+__all__ = ["read_filesystem", "read_image_file"]
 
 _S_IFMT = 0o170000
 _KIND = {
@@ -212,6 +212,33 @@ class _Reader:
                 if found is not None:
                     return found
         return None
+
+
+def read_image_file(fd: int) -> bytes:
+    """The bytes of the image open at ``fd``: a regular file of at most
+    :data:`composefs.erofs.MAX_IMAGE_SIZE` bytes (composefs-rs's limit for images it opens),
+    else :class:`~composefs.erofs.ErofsError` (a FIFO or ``/dev/zero`` is never read)."""
+    import os
+    import stat
+
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise ErofsError("not a regular file")
+    if st.st_size > erofs.MAX_IMAGE_SIZE:
+        raise ErofsError(
+            f"the image is too large ({st.st_size} bytes, the limit is {erofs.MAX_IMAGE_SIZE})"
+        )
+    chunks = []
+    left = erofs.MAX_IMAGE_SIZE + 1
+    while left:
+        chunk = os.read(fd, min(left, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    if not left:
+        raise ErofsError(f"the image is too large (the limit is {erofs.MAX_IMAGE_SIZE} bytes)")
+    return b"".join(chunks)
 
 
 def read_filesystem(data: bytes, algorithm: Algorithm) -> FileSystem:

@@ -80,16 +80,21 @@ def _nested(args: argparse.Namespace) -> int:
 
 
 def _read(path: str) -> Any:
-    from composefs.erofs_read import read_filesystem
+    from composefs.erofs_read import read_filesystem, read_image_file
     from composefs.errors import ComposefsError
     from composefs.fsverity import Algorithm
 
     shown = _debug(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise ComposefsError(f"Failed to open image: {shown}") from e
+    try:
+        data = read_image_file(fd)
+    except (ComposefsError, OSError) as e:
+        raise ComposefsError(f"Failed to read image: {shown}") from e
+    finally:
+        os.close(fd)
     try:
         return read_filesystem(data, Algorithm.SHA256)
     except ComposefsError as e:

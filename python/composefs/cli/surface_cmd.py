@@ -174,12 +174,14 @@ def dump_files(fs: Any, paths: list[bytes], backing_path_only: bool) -> bytes:
 
 
 def cmd_dump_files(args: argparse.Namespace) -> int:
-    from composefs.erofs_read import read_filesystem
+    from composefs.erofs_read import read_filesystem, read_image_file
 
     with open_repo(args) as repo:
         fd, _ = repo.open_image(args.image_name)
-        with os.fdopen(fd, "rb") as f:
-            data = f.read()
+        try:
+            data = read_image_file(fd)
+        finally:
+            os.close(fd)
         fs = read_filesystem(data, repo.algorithm)
     out = dump_files(fs, [os.fsencode(p) for p in args.files], args.backing_path_only)
     sys.stdout.buffer.write(out)
