@@ -10,9 +10,11 @@ always copied, but its code (and so this module) tries reflink and hard link in 
 Then the source layer's tar is reassembled and imported into the destination as a pull would
 (split by the destination's writer, the diff_id verified; the objects are found present), so
 the result is what pulling the image into the destination gives, across hash algorithms too.
-Then the config and manifest streams are written, the EROFS image(s) of the destination's
-formats are generated and linked, and the manifest is tagged ``name`` (without a name the copy
-is not tagged, as with cfsctl).
+An artifact's non-tar layer (an ``oci_blob`` stream) is copied as it is: its object placed the
+same way, its sha256 checked against the layer digest. Then the config and manifest streams
+are written, the EROFS image(s) of the destination's formats are generated and linked (not for
+artifacts), and the manifest is tagged ``name`` (without a name the copy is not tagged, as
+with cfsctl).
 
 Unlike composefs-rs, a hard link needs no ``CAP_DAC_READ_SEARCH``: the measured descriptor is
 linked through ``/proc/self/fd``.
@@ -94,8 +96,6 @@ def copy_image(
             f"{dest.algorithm.hash_name.capitalize()}"
         )
     image = OciImage.resolve(src, reference)
-    if not image.is_container_image:
-        raise CopyError(f"{reference} is an OCI artifact; only container images can be copied here")
     stats = CopyStats()
     layer_refs: list[tuple[str, bytes]] = []
     done: dict[str, bytes] = {}
@@ -120,7 +120,10 @@ def copy_image(
             layer_refs,
         )
     copied = OciImage.open(dest, image.manifest_digest, manifest_verity)
-    if copied.erofs_image(dest.erofs_version) is None:
+    if not copied.is_container_image:
+        if name is not None:  # an artifact: no EROFS image, tagged directly
+            names.tag_image(dest, image.manifest_digest, name)
+    elif copied.erofs_image(dest.erofs_version) is None:
         committed = commit_images(dest, copied, name)
         config_verity, manifest_verity = committed.config_verity, committed.manifest_verity
     elif name is not None:
@@ -142,6 +145,12 @@ def _copy_layer(
     if existing is not None:
         stats.layers_already_present += 1
         return existing
+    source_verity = src.has_stream(layer_identifier(diff_id))
+    if source_verity is None:
+        raise CopyError(f"Layer {diff_id} not found in the source repository")
+    source_stream = splitstream.parse(src.read_object(source_verity), src.algorithm)
+    if source_stream.content_type == splitstream.BLOB_CONTENT_TYPE:
+        return _copy_blob(dest, src, diff_id, source_stream, zerocopy, stats)
     _place_objects(dest, src, diff_id, zerocopy, stats)
     read_fd, write_fd = os.pipe()
     failure: list[BaseException] = []
@@ -173,6 +182,41 @@ def _copy_layer(
     return result.verity
 
 
+def _copy_blob(
+    dest: Repository,
+    src: Repository,
+    digest: str,
+    stream: splitstream.SplitStream,
+    zerocopy: bool,
+    stats: CopyStats,
+) -> bytes:
+    """A non-tar artifact layer (an ``oci_blob`` stream of one object): the object placed
+    like a layer's, its sha256 checked against the layer digest, the stream written."""
+    import hashlib
+
+    if len(stream.object_refs) != 1 or len(stream.chunks) != 1:
+        raise CopyError(f"blob stream of {digest} does not hold exactly one object")
+    fd = src.open_object(stream.object_refs[0])
+    try:
+        hasher = hashlib.sha256()
+        offset = 0
+        while chunk := os.pread(fd, _PIPE_CHUNK, offset):
+            hasher.update(chunk)
+            offset += len(chunk)
+        if f"sha256:{hasher.hexdigest()}" != digest:
+            raise CopyError(
+                f"blob digest mismatch: expected {digest}, got sha256:{hasher.hexdigest()}"
+            )
+        how, object_id = _place(dest, fd, zerocopy, _PlaceState())
+    finally:
+        os.close(fd)
+    setattr(stats, f"objects_{how}", getattr(stats, f"objects_{how}") + 1)
+    writer = splitstream.Writer(dest.algorithm, splitstream.BLOB_CONTENT_TYPE)
+    writer.write_external(object_id, offset)
+    stats.layers_copied += 1
+    return dest.write_stream(writer, layer_identifier(digest))
+
+
 def _place_objects(
     dest: Repository, src: Repository, diff_id: str, zerocopy: bool, stats: CopyStats
 ) -> None:
@@ -192,7 +236,7 @@ def _place_objects(
             continue
         fd = src.open_object(object_id)
         try:
-            how = _place(dest, fd, zerocopy, state)
+            how, _ = _place(dest, fd, zerocopy, state)
         except ComposefsError as e:
             raise CopyError(f"storing object {object_pathname(object_id)} of the source") from e
         finally:
@@ -207,9 +251,9 @@ class _PlaceState:
         self.reflink = True
 
 
-def _place(dest: Repository, src_fd: int, zerocopy: bool, state: _PlaceState) -> str:
+def _place(dest: Repository, src_fd: int, zerocopy: bool, state: _PlaceState) -> tuple[str, bytes]:
     """Stores the file open at ``src_fd`` in ``dest``; returns how (``reflinked``,
-    ``hardlinked``, ``copied``, ``already_present``)."""
+    ``hardlinked``, ``copied``, ``already_present``) and its object id."""
     size = os.fstat(src_fd).st_size
     if state.reflink:
         placed = _reflink(dest, src_fd, size)
@@ -225,9 +269,7 @@ def _place(dest: Repository, src_fd: int, zerocopy: bool, state: _PlaceState) ->
             ) from e
     with os.fdopen(os.dup(src_fd), "rb") as f:
         f.seek(0)
-        object_id = dest.ensure_object_from_stream(f)
-    del object_id
-    return "copied"
+        return "copied", dest.ensure_object_from_stream(f)
 
 
 def _object_dir(dest: Repository, object_id: bytes) -> tuple[int, str]:
@@ -238,7 +280,7 @@ def _object_dir(dest: Repository, object_id: bytes) -> tuple[int, str]:
     return os.open(sub, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=objects), rest
 
 
-def _reflink(dest: Repository, src_fd: int, size: int) -> str | None:
+def _reflink(dest: Repository, src_fd: int, size: int) -> tuple[str, bytes] | None:
     tmp = TmpFile(dest.objects_fd(), 0o644)
     try:
         try:
@@ -255,29 +297,29 @@ def _reflink(dest: Repository, src_fd: int, size: int) -> str | None:
         try:
             tmp.link_new(rest, sub_fd)
         except FileExistsError:
-            return "already_present"
+            return "already_present", object_id
         finally:
             os.close(sub_fd)
-        return "reflinked"
+        return "reflinked", object_id
     finally:
         tmp.discard()
 
 
-def _hardlink(dest: Repository, src_fd: int, size: int) -> str:
+def _hardlink(dest: Repository, src_fd: int, size: int) -> tuple[str, bytes]:
     object_id = _identify(dest, src_fd)
     sub_fd, rest = _object_dir(dest, object_id)
     try:
         try:
             if os.stat(rest, dir_fd=sub_fd).st_size == size:
-                return "already_present"
+                return "already_present", object_id
         except FileNotFoundError:
             pass
         try:
             # the descriptor that was measured, never a name that could have been replaced
             os.link(f"/proc/self/fd/{src_fd}", rest, dst_dir_fd=sub_fd, follow_symlinks=True)
         except FileExistsError:
-            return "already_present"
-        return "hardlinked"
+            return "already_present", object_id
+        return "hardlinked", object_id
     finally:
         os.close(sub_fd)
 
