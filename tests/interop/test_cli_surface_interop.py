@@ -639,6 +639,15 @@ def info_images(pulled: tuple[Path, str], tmp_path_factory: pytest.TempPathFacto
     return base
 
 
+#: the console script as pip writes it: `composefs.cli.main` under the name composefs-info
+INFO_SCRIPT = [
+    sys.executable,
+    "-c",
+    "import sys; sys.argv[0] = '/usr/bin/composefs-info'; "
+    "from composefs.cli import main; sys.exit(main())",
+]
+
+
 def info_both(cfsctl: str, cwd: Path, *args: str) -> None:
     """``composefs-info ARGS`` (our console script's entry point, and through ``composefs``)
     against ``cfsctl composefs-info``: the same stdout, status and first error line."""
@@ -646,7 +655,7 @@ def info_both(cfsctl: str, cwd: Path, *args: str) -> None:
         [cfsctl, "composefs-info", *args], cwd=cwd, capture_output=True, env=cli_env()
     )
     for command in (
-        [sys.executable, "-m", "composefs.cli.composefs_info", *args],
+        [*INFO_SCRIPT, *args],
         [sys.executable, "-m", "composefs.cli", "composefs-info", *args],
     ):
         a = subprocess.run(command, cwd=cwd, capture_output=True, env=cli_env())
@@ -683,9 +692,7 @@ def test_composefs_info(cfsctl: str, info_images: Path, args: list[str]) -> None
 
 def test_composefs_info_missing_objects(cfsctl: str, info_images: Path, tmp_path: Path) -> None:
     objects = run(
-        sys.executable,
-        "-m",
-        "composefs.cli.composefs_info",
+        *INFO_SCRIPT,
         "objects",
         info_images / "ext.img",
     ).stdout.split()
@@ -704,7 +711,7 @@ def test_composefs_info_by_argv0(tmp_path: Path) -> None:
 
     with open(Path(__file__).resolve().parents[2] / "pyproject.toml", "rb") as f:
         scripts = tomllib.load(f)["project"]["scripts"]
-    assert scripts["composefs-info"] == "composefs.cli.composefs_info:main"
+    assert scripts["composefs-info"] == "composefs.cli:main"
     script = tmp_path / "composefs-info"
     script.write_text(
         f"#!{sys.executable}\nimport sys\nfrom composefs.cli import main\nsys.exit(main())\n"

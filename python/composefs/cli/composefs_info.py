@@ -2,8 +2,9 @@
 (composefs-rs's reimplementation of C composefs-info 1.0): ``ls``, ``dump``, ``objects``,
 ``missing-objects``, ``measure-file``.
 
-Reached three ways: the ``composefs-info`` console script (argv0), ``composefs composefs-info
-...`` and ``python -m composefs.cli.composefs_info``. Images are read with SHA-256 object ids,
+Reached as the ``composefs-info`` console script (``composefs.cli.main``, which looks at its
+argv0, so a ``composefs`` linked or copied as ``composefs-info`` works too, like cfsctl) and as
+``composefs composefs-info ...``. Images are read with SHA-256 object ids,
 as both C and composefs-rs do. Where C composefs-info 1.0.8 prints something else (see
 docs/differences.md) this follows cfsctl, the reference the tests run against.
 """
@@ -13,10 +14,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["build_parser", "main", "run"]
+__all__ = ["build_parser", "register", "run"]
 
 
 def build_parser(prog: str = "composefs-info") -> argparse.ArgumentParser:
@@ -38,14 +38,6 @@ def build_parser(prog: str = "composefs-info") -> argparse.ArgumentParser:
     p = sub.add_parser("measure-file", help="print the fs-verity digest of files")
     p.add_argument("files", nargs="*", metavar="FILES")
     return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The console script: the ``composefs`` command's error reporting and Ctrl-C handling."""
-    from composefs.cli import main as composefs_main
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    return composefs_main(["composefs-info", *args])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -234,7 +226,3 @@ def _measure_file(args: argparse.Namespace) -> int:
             os.close(fd)
         print(digest.hex())
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,7 +21,7 @@ def test_special_files_are_not_read(tmp_path: Path, kind: str) -> None:
     else:
         path = tmp_path
     proc = subprocess.run(
-        [sys.executable, "-m", "composefs.cli.composefs_info", "dump", os.fspath(path)],
+        [sys.executable, "-m", "composefs.cli", "composefs-info", "dump", os.fspath(path)],
         capture_output=True,
         timeout=60,
         check=False,
