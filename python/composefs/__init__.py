@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from composefs.fsverity import Algorithm
     from composefs.repository import Repository
 
-__version__ = "0.1.0"
-
 __all__ = [
     "Algorithm",
     "AuthenticationError",
@@ -54,6 +52,9 @@ __all__ = [
 ]
 
 backend: str  # ``"native"`` or ``"python"``; resolved at access time by __getattr__
+#: The installed distribution's version (its metadata, whose single source is Cargo.toml's
+#: ``version``); read on first access, since importlib.metadata takes ~14 ms to import.
+__version__: str
 
 #: name -> (module, attribute or None for the module itself)
 _LAZY = {
@@ -80,6 +81,9 @@ def __getattr__(name: str) -> Any:
         from composefs import _backend
 
         return _backend.name()
+    if name == "__version__":
+        globals()["__version__"] = version = _installed_version()
+        return version
     lazy = _LAZY.get(name)
     if lazy is None:
         raise AttributeError(f"module 'composefs' has no attribute {name!r}")
@@ -87,6 +91,16 @@ def __getattr__(name: str) -> Any:
     value = module if lazy[1] is None else getattr(module, lazy[1])
     globals()[name] = value
     return value
+
+
+def _installed_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("composefs")
+    except metadata.PackageNotFoundError:
+        # The package imported from a source tree that was never installed (no metadata).
+        return "0+unknown"
 
 
 def __dir__() -> list[str]:

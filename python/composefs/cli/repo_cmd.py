@@ -162,6 +162,8 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    from composefs.oci.image import gc
+
     def waiting() -> None:
         print(
             "Waiting for the repository's other users to finish (e.g. `composefs transaction`)",
@@ -170,7 +172,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         )
 
     with open_repo(args) as repo:
-        result = repo.gc(args.root, dry_run=args.dry_run, on_wait=waiting)
+        result = gc(repo, args.root, dry_run=args.dry_run, on_wait=waiting)
     for warning in result.warnings:
         print(f"warning: {printable(warning)}", file=sys.stderr)
     if args.dry_run:
@@ -178,6 +180,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     print(f"Objects: {result.objects_removed} removed ({result.objects_bytes} bytes)")
     if result.images_pruned or result.streams_pruned:
         print(f"Pruned symlinks: {result.images_pruned} images, {result.streams_pruned} streams")
+    if result.referrers_pruned:
+        print(f"Pruned referrers of images no longer present: {result.referrers_pruned}")
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import Protocol
 # The descriptor is a document type: defined with its parser, named here for the sources.
 from composefs.oci.documents import Descriptor
 
-__all__ = ["Descriptor", "ImageSource", "ResolvedManifest"]
+__all__ = ["Descriptor", "ImageSource", "ReferrerSource", "ResolvedManifest"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,3 +52,16 @@ class ImageSource(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class ReferrerSource(ImageSource, Protocol):
+    """A source that can also list the artifacts referring to a manifest (OCI 1.1 referrers:
+    signatures, SBOMs, attestations) and read their manifests."""
+
+    def referrers(self, subject: str) -> list[Descriptor]:
+        """Descriptors of the manifests whose ``subject`` is the manifest ``subject``."""
+        ...
+
+    def read_manifest(self, descriptor: Descriptor) -> bytes:
+        """A manifest's bytes, verified against the descriptor's digest and size."""
+        ...
