@@ -7,8 +7,10 @@ has fs-verity.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from typing import Any
 
 from composefs import fsverity
@@ -33,7 +35,9 @@ __all__ = [
     "REPO_FORMAT_VERSION",
     "V1_EROFS",
     "RepoMetadata",
+    "infer_metadata",
     "read_metadata",
+    "reset_metadata",
     "write_metadata",
 ]
 
@@ -175,7 +179,7 @@ def read_metadata(fd: int, expected: Algorithm | None) -> tuple[RepoMetadata, bo
             ) from None
         raise OldFormatRepository(
             "meta.json not found; this appears to be an old-format repository — "
-            "use `composefs init` to migrate"
+            "use Repository.open_upgrade() or `composefs init --ensure` to migrate"
         ) from None
     try:
         with os.fdopen(mfd, "rb", closefd=False) as f:
@@ -206,3 +210,102 @@ def write_metadata(dir_fd: int, metadata: RepoMetadata, *, insecure: bool) -> No
         tmp.link_new(METADATA_FILENAME, dir_fd)
     finally:
         tmp.discard()
+
+
+#: object file name lengths (the digest in hex, less the two characters of the directory)
+_INFER_LENGTHS = {62: Algorithm.SHA256, 126: Algorithm.SHA512}
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def infer_metadata(dir_fd: int) -> tuple[Algorithm, bool]:
+    """The algorithm and the verity mode of a pre-0.7 repository (no ``meta.json``), from its
+    objects, as composefs-rs 0.9 infers them: the first file (in directory order) of a
+    two-character directory of ``objects/`` whose name has 62 (SHA-256) or 126 (SHA-512)
+    characters decides; the repository is secure if that object has fs-verity.
+
+    Unlike composefs-rs, only directories and regular files are opened (never a symlink, a
+    FIFO or a device), and the scan reads at most 65,536 names per directory.
+    """
+    try:
+        objects = os.open("objects", _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        raise RepositoryError("opening objects/ directory") from e
+    try:
+        for sub in _bounded_names(objects):
+            if len(sub) != 2:
+                continue
+            try:
+                sfd = os.open(sub, _DIR_FLAGS, dir_fd=objects)
+            except OSError as e:
+                if e.errno in (errno.ENOTDIR, errno.ELOOP):
+                    continue
+                raise RepositoryError(f"opening objects/{sub} subdirectory") from e
+            try:
+                for name in _bounded_names(sfd):
+                    algorithm = _INFER_LENGTHS.get(len(name))
+                    if algorithm is None:
+                        continue
+                    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                    try:
+                        ofd = os.open(name, flags, dir_fd=sfd)
+                    except OSError as e:
+                        if e.errno == errno.ELOOP:
+                            continue
+                        raise RepositoryError(f"opening object file {name}") from e
+                    try:
+                        if not stat.S_ISREG(os.fstat(ofd).st_mode):
+                            continue
+                        try:
+                            verity = fsverity.measure_verity_opt(ofd, algorithm) is not None
+                        except FsVerityError as e:
+                            raise RepositoryError("probing fs-verity on object") from e
+                    finally:
+                        os.close(ofd)
+                    return algorithm, verity
+            finally:
+                os.close(sfd)
+    finally:
+        os.close(objects)
+    raise RepositoryError("no objects found in repository — cannot infer metadata")
+
+
+def _bounded_names(dir_fd: int, limit: int = 65536) -> list[str]:
+    names = []
+    with os.scandir(dir_fd) as it:
+        for entry in it:
+            names.append(entry.name)
+            if len(names) >= limit:
+                break
+    return names
+
+
+def reset_metadata(path: str) -> None:
+    """Removes ``streams/``, ``images/`` and ``meta.json`` of the repository at ``path`` and
+    keeps ``objects/`` (``cfsctl init --reset-metadata``); the repository must then be
+    initialized again. A symlink in their place is removed, never followed."""
+    import shutil
+
+    try:
+        dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise RepositoryError(f"Resetting repository metadata at {path}") from e
+    try:
+        for name in ("streams", "images", METADATA_FILENAME):
+            where = os.path.join(path, name)
+            try:
+                st = os.lstat(name, dir_fd=dfd)
+            except FileNotFoundError:
+                continue
+            try:
+                if stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(name, dir_fd=dfd)
+                else:
+                    os.unlink(name, dir_fd=dfd)
+            except OSError as e:
+                cause = RepositoryError(f"removing {where}")
+                cause.__cause__ = e
+                raise RepositoryError(f"Resetting repository metadata at {path}") from cause
+    finally:
+        os.close(dfd)

@@ -20,10 +20,11 @@ userspace (this is what runs on filesystems without fs-verity).
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import fcntl
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, BinaryIO, NamedTuple
 
 from composefs import fsverity, splitstream
@@ -35,8 +36,10 @@ from composefs.errors import (
     FsVerityError,
     InvalidName,
     ObjectDigestMismatch,
+    OldFormatRepository,
     RepositoryError,
     RepositoryEscape,
+    RepositoryMetadataMissing,
     RepositoryNotWritable,
     SplitStreamError,
     VerityMissing,
@@ -54,6 +57,7 @@ from composefs.repo_metadata import (
     REPO_FORMAT_VERSION,
     V1_EROFS,
     RepoMetadata,
+    infer_metadata,
     read_metadata,
     write_metadata,
 )
@@ -65,6 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REPO_FORMAT_VERSION",
+    "EnsureStatus",
     "FsckResult",
     "GcResult",
     "InitResult",
@@ -153,6 +158,17 @@ class InitResult(NamedTuple):
 
     def __exit__(self, *exc: object) -> None:
         self.repository.close()
+
+
+class EnsureStatus(enum.Enum):
+    """What :meth:`Repository.ensure` did (composefs-rs's ``EnsureStatus``)."""
+
+    #: an existing repository was opened as it is
+    OPENED = "opened"
+    #: none existed; one was initialized with the requested configuration
+    CREATED = "created"
+    #: a pre-0.7 repository (no ``meta.json``) was upgraded in place
+    UPGRADED = "upgraded"
 
 
 # -- the repository ------------------------------------------------------------------------
@@ -260,6 +276,99 @@ class Repository:
         finally:
             os.close(dfd)
         return InitResult(cls.open(path, alg, insecure=insecure), created)
+
+    @classmethod
+    def open_upgrade(
+        cls,
+        path: str | os.PathLike[str],
+        algorithm: AlgorithmLike | None = None,
+        *,
+        insecure: bool = False,
+        require_verity: bool = False,
+    ) -> tuple[Repository, bool]:
+        """Opens a repository, first upgrading a pre-0.7 one (``objects/`` but no
+        ``meta.json``) in place, as cfsctl 0.9.4 does on every open unless ``--no-upgrade``.
+
+        The algorithm is inferred from the objects' names and the repository is secure if
+        the first object has fs-verity (:func:`~composefs.repo_metadata.infer_metadata`);
+        ``meta.json`` is written as composefs-rs 0.9.4 writes it for an upgrade (EROFS
+        format V1, ``v1_erofs``), with fs-verity iff that object has it. ``algorithm``, when
+        given, must equal the inferred one (checked before anything is written). Returns the
+        open repository and whether it was upgraded.
+        """
+        path = os.fspath(path)
+        try:
+            repo = cls.open(path, algorithm, insecure=insecure, require_verity=require_verity)
+        except OldFormatRepository:
+            pass
+        else:
+            return repo, False
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            try:
+                inferred, verity = infer_metadata(fd)
+            except RepositoryError as e:
+                raise RepositoryError(
+                    f"no meta.json in {path}; tried to infer algorithm from objects"
+                ) from e
+            if algorithm is not None:
+                expected = Algorithm(fsverity._name(algorithm))
+                if expected is not inferred:
+                    raise RepositoryError(
+                        f"inferred algorithm {inferred} is not compatible with this "
+                        f"repository type (expected {expected})"
+                    )
+            try:
+                write_metadata(fd, RepoMetadata.new(inferred), insecure=not verity)
+            except FileExistsError:
+                pass  # another process upgraded it first
+            except OSError as e:
+                raise RepositoryError("Writing repository metadata") from e
+        finally:
+            os.close(fd)
+        try:
+            repo = cls.open(path, algorithm, insecure=insecure, require_verity=require_verity)
+        except ComposefsError as e:
+            raise RepositoryError("opening repository after writing meta.json") from e
+        return repo, True
+
+    @classmethod
+    def ensure(
+        cls,
+        path: str | os.PathLike[str],
+        algorithm: AlgorithmLike = Algorithm.SHA512,
+        *,
+        insecure: bool = False,
+        erofs_version: int = DEFAULT_EROFS_VERSION,
+    ) -> tuple[Repository, EnsureStatus]:
+        """Opens the repository at ``path`` as it is, creates it with this configuration if
+        there is none, or upgrades a pre-0.7 one (``cfsctl init --ensure``).
+
+        An existing repository keeps its configuration (its EROFS format, its verity mode);
+        only a different algorithm is an error. The directory is created (mode 0700) if
+        missing, its parents are not.
+        """
+        path = os.fspath(path)
+        alg = Algorithm(fsverity._name(algorithm))
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            creating = RepositoryError(f"creating repository directory {path}")
+            creating.__cause__ = e
+            raise RepositoryError(f"Ensuring repository at {path}") from creating
+        try:
+            try:
+                return cls.open(path, alg), EnsureStatus.OPENED
+            except RepositoryMetadataMissing:
+                repo, _ = cls.init(path, alg, insecure=insecure, erofs_version=erofs_version)
+                return repo, EnsureStatus.CREATED
+            except OldFormatRepository:
+                repo, _ = cls.open_upgrade(path, alg)
+                return repo, EnsureStatus.UPGRADED
+        except ComposefsError as e:
+            raise RepositoryError(f"Ensuring repository at {path}") from e
 
     def duplicate(self) -> Repository:
         """Another handle on this repository, with its own descriptors (the directory's is a
@@ -709,8 +818,19 @@ class Repository:
 
     # -- garbage collection ----------------------------------------------------------------
 
-    def gc(self, roots: Iterable[str] = (), *, dry_run: bool = False) -> GcResult:
+    def gc(
+        self,
+        roots: Iterable[str] = (),
+        *,
+        dry_run: bool = False,
+        on_wait: Callable[[], None] | None = None,
+    ) -> GcResult:
         """Removes objects not reachable from any ref (or from ``roots``) and dangling links.
+
+        The collection takes the repository's ``flock`` exclusively, so it waits while any
+        other handle has the repository open (another process's :class:`Repository`,
+        ``composefs transaction``, ``cfsctl transaction``); ``on_wait`` is called once if it
+        has to wait. A dry run does not wait.
 
         Unlike cfsctl, a dangling ref or an unexpected file is reported in
         ``GcResult.warnings`` and stepped over instead of aborting the collection.
@@ -718,7 +838,12 @@ class Repository:
         roots = [check_name(r, "GC root") for r in roots]
         if not dry_run:
             self.ensure_writable()
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
         try:
             return self._gc(roots, dry_run)
         finally:

@@ -35,7 +35,7 @@ from composefs._pure.tree import (
     walk,
 )
 
-__all__ = ["debug_bytes", "parse", "write", "write_to_fd"]
+__all__ = ["debug_bytes", "link_counts", "parse", "subtree_lines", "write", "write_to_fd"]
 
 S_IFMT = 0o170000  # stat.S_IFMT is a function
 
@@ -90,6 +90,11 @@ def _escape(data: bytes) -> str:
 def _object_pathname(digest: bytes) -> bytes:
     text = digest.hex()
     return f"{text[:2]}/{text[2:]}".encode("ascii")
+
+
+def link_counts(fs: FileSystem) -> dict[int, int]:
+    """How many names each leaf of ``fs`` has, by ``id(leaf)``."""
+    return _link_counts(fs)
 
 
 def _link_counts(fs: FileSystem) -> dict[int, int]:
@@ -159,10 +164,47 @@ def write_to_fd(fs: FileSystem, fd: int, raw_modes: bool = True) -> int:
     return written
 
 
-def _write_lines(fs: FileSystem, raw_modes: bool, chunk: int) -> Iterator[list[str]]:
+def subtree_lines(
+    fs: FileSystem, node: Directory | Leaf, path: bytes, counts: dict[int, int] | None = None
+) -> list[str]:
+    """The dumpfile lines of ``node`` (a directory of ``fs`` with everything below it, or a
+    leaf) printed under ``path`` as given, link counts those of the whole ``fs``, a second
+    name of a hard-linked leaf as a hardlink line: composefs-rs ``dump_single_dir`` /
+    ``dump_single_file`` (``cfsctl dump-files``). A child's path is ``path``, a ``/`` unless
+    ``path`` ends with one, and its name."""
+    if counts is None:
+        counts = _link_counts(fs)
+    lines: list[str] = []
+    for part in _write_lines(fs, True, 0, node, path, counts):
+        lines.extend(part)
+    return lines
+
+
+def _rust_parent_base(path: bytes) -> bytes:
+    """What a child's path is joined to once composefs-rs has popped its first child off
+    ``path``: trailing ``/`` and ``/.`` removed (the root stays ``/``, joined as empty)."""
+    trimmed = path
+    while True:
+        stripped = trimmed.rstrip(b"/")
+        if stripped.endswith(b"/."):
+            trimmed = stripped[:-1]
+            continue
+        return stripped
+
+
+def _write_lines(
+    fs: FileSystem,
+    raw_modes: bool,
+    chunk: int,
+    start: Directory | Leaf | None = None,
+    start_path: bytes = b"/",
+    counts: dict[int, int] | None = None,
+) -> Iterator[list[str]]:
     """The lines of :func:`write` (without their newlines), in lists of at least ``chunk``
-    bytes (counting a newline per line) but the last; ``chunk`` 0: one list with them all."""
-    counts = _link_counts(fs)
+    bytes (counting a newline per line) but the last; ``chunk`` 0: one list with them all.
+    ``start``/``start_path``/``counts``: see :func:`subtree_lines`."""
+    if counts is None:
+        counts = _link_counts(fs)
     first_path: dict[int, bytes] = {}
     out: list[str] = []
 
@@ -212,11 +254,20 @@ def _write_lines(fs: FileSystem, raw_modes: bool, chunk: int) -> Iterator[list[s
     # iterative (tree.walk), no recursion on the depth: `path` is the current directory's
     # path ("" for the root), `lens` its length before each open directory's name was
     # appended (not a path per level: their sum is quadratic in the depth)
-    dir_line(b"/", fs.root)
-    path = bytearray()
+    top = fs.root if start is None else start
+    if isinstance(top, Leaf):
+        leaf_line(start_path, top)
+        yield out
+        return
+    dir_line(start_path, top)
+    path = bytearray(start_path[:-1] if start_path.endswith(b"/") else start_path)
+    # composefs-rs pushes a child's name onto the PathBuf it was given and pops it after:
+    # the pop leaves the parent as std::path sees it, without trailing `/.` or `/`, so the
+    # first child of `/usr/bin/.` is `/usr/bin/./a` and the next `/usr/bin/b`
+    base = _rust_parent_base(start_path)
     lens: list[int] = []
     size = 0  # bytes of the lines in `out`
-    for event, name, inode in walk(fs.root):
+    for event, name, inode in walk(top):
         if event == ENTER:
             assert isinstance(inode, Directory)
             lens.append(len(path))
@@ -226,8 +277,12 @@ def _write_lines(fs: FileSystem, raw_modes: bool, chunk: int) -> Iterator[list[s
         elif event == LEAF:
             assert isinstance(inode, Leaf)
             leaf_line(b"%s/%s" % (path, name), inode)
+            if not lens:
+                path[:] = base
         else:
             del path[lens.pop() :]
+            if not lens:
+                path[:] = base
             continue
         if chunk:
             size += len(out[-1]) + 1

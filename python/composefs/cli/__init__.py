@@ -41,9 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:
         try:
+            args = argv
+            if args is None and os.path.basename(sys.argv[0]) == "composefs-info":
+                # multi-call, like cfsctl: `composefs` installed (or linked) as `composefs-info`
+                args = ["composefs-info", *sys.argv[1:]]
             from composefs.cli._main import run
 
-            status = run(argv)
+            status = run(args)
         finally:
             if argv is None:
                 _default_sigint()

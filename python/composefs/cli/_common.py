@@ -14,6 +14,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from composefs.fsverity import Algorithm
     from composefs.repository import Repository
 
 SYSTEM_PATH = "/sysroot/composefs"
@@ -102,6 +103,12 @@ def add_global_options(parser: argparse.ArgumentParser, *, trailing: bool = Fals
         action="store_true",
         help="no progress output (warnings and errors only)",
     )
+    add(
+        "--no-upgrade",
+        action="store_true",
+        help="fail on a repository without meta.json instead of upgrading a pre-0.7 one "
+        "(inferring its metadata from its objects)",
+    )
 
 
 def global_option_conflicts(args: argparse.Namespace) -> str | None:
@@ -129,14 +136,16 @@ def repo_path(args: argparse.Namespace) -> str:
     return SYSTEM_PATH
 
 
-def open_repo(args: argparse.Namespace) -> Repository:
-    """Opens the repository named by the global options (cfsctl's checks and messages, plus
-    the command that creates a missing repository)."""
-    from composefs.errors import RepositoryMetadataMissing
+def open_repo(args: argparse.Namespace, path: str | None = None) -> Repository:
+    """Opens the repository named by the global options, or the one at ``path`` with their
+    settings (cfsctl's checks and messages, plus the command that creates a missing
+    repository)."""
+    from composefs.errors import OldFormatRepository, RepositoryMetadataMissing
     from composefs.fsverity import Algorithm
     from composefs.repository import Repository
 
-    path = repo_path(args)
+    if path is None:
+        path = repo_path(args)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError as e:
@@ -146,12 +155,22 @@ def open_repo(args: argparse.Namespace) -> Repository:
         ) from e
     except OSError as e:
         raise RepositoryError(f"opening repository {path}") from e
-    os.close(fd)
     try:
-        repo = Repository.open(
-            path, insecure=args.insecure_global, require_verity=args.require_verity
-        )
-    except RepositoryMetadataMissing:
+        upgrade = not getattr(args, "no_upgrade", False)
+        if args.hash is not None and upgrade:
+            _check_legacy_hash(fd, path, Algorithm(args.hash))
+    finally:
+        os.close(fd)
+    try:
+        if upgrade:
+            repo, _ = Repository.open_upgrade(
+                path, insecure=args.insecure_global, require_verity=args.require_verity
+            )
+        else:
+            repo = Repository.open(
+                path, insecure=args.insecure_global, require_verity=args.require_verity
+            )
+    except (RepositoryMetadataMissing, OldFormatRepository):
         raise RepositoryError(
             f"meta.json not found in {path}; this repository must be initialized with "
             f"`composefs init` (`composefs --repo {path} init`)"
@@ -165,6 +184,30 @@ def open_repo(args: argparse.Namespace) -> Repository:
     if getattr(args, "erofs_version", None) is not None:
         repo.override_erofs_version(args.erofs_version)
     return repo
+
+
+def _check_legacy_hash(fd: int, path: str, wanted: Algorithm) -> None:
+    """cfsctl checks ``--hash`` against a pre-0.7 repository's inferred algorithm before
+    it writes ``meta.json``."""
+    from composefs.repo_metadata import METADATA_FILENAME, infer_metadata
+
+    if os.path.lexists(f"/proc/self/fd/{fd}/{METADATA_FILENAME}"):
+        return
+    try:
+        os.stat("objects", dir_fd=fd)
+    except OSError:
+        return
+    try:
+        inferred, _ = infer_metadata(fd)
+    except RepositoryError as e:
+        raise RepositoryError(
+            f"no meta.json in {path}; tried to infer algorithm from objects"
+        ) from e
+    if inferred is not wanted:
+        raise RepositoryError(
+            f"repository is configured for {inferred} (from meta.json) but "
+            f"--hash {wanted.hash_name} was specified"
+        )
 
 
 def add_command(

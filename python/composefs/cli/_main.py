@@ -26,11 +26,33 @@ __all__ = ["COMMANDS", "build_parser", "run"]
 #: order ``--help`` lists them; the module's ``configure(name, parser)`` adds the arguments
 COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "init": ("repo_cmd", "initialize a repository", ()),
+    "transaction": (
+        "repo_cmd",
+        "take a transaction lock on the repository (it prevents garbage collection) until "
+        "interrupted or killed",
+        (),
+    ),
     "fsck": ("repo_cmd", "check the repository's integrity", ()),
     "gc": ("repo_cmd", "remove unreferenced objects and dangling links", ()),
     "cat": ("repo_cmd", "write a stream's reassembled content to stdout", ()),
     "images": ("repo_cmd", "list image refs", ("list-images",)),
     "image-objects": ("repo_cmd", "list the objects an image references", ()),
+    "dump-files": (
+        "surface_cmd",
+        "print files of a composefs image of the repository as dumpfile lines (a directory: "
+        "everything below it)",
+        (),
+    ),
+    "import-image": (
+        "surface_cmd",
+        "store a composefs image read on stdin as images/<id> and images/refs/REFERENCE",
+        (),
+    ),
+    "composefs-info": (
+        "composefs_info",
+        "query composefs images (C composefs-info's commands)",
+        (),
+    ),
     "fsverity": ("fsverity_cmd", "fs-verity utilities", ()),
     "oci": ("oci_cmd", "commands for OCI images and layers", ()),
     "create-image": (
@@ -56,6 +78,10 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
 }
 
+#: commands whose every argument (options and ``--help`` included) is their own tool's
+#: command line: no help option, no option prefix, no global options after the name
+RAW_COMMANDS = frozenset({"composefs-info"})
+
 _TRAILING_NOTE = "Global options (see `composefs --help`) may also follow the command."
 
 
@@ -66,6 +92,7 @@ class _Parser(argparse.ArgumentParser):
 
     _configure: Callable[[argparse.ArgumentParser], None] | None = None
     _top = False
+    _raw = False
     _prepared = False
 
     def prepare(self) -> None:
@@ -74,7 +101,7 @@ class _Parser(argparse.ArgumentParser):
         self._prepared = True
         if self._configure is not None:
             self._configure(self)
-        if not self._top:
+        if not self._top and not self._raw:
             _common.add_global_options(self, trailing=True)
             self.epilog = _TRAILING_NOTE
 
@@ -114,7 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common.add_global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help, aliases) in COMMANDS.items():
-        command = sub.add_parser(name, help=help, description=help, aliases=list(aliases))
+        raw = name in RAW_COMMANDS
+        command = sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            aliases=list(aliases),
+            add_help=not raw,
+            prefix_chars="\0" if raw else "-",
+        )
+        command._raw = raw
         command._configure = _configurator(module, name)
     return parser
 

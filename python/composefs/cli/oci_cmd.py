@@ -133,6 +133,32 @@ def configure(name: str, oci: argparse.ArgumentParser) -> None:
     p = add_command(inner, "untag", "remove a tag", cmd_untag)
     p.add_argument("name", metavar="NAME")
 
+    p = add_command(
+        inner,
+        "copy",
+        "copy an OCI image (and its layers) from another composefs repository into this one",
+        cmd_copy,
+    )
+    p.add_argument("image", metavar="IMAGE", help="the image to copy (a tag or @<digest>)")
+    p.add_argument(
+        "--from", dest="source", required=True, metavar="FROM", help="the source repository"
+    )
+    p.add_argument("--name", help="the tag to give the image in this repository")
+    p.add_argument(
+        "--zerocopy",
+        action="store_true",
+        help="reflink (else hard-link) objects instead of copying their data (same hash "
+        "algorithm; same filesystem to have an effect)",
+    )
+
+    p = add_command(
+        inner,
+        "linked-erofs-images",
+        "list every EROFS image linked to the OCI image that one EROFS image belongs to",
+        cmd_linked_erofs_images,
+    )
+    p.add_argument("verity", metavar="VERITY", help="hex fs-verity digest of an EROFS image")
+
     p = add_command(inner, "fsck", "check the repository and its OCI images", cmd_fsck)
     p.add_argument("image", nargs="?", metavar="IMAGE", help="check only this tag")
     p.add_argument("--json", action="store_true", help="machine-readable output (exit 0)")
@@ -459,3 +485,15 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     if not result.ok:
         raise ComposefsError("OCI integrity check failed")
     return 0
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    from composefs.cli.surface_cmd import cmd_copy as copy
+
+    return copy(args)
+
+
+def cmd_linked_erofs_images(args: argparse.Namespace) -> int:
+    from composefs.cli.surface_cmd import cmd_linked_erofs_images as linked
+
+    return linked(args)

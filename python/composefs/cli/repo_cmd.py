@@ -9,7 +9,11 @@ from collections.abc import Sequence
 
 from composefs.cli._common import open_repo, printable, repo_path
 from composefs.constants import EROFS_VERSIONS
-from composefs.errors import ComposefsError
+from composefs.errors import ComposefsError, RepositoryError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from composefs.fsverity import Algorithm
 
 
 def configure(name: str, p: argparse.ArgumentParser) -> None:
@@ -26,6 +30,19 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
             "--insecure", action="store_true", help="do not enable fs-verity on meta.json"
         )
         p.add_argument(
+            "--reset-metadata",
+            action="store_true",
+            help="migrate an old-format repository: remove streams/, images/ and meta.json, "
+            "keep objects/, then write a fresh meta.json (streams and images must be imported "
+            "again)",
+        )
+        p.add_argument(
+            "--ensure",
+            action="store_true",
+            help="open an existing repository as it is (whatever its configuration), upgrade a "
+            "pre-0.7 one, or create one: for idempotent use from units and scripts",
+        )
+        p.add_argument(
             "--erofs-version",
             dest="init_erofs_version",
             type=int,
@@ -34,6 +51,8 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
             help="default EROFS image format (default: the global --erofs-version, else 1)",
         )
         p.set_defaults(func=cmd_init)
+    elif name == "transaction":
+        p.set_defaults(func=cmd_transaction)
     elif name == "fsck":
         p.add_argument(
             "--json", action="store_true", help="machine-readable output (always exit 0)"
@@ -75,15 +94,64 @@ def cmd_init(args: argparse.Namespace) -> int:
     erofs_version = args.init_erofs_version
     if erofs_version is None:
         erofs_version = args.erofs_version if args.erofs_version is not None else 1
-    repo, created = Repository.init(path, algorithm, insecure=insecure, erofs_version=erofs_version)
+    if args.reset_metadata:
+        from composefs.repo_metadata import reset_metadata
+
+        reset_metadata(path)
+    if args.ensure:
+        from composefs.repository import EnsureStatus
+
+        repo, status = Repository.ensure(
+            path, algorithm, insecure=insecure, erofs_version=erofs_version
+        )
+        repo.close()
+        if status is EnsureStatus.CREATED:
+            _print_initialized(path, algorithm, insecure)
+        elif status is EnsureStatus.OPENED:
+            print(
+                f"Repository already initialized at {printable(path)} "
+                "(existing configuration preserved)"
+            )
+        else:
+            print(f"Upgraded legacy repository at {printable(path)}")
+        return 0
+    try:
+        repo, created = Repository.init(
+            path, algorithm, insecure=insecure, erofs_version=erofs_version
+        )
+    except ComposefsError as e:
+        raise RepositoryError(f"Initializing repository at {path}") from e
     repo.close()
     if created:
-        print(f"Initialized composefs repository at {printable(path)}")
-        print(f"  algorithm: {algorithm}")
-        print("  verity:    not required (insecure)" if insecure else "  verity:    required")
+        _print_initialized(path, algorithm, insecure)
     else:
         print(f"Repository already initialized at {printable(path)}")
     return 0
+
+
+def _print_initialized(path: str, algorithm: Algorithm, insecure: bool) -> None:
+    print(f"Initialized composefs repository at {printable(path)}")
+    print(f"  algorithm: {algorithm}")
+    print("  verity:    not required (insecure)" if insecure else "  verity:    required")
+
+
+def cmd_transaction(args: argparse.Namespace) -> int:
+    """Holds the repository open (its shared ``flock``, which ``gc`` needs exclusively) until
+    SIGINT or SIGTERM, like ``cfsctl transaction``; prints nothing, ends with 130 or 143."""
+    import signal
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    with open_repo(args):
+        previous = signal.signal(signal.SIGTERM, terminate)
+        try:
+            while True:
+                signal.pause()
+        except KeyboardInterrupt:
+            return 128 + signal.SIGINT
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
@@ -103,8 +171,15 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     from composefs.oci.image import gc
 
+    def waiting() -> None:
+        print(
+            "Waiting for the repository's other users to finish (e.g. `composefs transaction`)",
+            file=sys.stderr,
+            flush=True,
+        )
+
     with open_repo(args) as repo:
-        result = gc(repo, args.root, dry_run=args.dry_run)
+        result = gc(repo, args.root, dry_run=args.dry_run, on_wait=waiting)
     for warning in result.warnings:
         print(f"warning: {printable(warning)}", file=sys.stderr)
     if args.dry_run:

@@ -14,7 +14,7 @@ fsck`` in :mod:`composefs.oci.fsck`; this module re-exports what callers import 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from composefs._record import asdict, record, replace
@@ -326,7 +326,13 @@ def inspect_reply(repo: Repository, image: OciImage) -> dict[str, Any]:
     }
 
 
-def gc(repo: Repository, roots: Sequence[str] = (), *, dry_run: bool = False) -> GcResult:
+def gc(
+    repo: Repository,
+    roots: Sequence[str] = (),
+    *,
+    dry_run: bool = False,
+    on_wait: Callable[[], None] | None = None,
+) -> GcResult:
     """Garbage collection that also lets go of the referrers (signatures, SBOMs) of images
     that are gone.
 
@@ -335,10 +341,11 @@ def gc(repo: Repository, roots: Sequence[str] = (), *, dry_run: bool = False) ->
     ``cleanup_dangling_referrers`` call; here the links of subjects whose manifest is gone are
     dropped first, and once more after the collection (which may have removed the manifest of
     an untagged subject), followed by a second collection only then. ``dry_run`` reports the
-    first pass only.
+    first pass only. ``on_wait``: see :meth:`Repository.gc` (called if the collection has to
+    wait for the repository's other users).
     """
     pruned = cleanup_dangling_referrers(repo, dry_run=dry_run)
-    result = repo.gc(roots, dry_run=dry_run)
+    result = repo.gc(roots, dry_run=dry_run, on_wait=on_wait)
     if not dry_run:
         again = cleanup_dangling_referrers(repo)
         if again:

@@ -96,7 +96,9 @@ def test_secure_init_error_chain(tmp_path: Path) -> None:
         return
     assert proc.returncode == 1
     err = proc.stderr.decode()
-    assert err.startswith("Error: Enabling fs-verity on meta.json"), err
+    # cfsctl's first line, then the step that failed
+    assert err.startswith(f"Error: Initializing repository at {tmp_path / 'r'}\n"), err
+    assert "Enabling fs-verity on meta.json" in err
     assert "Filesystem does not support fs-verity" in err
     assert not (tmp_path / "r/meta.json").exists()
 
