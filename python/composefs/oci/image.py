@@ -20,7 +20,12 @@ from typing import Any
 from composefs.errors import ComposefsError
 from composefs.oci.fsck import OciFsckResult, oci_fsck
 from composefs.oci.index import StoredIndex, open_index, resolve_index, write_index
-from composefs.oci.media_types import CONFIG_MEDIA_TYPE, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE
+from composefs.oci.media_types import (
+    CONFIG_MEDIA_TYPE,
+    CONFIG_MEDIA_TYPES,
+    INDEX_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+)
 from composefs.oci.names import (
     BOOT_IMAGE_REF_KEY,
     BOOT_IMAGE_REF_KEY_V1,
@@ -169,7 +174,7 @@ class OciImage:
 
     @property
     def is_container_image(self) -> bool:
-        return _field(_object(self.manifest, "config"), "mediaType") == CONFIG_MEDIA_TYPE
+        return _field(_object(self.manifest, "config"), "mediaType") in CONFIG_MEDIA_TYPES
 
     @property
     def architecture(self) -> str:

@@ -10,14 +10,17 @@ from typing import Final
 
 __all__ = [
     "CONFIG_MEDIA_TYPE",
+    "CONFIG_MEDIA_TYPES",
     "DOCKER_CONFIG_MEDIA_TYPE",
     "DOCKER_LAYER_MEDIA_TYPE",
     "DOCKER_MANIFEST_LIST_MEDIA_TYPE",
     "DOCKER_MANIFEST_MEDIA_TYPE",
     "INDEX_MEDIA_TYPE",
+    "INDEX_MEDIA_TYPES",
     "LAYER_MEDIA_TYPE",
     "LAYER_MEDIA_TYPES",
     "MANIFEST_MEDIA_TYPE",
+    "MANIFEST_MEDIA_TYPES",
     "MAX_INDEX_DEPTH",
     "REF_NAME_ANNOTATION",
 ]
@@ -43,6 +46,18 @@ DOCKER_CONFIG_MEDIA_TYPE: Final = "application/vnd.docker.container.image.v1+jso
 DOCKER_LAYER_MEDIA_TYPE: Final = "application/vnd.docker.image.rootfs.diff.tar"
 _DOCKER_FOREIGN_LAYER: Final = "application/vnd.docker.image.rootfs.foreign.diff.tar"
 
+# -- the two families, read alike -----------------------------------------------------------
+# The image spec lists the Docker schema 2 types as compatible with its own; skopeo writes them
+# into OCI layouts (``--format v2s2``), registries serve them, Docker writes them. A pull reads
+# either family the same way and stores the documents as they are (their digests unchanged).
+
+#: An image manifest: OCI, or Docker schema 2.
+MANIFEST_MEDIA_TYPES: Final = frozenset({MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE})
+#: An image index: OCI, or a Docker manifest list.
+INDEX_MEDIA_TYPES: Final = frozenset({INDEX_MEDIA_TYPE, DOCKER_MANIFEST_LIST_MEDIA_TYPE})
+#: An image configuration (a container image, not an artifact): OCI or Docker.
+CONFIG_MEDIA_TYPES: Final = frozenset({CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE})
+
 #: Every layer media type we import -> its compression (``none``, ``gzip`` or ``zstd``).
 LAYER_MEDIA_TYPES: Final[dict[str, str]] = {
     LAYER_MEDIA_TYPE: "none",
@@ -54,6 +69,7 @@ LAYER_MEDIA_TYPES: Final[dict[str, str]] = {
     DOCKER_LAYER_MEDIA_TYPE: "none",
     DOCKER_LAYER_MEDIA_TYPE + ".gzip": "gzip",
     DOCKER_LAYER_MEDIA_TYPE + ".zstd": "zstd",
+    _DOCKER_FOREIGN_LAYER: "none",
     _DOCKER_FOREIGN_LAYER + ".gzip": "gzip",
 }
 

@@ -43,12 +43,11 @@ from composefs.oci.image import OciImage
 from composefs.oci.index import write_index
 from composefs.oci.layout import LayoutSource
 from composefs.oci.media_types import (
-    CONFIG_MEDIA_TYPE,
-    DOCKER_CONFIG_MEDIA_TYPE,
-    DOCKER_MANIFEST_MEDIA_TYPE,
-    INDEX_MEDIA_TYPE,
+    CONFIG_MEDIA_TYPES,
+    INDEX_MEDIA_TYPES,
     LAYER_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPES,
 )
 from composefs.oci.names import (
     INDEX_REF_PREFIX,
@@ -65,7 +64,7 @@ from composefs.oci.reference import (
     parse_layout_name,
     parse_reference,
 )
-from composefs.oci.source import Descriptor, ImageSource, ResolvedManifest
+from composefs.oci.source import Descriptor, ImageSource, ResolvedManifest, served_media_type
 from composefs.oci.streams import read_external_stream, write_config, write_manifest
 from composefs.repository import Repository
 
@@ -292,6 +291,20 @@ def _open_layout(ref: ImageReference, platform: str | None) -> ImageSource:
     return LayoutSource(parse_layout_name(ref.name))
 
 
+def _open_oci_archive(ref: ImageReference, platform: str | None) -> ImageSource:
+    """``oci-archive:``: the layout inside the tar, read natively (no unpacking)."""
+    from composefs.oci import archive
+
+    return archive.open_oci_archive(ref)
+
+
+def _open_docker_archive(ref: ImageReference, platform: str | None) -> ImageSource:
+    """``docker-archive:``: ``docker save`` output, read natively (no unpacking)."""
+    from composefs.oci import archive
+
+    return archive.open_docker_archive(ref)
+
+
 def _open_proxy(ref: ImageReference, platform: str | None) -> ImageSource:
     """Every transport skopeo knows, through its image proxy."""
     try:
@@ -308,8 +321,8 @@ def _open_proxy(ref: ImageReference, platform: str | None) -> ImageSource:
 SOURCES: dict[str, SourceFactory] = {
     "oci": _open_layout,
     "docker": _open_proxy,
-    "oci-archive": _open_proxy,
-    "docker-archive": _open_proxy,
+    "oci-archive": _open_oci_archive,
+    "docker-archive": _open_docker_archive,
     "containers-storage": _open_proxy,
     "dir": _open_proxy,
     "docker-daemon": _open_proxy,
@@ -318,7 +331,9 @@ SOURCES: dict[str, SourceFactory] = {
 
 def open_source(ref: ImageReference, platform: str | None = None) -> ImageSource:
     """The :class:`~composefs.oci.source.ImageSource` for ``ref``'s transport (:data:`SOURCES`):
-    a :class:`LayoutSource` for ``oci:``, skopeo's image proxy for everything else."""
+    a :class:`LayoutSource` for ``oci:`` and ``oci-archive:``, a
+    :class:`~composefs.oci.archive.DockerArchiveSource` for ``docker-archive:``, skopeo's image
+    proxy for the others."""
     factory = SOURCES.get(ref.transport)
     if factory is None:
         raise PullError(f"no image source for the {ref.transport}: transport")
@@ -328,6 +343,10 @@ def open_source(ref: ImageReference, platform: str | None = None) -> ImageSource
 def _source_context(ref: ImageReference) -> str:
     if ref.transport == "oci":
         return f"Importing OCI layout from {parse_layout_name(ref.name).path}"
+    if ref.transport == "oci-archive":  # cfsctl's context for its direct oci-archive: path
+        return f"Importing OCI layout from {ref.name.partition(':')[0]}"
+    if ref.transport == "docker-archive":
+        return f"Importing Docker archive {ref.name.partition(':')[0]}"
     return f"Unable to pull container image {ref.text}"
 
 
@@ -448,9 +467,9 @@ def _check_manifest(resolved: ResolvedManifest) -> tuple[Descriptor, list[Descri
     what = f"manifest {resolved.digest}"
     manifest = parse_json_object(resolved.raw, what)
     media_type = manifest.get("mediaType", MANIFEST_MEDIA_TYPE)
-    if media_type == INDEX_MEDIA_TYPE or "manifests" in manifest:
+    if media_type in INDEX_MEDIA_TYPES or "manifests" in manifest:
         raise PullError(f"{resolved.digest} is an image index, not a manifest")
-    if media_type not in (MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE):
+    if media_type not in MANIFEST_MEDIA_TYPES:
         shown = quote(media_type) if isinstance(media_type, str) else repr(media_type)[:80]
         raise PullError(f"Unexpected media type {shown}")
     parsed = parse_manifest(manifest, what)
@@ -459,7 +478,7 @@ def _check_manifest(resolved: ResolvedManifest) -> tuple[Descriptor, list[Descri
 
 def _diff_ids(config: Descriptor, raw: bytes, layers: Sequence[Descriptor]) -> list[str]:
     """``rootfs.diff_ids`` for image configs; the layer digests for anything else."""
-    if config.media_type not in (CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE):
+    if config.media_type not in CONFIG_MEDIA_TYPES:
         return [d.digest for d in layers]
     what = f"config {config.digest}"
     return config_diff_ids(parse_json_object(raw, what), what)
@@ -482,7 +501,7 @@ def _import(
     cancel: _Stop,
 ) -> PullResult:
     config_desc, layers = _check_manifest(resolved)
-    if ref.transport == "oci":
+    if ref.transport in ("oci", "oci-archive"):
         emit(PullEvent("message", message=f"Importing {len(layers)} layers from OCI layout"))
     try:
         config_digest, config_verity, config_raw, layer_refs, stats = _import_config_and_layers(
@@ -501,7 +520,7 @@ def _import(
             repo, resolved.digest, resolved.raw, config_digest, config_verity, layer_refs
         )
     platform = None
-    if config_desc.media_type == CONFIG_MEDIA_TYPE:
+    if config_desc.media_type in CONFIG_MEDIA_TYPES:
         with contextlib.suppress(DocumentError):
             platform = Platform.from_json(parse_json_object(config_raw, "config"))
     return PullResult(
@@ -562,7 +581,7 @@ def _import_config_and_layers(
         raise _missing(diff_ids[len(layers)], diff_ids[: len(layers)])
     if len(diff_ids) < len(layers):
         raise PullError(f"expected {len(layers)} layer refs but got {len(diff_ids)}")
-    artifact = config_desc.media_type not in (CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE)
+    artifact = config_desc.media_type not in CONFIG_MEDIA_TYPES
     if not artifact:
         for desc in layers:
             if desc.media_type not in LAYER_MEDIA_TYPES:
@@ -676,7 +695,7 @@ def _import_one(
                 repo,
                 fd,
                 diff_id,
-                media_type=desc.media_type,
+                media_type=served_media_type(source, desc),
                 digest=desc.digest,
                 threads=threads,
                 progress=on_progress,

@@ -4,7 +4,9 @@ A *source reference* is ``TRANSPORT:NAME`` (containers-image-proxy-rs rules: spl
 first colon, ``docker:`` needs ``//``). ``oci:`` references are read directly from the layout
 directory; their name is ``PATH[:TAG]``, split at the **last** colon unless a ``/`` follows it
 (composefs-rs ``parse_oci_layout_ref``), plus our extension ``PATH@sha256:<hex>`` naming a
-manifest or index blob of the layout by digest. Every other transport goes to skopeo.
+manifest or index blob of the layout by digest. ``oci-archive:`` and ``docker-archive:`` are read
+natively too (their names are parsed in :mod:`composefs.oci.archive`); every other transport
+goes to skopeo.
 
 A *repository reference* (``oci inspect`` and friends) is a tag name, or ``@sha256:<hex>``
 for a manifest digest (cfsctl's ``OciReference``).
@@ -18,6 +20,7 @@ import re
 from composefs.errors import ImageReferenceError
 
 __all__ = [
+    "NATIVE_TRANSPORTS",
     "PROXY_TRANSPORTS",
     "TRANSPORTS",
     "ImageReference",
@@ -57,8 +60,11 @@ TRANSPORTS: dict[str, str] = {
     "docker-daemon": "docker-daemon",
 }
 
+#: the transports read without skopeo
+NATIVE_TRANSPORTS = frozenset({"oci", "oci-archive", "docker-archive"})
+
 #: the transports handled by skopeo's image proxy
-PROXY_TRANSPORTS = frozenset(t for t in TRANSPORTS.values() if t != "oci")
+PROXY_TRANSPORTS = frozenset(t for t in TRANSPORTS.values() if t not in NATIVE_TRANSPORTS)
 
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _DIGEST_SUFFIX = re.compile(r"^(?P<path>.*)@(?P<digest>(?:sha256|sha384|sha512):[0-9A-Za-z]+)$")
@@ -129,6 +135,8 @@ class LayoutReference:
     tag: str | None = None
     #: ``sha256:<hex>`` of a manifest or index blob (our extension); excludes ``tag``
     digest: str | None = None
+    #: the ``index.json`` entry at this position (``oci-archive:PATH:@N``, as containers/image)
+    index: int | None = None
 
 
 def parse_layout_name(name: str) -> LayoutReference:
