@@ -34,7 +34,6 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
-import gzip
 import hashlib
 import io
 import json
@@ -45,8 +44,8 @@ import re
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator
-from typing import IO, Any, Final, cast
+from collections.abc import Callable, Iterator
+from typing import IO, Any, Final
 
 from composefs.errors import (
     ComposefsError,
@@ -180,7 +179,10 @@ def _number(field: bytes, what: str, offset: int) -> int:
 
 
 def _checksum_ok(block: bytes, offset: int) -> bool:
-    stored = _number(block[148:156], "checksum", offset)
+    try:
+        stored = _number(block[148:156], "checksum", offset)
+    except ArchiveFormatError:
+        return False
     unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
     if stored == unsigned:
         return True
@@ -431,20 +433,23 @@ def detect_compression(head: bytes) -> str:
     return "none"
 
 
-def _decompressor(compression: str, raw: IO[bytes]) -> IO[bytes]:
-    """A reader of the decompressed ``raw`` (every gzip member, every zstd frame)."""
-    if compression == "gzip":
-        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
-    if compression == "bzip2":
-        return bz2.BZ2File(raw, "rb")
-    if compression == "xz":
-        return lzma.LZMAFile(raw, "rb")
-    if compression == "zstd":
-        import zstandard
+#: what a damaged compressed stream raises (gzip and zstd: the layer decoders' ValueError)
+_DECODE_ERRORS: Final = (OSError, EOFError, ValueError, lzma.LZMAError)
 
-        reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return reader
-    raise ValueError(compression)
+
+def _decoder(compression: str, raw: IO[bytes]) -> Callable[[int], bytes]:
+    """``read(n)`` of the decompressed ``raw``: gzip and zstd by the layer import's streaming
+    decoders (every member and frame, truncation an error), bzip2 and xz by the standard
+    library (a truncated stream is an :class:`EOFError`)."""
+    if compression in ("gzip", "zstd"):
+        from composefs._pure.decompress import open_decoder
+
+        return open_decoder(compression, raw.read).read
+    if compression == "bzip2":
+        return bz2.BZ2File(raw, "rb").read
+    if compression == "xz":
+        return lzma.LZMAFile(raw, "rb").read
+    raise ValueError(f"unknown compression {compression!r}")
 
 
 def _pread_all(fd: int, size: int, offset: int) -> bytes:
@@ -531,16 +536,13 @@ class Archive:
         what = f"Decompressing archive {self.path} ({self.compression})"
         with tempfile.TemporaryFile(prefix="composefs-archive-") as out:
             try:
-                source = io.BufferedReader(_RangeReader(fd, 0, size), _CHUNK)
-                with _decompressor(self.compression, source) as r:
-                    while block := r.read(_CHUNK):
-                        out.write(block)
+                read = _decoder(self.compression, io.BufferedReader(_RangeReader(fd, 0, size)))
+                while block := read(_CHUNK):
+                    out.write(block)
                 out.flush()
-            except (OSError, EOFError, ValueError) as e:
-                raise ArchiveError(what) from e
             except ComposefsError:
                 raise
-            except Exception as e:  # zstandard.ZstdError
+            except _DECODE_ERRORS as e:
                 raise ArchiveError(what) from e
             return os.dup(out.fileno())
 
@@ -640,16 +642,17 @@ class Archive:
             pos += n
 
     def _inflate(self, member: Member, out: int, compression: str) -> None:
-        try:
-            with _decompressor(compression, self.reader(member)) as r:
-                while block := r.read(_CHUNK):
-                    _write_all(out, block)
-        except BrokenPipeError:
-            raise
-        except (OSError, EOFError, ValueError) as e:
-            raise ArchiveError(f"decompressing ({compression})") from e
-        except Exception as e:  # zstandard.ZstdError
-            raise ArchiveError(f"decompressing ({compression})") from e
+        read = _decoder(compression, self.reader(member))
+        while True:
+            try:
+                block = read(_CHUNK)
+            except ComposefsError:
+                raise
+            except _DECODE_ERRORS as e:
+                raise ArchiveError(f"decompressing ({compression})") from e
+            if not block:
+                break
+            _write_all(out, block)
 
 
 # -- oci-archive: a layout in a tar ------------------------------------------------------------
@@ -1018,14 +1021,12 @@ class DockerArchiveSource:
         # sized uncompressed, as containers/image does: the layer is read through once
         size = 0
         try:
-            with _decompressor(compression, self._archive.reader(member)) as r:
-                while block := r.read(_CHUNK):
-                    size += len(block)
-        except (OSError, EOFError, ValueError) as e:
-            raise ArchiveError(f"reading {quote(path)!r} to find its size") from e
+            read = _decoder(compression, self._archive.reader(member))
+            while block := read(_CHUNK):
+                size += len(block)
         except ComposefsError:
             raise
-        except Exception as e:  # zstandard.ZstdError
+        except _DECODE_ERRORS as e:
             raise ArchiveError(f"reading {quote(path)!r} to find its size") from e
         return _Layer(member, compression, size)
 
