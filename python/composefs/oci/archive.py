@@ -914,7 +914,7 @@ class DockerArchiveSource:
         try:
             member = self._archive.lookup(name)
         except OSError as e:
-            raise ArchiveError(f"loading {what} {quote(name)!r}") from e
+            raise ArchiveError(f"loading {quote(name)!r} from the archive") from e
         return self._archive.read(member, limit, what)
 
     def _choose(self) -> _Item:
