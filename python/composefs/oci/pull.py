@@ -2,7 +2,8 @@
 
 The pipeline (see ``docs/oci.md``)::
 
-    writability check -> reference -> source (oci: layout, or skopeo's image proxy)
+    writability check -> reference -> source (oci: layout, oci-archive:/docker-archive: read
+      natively, or skopeo's image proxy)
       -> manifest for the platform (indexes resolved) -> config (verified)
       -> layers in parallel, largest first (digest and diff_id verified, present ones skipped)
       -> oci-config-<digest> (refs in diff_id order) -> oci-manifest-<digest>
