@@ -650,3 +650,43 @@ def test_a_tag_naming_one_manifest_is_the_image(
     assert proc.returncode == 0, proc.stderr
     assert f"is an image for linux/{OTHER}, not linux/{HOST} (this host)" in proc.stderr.decode()
     assert proc.stdout.decode().startswith(f"manifest {arm['digest']}\n")
+
+
+@pytest.mark.parametrize("form", ["oci-archive", "docker-archive", "docker-archive-zstd"])
+def test_cancel_stops_the_threads_feeding_the_layers(
+    tmp_path: Path, repos: tuple[Repository, Repository], form: str
+) -> None:
+    """``pull(cancel=...)`` (what Ctrl-C sets) stops the import; the threads streaming the
+    layers out of the archive (spliced or decompressed) end with it; nothing is tagged."""
+    import threading
+
+    big = [TarBuilder().dir("usr").file(f"usr/{i}", os.urandom(6 << 20)).build() for i in range(3)]
+    archive = tmp_path / "big.tar"
+    if form == "oci-archive":
+        w = LayoutWriter(tmp_path / "layout")
+        w.write_index([w.tagged(w.image([w.layer(t, "none") for t in big]), "t")])
+        oci_archive(tmp_path / "layout", archive)
+        ref = f"oci-archive:{archive}:t"
+    else:
+        compression = "zstd" if form.endswith("zstd") else "none"
+        docker_archive(archive, [DockerImage(big, compression=compression)])
+        ref = f"docker-archive:{archive}"
+    before = {t.ident for t in threading.enumerate()}
+    repos[0].objects_fd()  # opened once, kept by the repository
+    fds = set(os.listdir("/proc/self/fd"))
+    cancel = threading.Event()
+
+    def on_event(event: oci.PullEvent) -> None:
+        if event.kind == "progress":
+            cancel.set()
+
+    with pytest.raises(pull_module.PullCancelled):
+        oci.pull(repos[0], ref, "x", progress=on_event, cancel=cancel, threads=2)
+    leftover = [t for t in threading.enumerate() if t.ident not in before]
+    for t in leftover:
+        t.join(timeout=5)
+    assert not [t.name for t in leftover if t.is_alive()]
+    extra = set(os.listdir("/proc/self/fd")) - fds
+    assert not {os.readlink(f"/proc/self/fd/{fd}") for fd in extra}  # archive and pipes closed
+    assert oci.list_refs(repos[0]) == []
+    assert repos[0].fsck().ok
