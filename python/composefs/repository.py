@@ -122,6 +122,8 @@ class GcResult:
     objects_bytes: int = 0
     images_pruned: int = 0
     streams_pruned: int = 0
+    #: referrer links dropped because their subject manifest is gone (:func:`composefs.oci.gc`)
+    referrers_pruned: int = 0
     #: problems cfsctl treats as fatal and we report and step over (dangling refs, stray files)
     warnings: list[str] = dataclasses.field(default_factory=list)
 

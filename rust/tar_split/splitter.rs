@@ -260,6 +260,13 @@ enum Step {
     },
 }
 
+/// The input ends, at a header boundary, with a zero block and less than a second one: an
+/// archive closed by a single end block (what is left after it is stored with it, like the
+/// record padding after two).
+fn ends_with_one_zero_block(rest: &[u8]) -> bool {
+    rest.len() >= HEADER_SIZE && rest[..HEADER_SIZE].iter().all(|&b| b == 0)
+}
+
 /// The splitter loop (composefs-rs `split_async`).
 pub(super) fn split(
     input: &mut TarInput<'_, '_>,
@@ -273,6 +280,13 @@ pub(super) fn split(
         if !input.fill(need)? {
             if input.is_empty() {
                 return Ok(()); // clean EOF at a header boundary
+            }
+            if ends_with_one_zero_block(input.view()) {
+                // One end-of-archive block where the format asks for two (Python's tarfile,
+                // GNU tar and Go's archive/tar accept it; tar-core waits for the second):
+                // the end of the archive, kept inline to the last byte.
+                input.drain(asm)?;
+                return Ok(());
             }
             return Err(invalid("unexpected EOF in tar stream"));
         }

@@ -359,9 +359,16 @@ class _Splitter:
         need = _HEADER
         while True:
             if not self._fill(need):
-                if self._available():
-                    raise ValueError("unexpected EOF in tar stream")
-                return  # a clean end at a header boundary, with or without end blocks
+                if not self._available():
+                    return  # a clean end at a header boundary, with or without end blocks
+                if self._available() >= _HEADER and not any(
+                    self._view[self._pos : self._pos + _HEADER]
+                ):
+                    # one end-of-archive block where the format asks for two (tarfile, GNU tar
+                    # and Go accept it): the end, kept inline to the last byte
+                    self._inline.add(self._take(self._available()))
+                    return
+                raise ValueError("unexpected EOF in tar stream")
             event = parser.parse(self._view[self._pos :])
             if isinstance(event, _tarcore.NeedData):
                 need = event.min_bytes

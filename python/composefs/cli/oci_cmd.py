@@ -51,6 +51,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--platform", metavar="OS/ARCH[/VARIANT]", help="pick this platform from an image index"
     )
+    p.add_argument(
+        "--referrers",
+        action="store_true",
+        help="also fetch the artifacts referring to the image (signatures, SBOMs)",
+    )
 
     p = add_command(inner, "images", "list the tagged images", cmd_images)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -90,6 +95,15 @@ def register(sub: Any) -> None:
         metavar="OS/ARCH[/VARIANT]",
         help="re-resolve the image's stored index for this platform",
     )
+
+    p = add_command(
+        inner,
+        "referrers",
+        "list the artifacts (signatures, SBOMs) referring to an image",
+        cmd_referrers,
+    )
+    p.add_argument("image", metavar="IMAGE", help="a tag, or @sha256:... (a manifest digest)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add_command(inner, "tag", "tag a manifest (or stored index) by digest", cmd_tag)
     p.add_argument("digest", metavar="DIGEST", type=_digest_arg, help="sha256:...")
@@ -173,6 +187,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 name,
                 platform=args.platform,
                 progress=renderer.event if renderer else None,
+                referrers=args.referrers,
             )
         finally:
             if renderer is not None:
@@ -182,6 +197,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     print(f"verity   {result.manifest_verity.hex()}")
     print(f"tagged   {printable(name)}")
     print(f"objects  {result.stats}")
+    if args.referrers:
+        print(f"referrers {len(result.referrers)}")
     return 0
 
 
@@ -228,6 +245,28 @@ def cmd_images(args: argparse.Namespace) -> int:
             for row, erofs_id in zip(rows, erofs_ids, strict=True):
                 row.append(erofs_id[:12] if erofs_id else "-")
         print(render_table(header, rows))
+    return 0
+
+
+def cmd_referrers(args: argparse.Namespace) -> int:
+    from composefs.cli.repo_cmd import render_table
+    from composefs.oci import image
+    from composefs.oci.reference import parse_repo_reference
+
+    ref = parse_repo_reference(args.image)
+    with open_repo(args) as repo:
+        subject = image.OciImage.resolve(repo, ref)
+        found = []
+        for digest, verity in image.list_referrers(repo, subject.manifest_digest):
+            artifact = image.OciImage.open(repo, digest, verity)
+            found.append(artifact.referrer_info())
+    if args.json:
+        print(json_text({"subject": subject.manifest_digest, "referrers": found}, indent=2))
+    elif not found:
+        print(f"No referrers of {subject.manifest_digest}")
+    else:
+        rows = [[r["digest"], r["artifact_type"] or "-", str(r["size"])] for r in found]
+        print(render_table(["DIGEST", "ARTIFACT TYPE", "SIZE"], rows))
     return 0
 
 

@@ -92,8 +92,10 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    from composefs.oci.image import gc
+
     with open_repo(args) as repo:
-        result = repo.gc(args.root, dry_run=args.dry_run)
+        result = gc(repo, args.root, dry_run=args.dry_run)
     for warning in result.warnings:
         print(f"warning: {printable(warning)}", file=sys.stderr)
     if args.dry_run:
@@ -101,6 +103,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     print(f"Objects: {result.objects_removed} removed ({result.objects_bytes} bytes)")
     if result.images_pruned or result.streams_pruned:
         print(f"Pruned symlinks: {result.images_pruned} images, {result.streams_pruned} streams")
+    if result.referrers_pruned:
+        print(f"Pruned referrers of images no longer present: {result.referrers_pruned}")
     return 0
 
 

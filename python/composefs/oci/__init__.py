@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         OciFsckResult,
         OciImage,
         StoredIndex,
+        gc,
         inspect_reply,
         list_images,
         list_refs,
@@ -64,6 +65,7 @@ _EXPORTS: dict[str, str] = {
     # deprecated (shadows a builtin): warns, and is not in __all__
     "ReferenceError": "composefs.oci.reference",
     "StoredIndex": "composefs.oci.image",
+    "gc": "composefs.oci.image",
     "host_platform": "composefs.oci.platform",
     "inspect_reply": "composefs.oci.image",
     "list_images": "composefs.oci.image",
@@ -95,6 +97,7 @@ __all__ = [
     "PullEvent",
     "PullResult",
     "StoredIndex",
+    "gc",
     "host_platform",
     "inspect_reply",
     "list_images",

@@ -15,6 +15,7 @@ fsck`` in :mod:`composefs.oci.fsck`; this module re-exports what callers import 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from composefs.errors import ComposefsError
@@ -23,6 +24,7 @@ from composefs.oci.index import StoredIndex, open_index, resolve_index, write_in
 from composefs.oci.media_types import (
     CONFIG_MEDIA_TYPE,
     CONFIG_MEDIA_TYPES,
+    EMPTY_MEDIA_TYPE,
     INDEX_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
 )
@@ -37,6 +39,7 @@ from composefs.oci.names import (
     SEAL_LABEL,
     ImageError,
     ImageMissing,
+    cleanup_dangling_referrers,
     config_identifier,
     decode_tag,
     encode_tag,
@@ -60,7 +63,7 @@ from composefs.oci.streams import (
     write_external_stream,
     write_manifest,
 )
-from composefs.repository import Repository
+from composefs.repository import GcResult, Repository
 
 __all__ = [
     "BOOT_IMAGE_REF_KEY",
@@ -83,6 +86,7 @@ __all__ = [
     "decode_tag",
     "encode_tag",
     "find_stream_digest",
+    "gc",
     "index_identifier",
     "inspect_reply",
     "list_images",
@@ -189,6 +193,29 @@ class OciImage:
         return _field(self.config or {}, "created") or None
 
     @property
+    def artifact_type(self) -> str | None:
+        """The manifest's ``artifactType``, else its config media type unless that is the
+        image config or the empty descriptor (the OCI 1.1 rule for referrers)."""
+        declared = self.manifest.get("artifactType")
+        if isinstance(declared, str) and declared:
+            return declared
+        config_type = _field(_object(self.manifest, "config"), "mediaType")
+        if config_type in ("", EMPTY_MEDIA_TYPE) or config_type in CONFIG_MEDIA_TYPES:
+            return None
+        return config_type
+
+    def referrer_info(self) -> dict[str, Any]:
+        """This manifest as an entry of a referrers list (the OCI referrers API's fields)."""
+        annotations = self.manifest.get("annotations")
+        return {
+            "digest": self.manifest_digest,
+            "media_type": _field(self.manifest, "mediaType") or MANIFEST_MEDIA_TYPE,
+            "artifact_type": self.artifact_type,
+            "size": len(self.manifest_raw),
+            "annotations": annotations if isinstance(annotations, dict) else {},
+        }
+
+    @property
     def layer_descriptors(self) -> list[dict[str, Any]]:
         layers = self.manifest.get("layers")
         return [d for d in layers if isinstance(d, dict)] if isinstance(layers, list) else []
@@ -283,3 +310,31 @@ def inspect_reply(repo: Repository, image: OciImage) -> dict[str, Any]:
         "composefs_erofs": None if erofs is None else erofs.hex(),
         "composefs_boot_erofs": None if boot is None else boot.hex(),
     }
+
+
+def gc(repo: Repository, roots: Sequence[str] = (), *, dry_run: bool = False) -> GcResult:
+    """Garbage collection that also lets go of the referrers (signatures, SBOMs) of images
+    that are gone.
+
+    A referrer link (``streams/refs/oci-referrers/<subject>/<artifact>``) is a root, so the
+    artifact outlives its subject unless the link goes. composefs-rs leaves that to a separate
+    ``cleanup_dangling_referrers`` call; here the links of subjects whose manifest is gone are
+    dropped first, and once more after the collection (which may have removed the manifest of
+    an untagged subject), followed by a second collection only then. ``dry_run`` reports the
+    first pass only.
+    """
+    pruned = cleanup_dangling_referrers(repo, dry_run=dry_run)
+    result = repo.gc(roots, dry_run=dry_run)
+    if not dry_run:
+        again = cleanup_dangling_referrers(repo)
+        if again:
+            pruned += again
+            second = repo.gc(roots)
+            result = GcResult(
+                objects_removed=result.objects_removed + second.objects_removed,
+                objects_bytes=result.objects_bytes + second.objects_bytes,
+                images_pruned=result.images_pruned + second.images_pruned,
+                streams_pruned=result.streams_pruned + second.streams_pruned,
+                warnings=result.warnings + second.warnings,
+            )
+    return dataclasses.replace(result, referrers_pruned=pruned)

@@ -530,6 +530,27 @@ class LayoutSource:
             raise LayoutError(f"Unexpected media type {quote(desc.media_type)}")
         return self._single_manifest(desc, wanted, explicit, digest)
 
+    # -- referrers -------------------------------------------------------------------------
+
+    def referrers(self, subject: str) -> list[Descriptor]:
+        """The manifests listed in ``index.json`` whose ``subject`` is ``subject`` (how the
+        image-layout spec 1.1 keeps referrers: as manifests of the layout)."""
+        found = []
+        for desc in self._index_entries():
+            if desc.media_type != MANIFEST_MEDIA_TYPE or desc.digest == subject:
+                continue
+            what = f"manifest {desc.digest}"
+            try:
+                manifest = parse_manifest(parse_json_object(self.read_blob(desc), what), what)
+            except (LayoutError, DocumentError):
+                continue  # not this image's business: a pull of it would report the problem
+            if manifest.subject is not None and manifest.subject.digest == subject:
+                found.append(desc)
+        return found
+
+    def read_manifest(self, descriptor: Descriptor) -> bytes:
+        return self.read_blob(descriptor)
+
     def _find_descriptor(self, digest: str) -> Descriptor:
         """The descriptor of ``digest``: from ``index.json`` (and its nested indexes) if it is
         listed there, else made from the blob itself (media type from its JSON).

@@ -15,6 +15,7 @@ __all__ = [
     "DOCKER_LAYER_MEDIA_TYPE",
     "DOCKER_MANIFEST_LIST_MEDIA_TYPE",
     "DOCKER_MANIFEST_MEDIA_TYPE",
+    "EMPTY_MEDIA_TYPE",
     "INDEX_MEDIA_TYPE",
     "INDEX_MEDIA_TYPES",
     "LAYER_MEDIA_TYPE",
@@ -33,6 +34,9 @@ CONFIG_MEDIA_TYPE: Final = "application/vnd.oci.image.config.v1+json"
 #: An uncompressed layer; ``+gzip`` and ``+zstd`` name the compressed ones.
 LAYER_MEDIA_TYPE: Final = "application/vnd.oci.image.layer.v1.tar"
 _NONDISTRIBUTABLE_LAYER: Final = "application/vnd.oci.image.layer.nondistributable.v1.tar"
+
+#: The empty descriptor's media type (OCI 1.1: the config of an artifact without one).
+EMPTY_MEDIA_TYPE: Final = "application/vnd.oci.empty.v1+json"
 
 #: The ``index.json`` annotation naming a manifest of an OCI layout (the tag).
 REF_NAME_ANNOTATION: Final = "org.opencontainers.image.ref.name"

@@ -37,6 +37,10 @@ __all__ = [
     "REFERRER_REF_PREFIX",
     "SEAL_LABEL",
     "ImageError",
+    "ImageMissing",
+    "TagMissing",
+    "add_referrer",
+    "cleanup_dangling_referrers",
     "config_identifier",
     "decode_tag",
     "encode_tag",
@@ -47,6 +51,9 @@ __all__ = [
     "list_refs",
     "manifest_identifier",
     "ref_path",
+    "referrer_subjects",
+    "remove_referrer",
+    "remove_referrers_for_subject",
     "resolve_index_ref",
     "resolve_ref",
     "sha256_digest",
@@ -262,3 +269,69 @@ def find_stream_digest(repo: Repository, digest: str) -> str | None:
     if repo.has_stream(index_identifier(digest)) is not None:
         return "index"
     return None
+
+
+def _referrer_path(subject: str, artifact: str | None = None) -> str:
+    parse_digest(subject)
+    path = REFERRER_REF_PREFIX + encode_tag(subject)
+    if artifact is not None:
+        parse_digest(artifact)
+        path += "/" + encode_tag(artifact)
+    return path
+
+
+def add_referrer(repo: Repository, subject: str, artifact: str) -> None:
+    """Records that the artifact manifest ``artifact`` refers to the manifest ``subject``:
+    ``streams/refs/oci-referrers/<subject>/<artifact>`` -> its manifest stream (composefs-rs
+    ``add_referrer``). The link keeps the artifact from being collected while it exists."""
+    repo.name_stream(manifest_identifier(artifact), _referrer_path(subject, artifact))
+
+
+def remove_referrer(repo: Repository, subject: str, artifact: str) -> None:
+    """Removes one referrer link; nothing to remove is not an error."""
+    repo.ensure_writable()
+    path = f"streams/refs/{_referrer_path(subject, artifact)}"
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        os.unlink(_beneath(repo, path), dir_fd=repo.fd)
+
+
+def remove_referrers_for_subject(repo: Repository, subject: str) -> int:
+    """Removes every referrer link of ``subject`` (and its directory, once empty); the number
+    of links removed."""
+    repo.ensure_writable()
+    removed = 0
+    for encoded, _target in repo.list_stream_refs(_referrer_path(subject)):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            os.unlink(
+                _beneath(repo, f"streams/refs/{_referrer_path(subject)}/{encoded}"),
+                dir_fd=repo.fd,
+            )
+            removed += 1
+    with contextlib.suppress(OSError):
+        os.rmdir(_beneath(repo, f"streams/refs/{_referrer_path(subject)}"), dir_fd=repo.fd)
+    return removed
+
+
+def referrer_subjects(repo: Repository) -> list[str]:
+    """The subject digests that have a referrer directory (unparsable names skipped)."""
+    subjects: set[str] = set()
+    for name, _target in repo.list_stream_refs(REFERRER_REF_PREFIX.rstrip("/")):
+        encoded = name.split("/", 1)[0]
+        with contextlib.suppress(ImageReferenceError):
+            subjects.add(parse_digest(decode_tag(encoded)))
+    return sorted(subjects)
+
+
+def cleanup_dangling_referrers(repo: Repository, *, dry_run: bool = False) -> int:
+    """Removes the referrer links of subjects whose manifest stream is gone (composefs-rs
+    ``cleanup_dangling_referrers``), so that ``gc`` can collect those artifacts; the number of
+    links removed (or that would be, with ``dry_run``)."""
+    removed = 0
+    for subject in referrer_subjects(repo):
+        if repo.has_stream(manifest_identifier(subject)) is not None:
+            continue
+        if dry_run:
+            removed += len(repo.list_stream_refs(_referrer_path(subject)))
+        else:
+            removed += remove_referrers_for_subject(repo, subject)
+    return removed

@@ -52,6 +52,7 @@ from composefs.oci.media_types import (
 )
 from composefs.oci.names import (
     INDEX_REF_PREFIX,
+    add_referrer,
     config_identifier,
     index_identifier,
     manifest_identifier,
@@ -278,6 +279,8 @@ class PullResult:
     image_id: bytes | None = None
     #: every EROFS format written -> image id
     images: dict[int, bytes] = dataclasses.field(default_factory=dict)
+    #: the referrers fetched with ``referrers=True`` (artifact manifest digests)
+    referrers: tuple[str, ...] = ()
 
 
 # -- sources ---------------------------------------------------------------------------------
@@ -363,6 +366,7 @@ def pull(
     *,
     threads: int = 0,
     cancel: threading.Event | None = None,
+    referrers: bool = False,
 ) -> PullResult:
     """Pulls ``ref`` (``oci:PATH[:TAG]``, ``oci:PATH@sha256:...``, ``docker://...``, ...).
 
@@ -376,10 +380,14 @@ def pull(
     the EROFS step and blob copies too. A :class:`KeyboardInterrupt` in the calling thread
     sets it for the workers and propagates at once. Nothing is tagged then; what was stored
     is consistent (objects and links are written atomically) and left for ``gc``.
+
+    ``referrers=True`` also fetches the artifacts that refer to the manifest (OCI 1.1
+    referrers: signatures, SBOMs, attestations) and links them as composefs-rs does
+    (``streams/refs/oci-referrers/<subject>/<artifact>``), before the tag is written.
     """
     stop = _Stop(cancel)
     try:
-        return _pull(repo, ref, name, platform, progress, threads, stop)
+        return _pull(repo, ref, name, platform, progress, threads, stop, referrers)
     except BaseException:
         stop.set()  # stop every worker still running, whatever the error
         raise
@@ -393,6 +401,7 @@ def _pull(
     progress: ProgressCallback | None,
     threads: int,
     cancel: _Stop,
+    with_referrers: bool = False,
 ) -> PullResult:
     repo.ensure_writable()
     if name is not None and name.startswith("@"):
@@ -413,6 +422,11 @@ def _pull(
             resolved = source.resolve(platform)
             _check_cancel(cancel)
             result = _import(repo, source, resolved, image_ref, emit, threads, cancel)
+            if with_referrers:
+                fetched = _import_referrers(
+                    repo, source, result.manifest_digest, image_ref, emit, threads, cancel
+                )
+                result = dataclasses.replace(result, referrers=fetched)
         except PullCancelled:
             raise
         except ComposefsError as e:
@@ -460,6 +474,45 @@ def _pull(
 
 def _no_progress(event: PullEvent) -> None:
     pass
+
+
+def _import_referrers(
+    repo: Repository,
+    source: ImageSource,
+    subject: str,
+    ref: ImageReference,
+    emit: ProgressCallback,
+    threads: int,
+    cancel: _Stop,
+) -> tuple[str, ...]:
+    """Imports the artifacts referring to ``subject`` and links them to it."""
+    listing = getattr(source, "referrers", None)
+    read_manifest = getattr(source, "read_manifest", None)
+    if listing is None or read_manifest is None:
+        raise PullError(f"the {ref.transport}: transport cannot list referrers")
+    try:
+        descriptors = listing(subject)
+    except (ComposefsError, OSError) as e:
+        raise PullError(f"Listing the referrers of {subject}") from e
+    fetched = []
+    for desc in descriptors:
+        _check_cancel(cancel)
+        if desc.media_type not in (MANIFEST_MEDIA_TYPE, ""):
+            emit(
+                PullEvent("message", message=f"Skipping referrer {desc.digest} ({desc.media_type})")
+            )
+            continue
+        emit(PullEvent("message", message=f"Storing referrer {desc.digest}"))
+        try:
+            raw = read_manifest(desc)
+            _import(repo, source, ResolvedManifest(desc.digest, raw), ref, emit, threads, cancel)
+        except PullCancelled:
+            raise
+        except (ComposefsError, OSError) as e:
+            raise PullError(f"Importing referrer {desc.digest} of {subject}") from e
+        add_referrer(repo, subject, desc.digest)
+        fetched.append(desc.digest)
+    return tuple(fetched)
 
 
 def _check_manifest(resolved: ResolvedManifest) -> tuple[Descriptor, list[Descriptor]]:
@@ -559,6 +612,19 @@ def _import_config_and_layers(
             diff_ids = _diff_ids(config_desc, raw, layers)
         except DocumentError as e:
             raise PullError(f"Failed to parse config {config_digest}") from e
+        artifact = config_desc.media_type not in CONFIG_MEDIA_TYPES
+        if artifact and not all(d in refs for d in diff_ids):
+            # An artifact config is shared by unrelated artifacts (OCI 1.1's empty config `{}`
+            # above all): its stream holds the refs of the artifact that stored it first. This
+            # artifact's blobs are imported and referenced from its own manifest stream.
+            results = _import_layers(
+                repo, source, list(zip(layers, diff_ids, strict=True)), True, emit, threads, cancel
+            )
+            _check_cancel(cancel)
+            stats = ImportStats()
+            for diff_id in dict.fromkeys(diff_ids):
+                stats = stats + results[diff_id][1]
+            return config_digest, existing, raw, [(d, results[d][0]) for d in diff_ids], stats
         layer_refs = []
         for diff_id in diff_ids:
             if diff_id not in refs:

@@ -16,7 +16,7 @@ from typing import Protocol
 # The descriptor is a document type: defined with its parser, named here for the sources.
 from composefs.oci.documents import Descriptor
 
-__all__ = ["Descriptor", "ImageSource", "ResolvedManifest", "served_media_type"]
+__all__ = ["Descriptor", "ImageSource", "ReferrerSource", "ResolvedManifest", "served_media_type"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,3 +68,16 @@ def served_media_type(source: ImageSource, descriptor: Descriptor) -> str:
         return descriptor.media_type
     media_type: str = method(descriptor)
     return media_type
+
+
+class ReferrerSource(ImageSource, Protocol):
+    """A source that can also list the artifacts referring to a manifest (OCI 1.1 referrers:
+    signatures, SBOMs, attestations) and read their manifests."""
+
+    def referrers(self, subject: str) -> list[Descriptor]:
+        """Descriptors of the manifests whose ``subject`` is the manifest ``subject``."""
+        ...
+
+    def read_manifest(self, descriptor: Descriptor) -> bytes:
+        """A manifest's bytes, verified against the descriptor's digest and size."""
+        ...

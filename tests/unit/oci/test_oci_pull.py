@@ -557,3 +557,37 @@ def test_pull_refuses_what_erofs_cannot_hold(
     with contextlib.suppress(ComposefsError):
         repo.gc()
     assert repo.fsck().ok
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_layer_closed_by_one_zero_block(repo: Repository, tmp_path: Path, compression: str) -> None:
+    """A layer tar ending with one 512-byte zero block instead of two (tarfile, GNU tar and Go
+    read it; cfsctl 0.9.4 fails): pulled, its tar kept bit for bit, its entries all there."""
+    import io
+    import tarfile
+
+    t = TarBuilder()
+    t.dir("usr")
+    t.file("usr/big", b"b" * 9000)
+    t.file("usr/small", b"s")
+    full = t.build()
+    body = full.rstrip(b"\0")
+    body += bytes(-len(body) % 512)  # the last entry's padding
+    one_block = body + bytes(512)
+    with tarfile.open(fileobj=io.BytesIO(one_block)) as tf:
+        assert tf.getnames() == ["usr", "usr/big", "usr/small"]
+    w = LayoutWriter(tmp_path / "one")
+    layer = w.layer(one_block, compression)
+    image = w.image([layer], architecture=HOST)
+    w.write_index([w.tagged(image, "one")])
+    result = oci.pull(repo, f"oci:{tmp_path / 'one'}:one", "t")
+    assert result.layers[0][0] == layer.diff_id
+    out = io.BytesIO()
+    from composefs.oci import layer as oci_layer
+
+    oci_layer.layer_tar(repo, layer.diff_id, out)
+    assert out.getvalue() == one_block
+    names = [e.path for e in oci_layer.layer_entries(repo, layer.diff_id)]
+    assert names == [b"/usr", b"/usr/big", b"/usr/small"]
+    assert oci.oci_fsck(repo).ok
+    assert repo.fsck().ok
