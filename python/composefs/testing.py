@@ -1,6 +1,8 @@
-"""Builders of deterministic OCI image layouts and layer tars, for tests, benchmarks and
-``tools/make-example-image``: :class:`LayoutWriter` (blobs, ``index.json``, ``oci-layout``) and
-:class:`TarBuilder` (PAX tars with fixed mtimes and no user/group names).
+"""Builders of deterministic OCI image layouts, archives and layer tars, for tests, benchmarks
+and ``tools/make-example-image``: :class:`LayoutWriter` (blobs, ``index.json``, ``oci-layout``),
+:class:`TarBuilder` (PAX tars with fixed mtimes and no user/group names), :func:`oci_archive`
+(a layout as an ``oci-archive:`` tar) and :func:`docker_archive` (``docker save`` output, in
+the legacy form or the one Docker 25+ writes).
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ from composefs.oci.media_types import (
     REF_NAME_ANNOTATION,
 )
 
-__all__ = ["LayerBlob", "LayoutWriter", "TarBuilder"]
+__all__ = [
+    "DockerImage",
+    "LayerBlob",
+    "LayoutWriter",
+    "TarBuilder",
+    "compress",
+    "docker_archive",
+    "oci_archive",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,3 +232,213 @@ class TarBuilder:
     def build(self) -> bytes:
         self._tar.close()
         return self._buf.getvalue()
+
+
+def compress(data: bytes, compression: str) -> bytes:
+    """``data`` compressed with ``none``, ``gzip``, ``zstd``, ``bzip2`` or ``xz``
+    (deterministic: no names or times in the headers)."""
+    if compression == "none":
+        return data
+    if compression == "gzip":
+        return gzip.compress(data, compresslevel=6, mtime=0)
+    if compression == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=3).compress(data)
+    if compression == "bzip2":
+        import bz2
+
+        return bz2.compress(data)
+    if compression == "xz":
+        import lzma
+
+        return lzma.compress(data)
+    raise ValueError(f"unknown compression {compression!r}")
+
+
+def _archive_member(
+    tar: tarfile.TarFile, name: str, data: bytes | None = None, *, link: str | None = None
+) -> None:
+    info = tarfile.TarInfo(name)
+    info.mtime = 0
+    info.uname = info.gname = ""
+    if link is not None:
+        info.type, info.linkname, info.mode = tarfile.SYMTYPE, link, 0o777
+        tar.addfile(info)
+    elif data is None:
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(info)
+    else:
+        info.size, info.mode = len(data), 0o444
+        tar.addfile(info, io.BytesIO(data))
+
+
+def oci_archive(
+    layout: str | os.PathLike[str],
+    archive: str | os.PathLike[str],
+    *,
+    compression: str = "none",
+) -> None:
+    """Writes the layout directory ``layout`` as an ``oci-archive:`` tar (directories and
+    files in name order, fixed metadata), compressed with :func:`compress`'s ``compression``."""
+    root = os.fspath(layout)
+    buf = io.BytesIO()
+    with tarfile.TarFile(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for directory, dirs, files in os.walk(root):
+            dirs.sort()
+            rel = os.path.relpath(directory, root)
+            if rel != ".":
+                _archive_member(tar, rel)
+            for name in sorted(files):
+                member = name if rel == "." else f"{rel}/{name}"
+                with open(os.path.join(directory, name), "rb") as f:
+                    _archive_member(tar, member, f.read())
+    with open(archive, "wb") as out:
+        out.write(compress(buf.getvalue(), compression))
+
+
+@dataclasses.dataclass(frozen=True)
+class DockerImage:
+    """An image of a :func:`docker_archive`: uncompressed layer tars and its tags."""
+
+    layers: Sequence[bytes]
+    repo_tags: Sequence[str] = ()
+    architecture: str = "amd64"
+    os_name: str = "linux"
+    #: how the layer files are stored in the archive (``docker save`` writes ``none``)
+    compression: str = "none"
+    config: Mapping[str, Any] | None = None
+
+    def config_bytes(self) -> bytes:
+        diff_ids = ["sha256:" + hashlib.sha256(t).hexdigest() for t in self.layers]
+        cfg: dict[str, Any] = {
+            "architecture": self.architecture,
+            "config": {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/usr/bin/sh"]},
+            "created": "2024-01-01T00:00:00Z",
+            "history": [{"created": "2024-01-01T00:00:00Z"} for _ in self.layers],
+            "os": self.os_name,
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }
+        cfg.update(self.config or {})
+        return json.dumps(cfg, separators=(",", ":")).encode()
+
+
+def docker_archive(
+    archive: str | os.PathLike[str],
+    images: Sequence[DockerImage],
+    *,
+    oci_layout: bool = False,
+    layer_links: bool = False,
+) -> list[dict[str, Any]]:
+    """Writes ``docker save`` output for ``images``; returns its ``manifest.json`` items.
+
+    The legacy form (``oci_layout=False``): ``<config hex>.json``, one ``<id>/`` directory per
+    layer with ``VERSION``, ``json`` and ``layer.tar`` (with ``layer_links``: ``<id>/layer.tar``
+    is a symbolic link to ``../<diff_id hex>.tar``, as skopeo writes it), ``repositories``.
+    The form of Docker 25+ (``oci_layout=True``): an OCI layout (``oci-layout``,
+    ``index.json``, every blob in ``blobs/sha256/``) plus the same ``manifest.json`` naming
+    ``blobs/sha256/<hex>`` files.
+    """
+    files: dict[str, bytes | str | None] = {}  # name -> data, a symlink target, or a directory
+    items: list[dict[str, Any]] = []
+    index_entries: list[dict[str, Any]] = []
+    repositories: dict[str, dict[str, str]] = {}
+    for image in images:
+        config = image.config_bytes()
+        config_hex = hashlib.sha256(config).hexdigest()
+        layer_names = []
+        layer_descs = []
+        parent = ""
+        for layer_tar in image.layers:
+            stored = compress(layer_tar, image.compression)
+            diff_hex = hashlib.sha256(layer_tar).hexdigest()
+            if oci_layout:
+                blob_hex = hashlib.sha256(stored).hexdigest()
+                files[f"blobs/sha256/{blob_hex}"] = stored
+                layer_names.append(f"blobs/sha256/{blob_hex}")
+                suffix = "" if image.compression == "none" else f"+{image.compression}"
+                layer_descs.append(
+                    {
+                        "mediaType": LAYER_MEDIA_TYPE + suffix,
+                        "digest": f"sha256:{blob_hex}",
+                        "size": len(stored),
+                    }
+                )
+                continue
+            layer_id = hashlib.sha256(f"{parent} {diff_hex}".encode()).hexdigest()
+            files[layer_id] = None
+            files[f"{layer_id}/VERSION"] = b"1.0"
+            v1 = {"id": layer_id, "created": "2024-01-01T00:00:00Z"}
+            if parent:
+                v1["parent"] = parent
+            files[f"{layer_id}/json"] = json.dumps(v1).encode()
+            if layer_links:
+                files[f"{diff_hex}.tar"] = stored
+                files[f"{layer_id}/layer.tar"] = f"../{diff_hex}.tar"
+            else:
+                files[f"{layer_id}/layer.tar"] = stored
+            layer_names.append(f"{layer_id}/layer.tar")
+            parent = layer_id
+        if oci_layout:
+            files[f"blobs/sha256/{config_hex}"] = config
+            manifest = json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": MANIFEST_MEDIA_TYPE,
+                    "config": {
+                        "mediaType": CONFIG_MEDIA_TYPE,
+                        "digest": f"sha256:{config_hex}",
+                        "size": len(config),
+                    },
+                    "layers": layer_descs,
+                }
+            ).encode()
+            manifest_hex = hashlib.sha256(manifest).hexdigest()
+            files[f"blobs/sha256/{manifest_hex}"] = manifest
+            for tag in image.repo_tags or [""]:
+                entry: dict[str, Any] = {
+                    "mediaType": MANIFEST_MEDIA_TYPE,
+                    "digest": f"sha256:{manifest_hex}",
+                    "size": len(manifest),
+                }
+                if tag:
+                    entry["annotations"] = {
+                        "io.containerd.image.name": tag,
+                        REF_NAME_ANNOTATION: tag.rpartition(":")[2],
+                    }
+                index_entries.append(entry)
+            config_name = f"blobs/sha256/{config_hex}"
+        else:
+            config_name = f"{config_hex}.json"
+            files[config_name] = config
+        for tag in image.repo_tags:
+            name, _, tag_only = tag.rpartition(":")
+            repositories.setdefault(name, {})[tag_only] = parent or config_hex
+        items.append(
+            {
+                "Config": config_name,
+                "RepoTags": list(image.repo_tags) or None,
+                "Layers": layer_names,
+            }
+        )
+    if oci_layout:
+        files["blobs"] = None
+        files["blobs/sha256"] = None
+        files["oci-layout"] = json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode()
+        files["index.json"] = json.dumps(
+            {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": index_entries}
+        ).encode()
+    files["manifest.json"] = json.dumps(items).encode()
+    if repositories:
+        files["repositories"] = json.dumps(repositories).encode()
+    buf = io.BytesIO()
+    with tarfile.TarFile(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(files, key=lambda n: (files[n] is not None, n)):
+            value = files[name]
+            if isinstance(value, str):
+                _archive_member(tar, name, link=value)
+            else:
+                _archive_member(tar, name, value)
+    with open(archive, "wb") as out:
+        out.write(buf.getvalue())
+    return items

@@ -41,7 +41,10 @@ def configure(name: str, oci: argparse.ArgumentParser) -> None:
     p.add_argument(
         "image",
         metavar="IMAGE",
-        help="oci:PATH[:TAG], oci:PATH@sha256:..., docker://..., oci-archive:..., ...",
+        help=(
+            "oci:PATH[:TAG], oci:PATH@sha256:..., oci-archive:PATH[:TAG], "
+            "docker-archive:PATH[:NAME:TAG], docker://..., ..."
+        ),
     )
     p.add_argument("name", nargs="?", metavar="NAME", help="the tag to give it (default: IMAGE)")
     p.add_argument(

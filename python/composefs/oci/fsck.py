@@ -13,7 +13,7 @@ from composefs.errors import ComposefsError
 from composefs.fsck import FsckResult
 from composefs.oci import layer as _layer
 from composefs.oci.index import open_index
-from composefs.oci.media_types import IMAGE_CONFIG_MEDIA_TYPES
+from composefs.oci.media_types import CONFIG_MEDIA_TYPES
 from composefs.oci.names import (
     SEAL_LABEL,
     ImageError,
@@ -132,7 +132,7 @@ def _fsck_image(repo: Repository, name: str, digest: str, result: OciFsckResult)
     found = sha256_digest(config_raw)
     if found != config_digest:
         return fail("config-digest-mismatch", f"expected {config_digest}, got {found}")
-    if isinstance(config_desc, dict) and config_desc.get("mediaType") in IMAGE_CONFIG_MEDIA_TYPES:
+    if isinstance(config_desc, dict) and config_desc.get("mediaType") in CONFIG_MEDIA_TYPES:
         try:
             config = parse_object(config_raw, "config")
             diff_ids = [str(d) for d in config["rootfs"]["diff_ids"]]

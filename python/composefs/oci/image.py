@@ -22,8 +22,8 @@ from composefs.errors import ComposefsError
 from composefs.oci.index import StoredIndex, open_index, resolve_index, write_index
 from composefs.oci.media_types import (
     CONFIG_MEDIA_TYPE,
+    CONFIG_MEDIA_TYPES,
     EMPTY_MEDIA_TYPE,
-    IMAGE_CONFIG_MEDIA_TYPES,
     INDEX_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
 )
@@ -191,7 +191,7 @@ class OciImage:
 
     @property
     def is_container_image(self) -> bool:
-        return _field(_object(self.manifest, "config"), "mediaType") in IMAGE_CONFIG_MEDIA_TYPES
+        return _field(_object(self.manifest, "config"), "mediaType") in CONFIG_MEDIA_TYPES
 
     @property
     def architecture(self) -> str:
@@ -213,7 +213,7 @@ class OciImage:
         if isinstance(declared, str) and declared:
             return declared
         config_type = _field(_object(self.manifest, "config"), "mediaType")
-        if config_type in ("", CONFIG_MEDIA_TYPE, EMPTY_MEDIA_TYPE):
+        if config_type in ("", EMPTY_MEDIA_TYPE) or config_type in CONFIG_MEDIA_TYPES:
             return None
         return config_type
 

@@ -25,7 +25,7 @@ from composefs.oci.documents import (
     parse_json_object,
     quote,
 )
-from composefs.oci.media_types import INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, MAX_INDEX_DEPTH
+from composefs.oci.media_types import INDEX_MEDIA_TYPES, MANIFEST_MEDIA_TYPES, MAX_INDEX_DEPTH
 from composefs.oci.names import (
     INDEX_REF_PREFIX,
     ImageDigestMismatch,
@@ -196,7 +196,7 @@ def resolve_index(
         if depth >= MAX_INDEX_DEPTH:
             raise ImageError(f"image index {index.digest} nests too deep")
         for entry in index.descriptors():
-            if entry.media_type == INDEX_MEDIA_TYPE:
+            if entry.media_type in INDEX_MEDIA_TYPES:
                 child = index.indexes.get(entry.digest)
                 if child is None or entry.digest in walked:
                     continue
@@ -204,7 +204,7 @@ def resolve_index(
                 if walk(open_index(repo, entry.digest, child), depth + 1):
                     return True
                 continue
-            if entry.media_type != MANIFEST_MEDIA_TYPE:
+            if entry.media_type not in MANIFEST_MEDIA_TYPES:
                 continue
             verity = index.manifests.get(entry.digest)
             plat: Platform | None = None

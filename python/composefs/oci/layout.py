@@ -1,9 +1,12 @@
-"""OCI image layout directories: reading one for a pull (the ``oci:`` fast path), and writing one.
+"""OCI image layouts: reading one for a pull (``oci:`` directories, ``oci-archive:`` tars).
 
-:class:`LayoutSource` implements :class:`~composefs.oci.source.ImageSource` for a layout on
-disk: it checks ``oci-layout``, finds the tagged ``index.json`` entries, resolves image indexes
-(nested up to :data:`~composefs.oci.media_types.MAX_INDEX_DEPTH` deep) for a platform and hands
-out verified blobs. (Writing layouts, for tests and tools: :mod:`composefs.testing`.)
+:class:`LayoutSource` implements :class:`~composefs.oci.source.ImageSource` for a layout: it
+checks ``oci-layout``, finds the tagged ``index.json`` entries, resolves image indexes (nested
+up to :data:`~composefs.oci.media_types.MAX_INDEX_DEPTH` deep) for a platform and hands out
+verified blobs. Where the files are is behind :class:`LayoutFiles`: a directory
+(:class:`DirectoryFiles`) or a tar archive (:class:`composefs.oci.archive.ArchiveFiles`), so a
+layout and a layout in a tar are resolved by the same code. OCI and Docker schema 2 media types
+are read alike. (Writing layouts, for tests and tools: :mod:`composefs.testing`.)
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import hashlib
 import os
 import stat
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from composefs._record import replace
 from composefs.errors import (
+    ComposefsError,
     DigestMismatchError,
     ImageNotFoundError,
     SourceError,
@@ -35,9 +39,10 @@ from composefs.oci.documents import (
     read_regular_file,
 )
 from composefs.oci.media_types import (
-    DOCKER_MANIFEST_MEDIA_TYPE,
     INDEX_MEDIA_TYPE,
+    INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPES,
     MAX_INDEX_DEPTH,
     REF_NAME_ANNOTATION,
 )
@@ -51,7 +56,10 @@ __all__ = [
     "LAYOUT_VERSION",
     "MANIFEST_MEDIA_TYPE",
     "REF_NAME_ANNOTATION",
+    "BlobFile",
+    "DirectoryFiles",
     "LayoutError",
+    "LayoutFiles",
     "LayoutSource",
     "NoMatchingPlatform",
 ]
@@ -109,50 +117,145 @@ def _tags_present(entries: Sequence[Descriptor]) -> str:
 
 def _blob_limit(media_type: str) -> int:
     """The largest blob :meth:`LayoutSource.read_blob` reads for a media type."""
-    if media_type in (INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE):
+    if media_type in INDEX_MEDIA_TYPES or media_type in MANIFEST_MEDIA_TYPES:
         return SIZE_LIMITS["manifest"]
     return SIZE_LIMITS["config"]
 
 
-def _entries(raw: bytes, what: str, *, check_version: bool = True) -> tuple[Descriptor, ...]:
-    """The checked ``manifests`` of an image index document."""
-    return parse_index(parse_json_object(raw, what), what, check_version=check_version).manifests
+# -- where the files are -------------------------------------------------------------------
+
+
+class BlobFile(Protocol):
+    """One opened blob of a layout (read once, then closed)."""
+
+    #: the blob's size as stored (``st_size``, or the tar member's size)
+    size: int
+    #: a regular file (a FIFO, device or directory is refused by the caller)
+    regular: bool
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes, sequentially from the start; ``b""`` at the end."""
+        ...
+
+    def stream(self) -> contextlib.AbstractContextManager[int]:
+        """A readable file descriptor of the whole blob, read to its end by the caller."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LayoutFiles(Protocol):
+    """The files of an OCI layout, wherever they are: a directory (:class:`DirectoryFiles`)
+    or a tar archive (:class:`composefs.oci.archive.ArchiveFiles`). Names are fixed ones
+    (``oci-layout``, ``index.json``) and validated hex digests, never paths from a document."""
+
+    def read_document(self, name: str, limit: int) -> bytes:
+        """A top-level file of the layout, at most ``limit`` bytes, only if it is a regular
+        file: a :class:`~composefs.oci.documents.DocumentError` otherwise (whose cause is a
+        :class:`FileNotFoundError` when the file is missing)."""
+        ...
+
+    def prepare(self) -> None:
+        """Readies the blob store, once ``oci-layout`` was checked."""
+        ...
+
+    def open_blob(self, hexdigest: str) -> BlobFile:
+        """``blobs/sha256/<hexdigest>``; an :class:`OSError` (``FileNotFoundError``) when it
+        cannot be opened."""
+        ...
+
+    def blob_size(self, hexdigest: str) -> int:
+        """The size of ``blobs/sha256/<hexdigest>`` (:class:`FileNotFoundError` if absent)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class _FdBlob:
+    """A blob of a layout directory: its open file descriptor."""
+
+    def __init__(self, fd: int, st: os.stat_result) -> None:
+        self.fd = fd
+        self.size = st.st_size
+        self.regular = stat.S_ISREG(st.st_mode)
+
+    def read(self, n: int) -> bytes:
+        return os.read(self.fd, n)
+
+    @contextlib.contextmanager
+    def stream(self) -> Iterator[int]:
+        yield self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class DirectoryFiles:
+    """A layout directory, read through directory descriptors (names never leave it)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._blobs = -1
+        try:
+            self._dir = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            cls = LayoutNotFound if isinstance(e, FileNotFoundError) else LayoutError
+            raise cls(f"Opening OCI layout directory {path}") from e
+
+    def read_document(self, name: str, limit: int) -> bytes:
+        return read_regular_file(name, limit, name, dir_fd=self._dir)
+
+    def prepare(self) -> None:
+        try:
+            self._blobs = os.open(
+                "blobs/sha256", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._dir
+            )
+        except OSError as e:
+            raise LayoutError(f"Opening {self.path}/blobs/sha256") from e
+
+    def open_blob(self, hexdigest: str) -> BlobFile:
+        # opened non-blocking (:func:`~composefs.oci.documents.open_file`): a FIFO is not
+        # waited on
+        return _FdBlob(*open_file(hexdigest, dir_fd=self._blobs))
+
+    def blob_size(self, hexdigest: str) -> int:
+        return os.stat(hexdigest, dir_fd=self._blobs).st_size
+
+    def close(self) -> None:
+        for attr in ("_blobs", "_dir"):
+            fd = getattr(self, attr, -1)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)
 
 
 class LayoutSource:
-    """An image in an OCI layout directory (``oci:PATH[:TAG]`` or ``oci:PATH@DIGEST``).
+    """An image in an OCI layout (``oci:PATH[:TAG]``, ``oci:PATH@DIGEST``, or a layout in a
+    tar archive: ``files`` is then a :class:`composefs.oci.archive.ArchiveFiles`).
 
-    Everything in the directory is untrusted: only regular files are read (a FIFO is refused,
+    Everything in the layout is untrusted: only regular files are read (a FIFO is refused,
     never waited on), every JSON document with a size cap
     (:data:`~composefs.oci.documents.SIZE_LIMITS`) and type-checked, and blobs are named only
     by validated ``sha256:<64 hex>`` digests (``blobs/sha256/<hex>``, never a path from a
     document).
     """
 
-    def __init__(self, ref: LayoutReference | str) -> None:
+    def __init__(self, ref: LayoutReference | str, files: LayoutFiles | None = None) -> None:
         if isinstance(ref, str):
             ref = LayoutReference(ref)
         self.ref = ref
         self.path = ref.path
-        self._dir = -1
-        self._blobs = -1
         self._cache: dict[str, bytes] = {}
         self._cached_bytes = 0
         #: the index walk and platform choice, shared with the registry source
         self._walker = IndexWalker(self.read_blob, error=LayoutError, no_match=NoMatchingPlatform)
-        try:
-            self._dir = os.open(ref.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as e:
-            cls = LayoutNotFound if isinstance(e, FileNotFoundError) else LayoutError
-            raise cls(f"Opening OCI layout directory {ref.path}") from e
+        self._files: LayoutFiles | None = None
+        self._files = files if files is not None else DirectoryFiles(ref.path)
         try:
             self._check_layout_file()
-            try:
-                self._blobs = os.open(
-                    "blobs/sha256", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._dir
-                )
-            except OSError as e:
-                raise LayoutError(f"Opening {ref.path}/blobs/sha256") from e
+            self._files.prepare()
         except BaseException:
             self.close()
             raise
@@ -178,16 +281,15 @@ class LayoutSource:
             )
 
     def _read_file(self, name: str, kind: str) -> bytes:
-        """A document of the layout directory, read with ``kind``'s size cap (regular files
-        only); a :class:`~composefs.oci.documents.DocumentError` otherwise."""
-        return read_regular_file(name, SIZE_LIMITS[kind], name, dir_fd=self._dir)
+        """A document of the layout, read with ``kind``'s size cap (regular files only); a
+        :class:`~composefs.oci.documents.DocumentError` otherwise."""
+        assert self._files is not None
+        return self._files.read_document(name, SIZE_LIMITS[kind])
 
     def close(self) -> None:
-        for attr in ("_blobs", "_dir"):
-            fd = getattr(self, attr)
-            if fd >= 0:
-                os.close(fd)
-                setattr(self, attr, -1)
+        files, self._files = self._files, None
+        if files is not None:
+            files.close()
 
     def __enter__(self) -> LayoutSource:
         return self
@@ -197,33 +299,33 @@ class LayoutSource:
 
     # -- blobs -----------------------------------------------------------------------------
 
-    def _open(self, desc: Descriptor) -> int:
+    def _open(self, desc: Descriptor) -> BlobFile:
         """``blobs/sha256/<hex>`` of a checked digest: a regular file of the descriptor's size.
 
-        Opened non-blocking (:func:`~composefs.oci.documents.open_file`): a FIFO is refused,
-        not waited on.
+        A FIFO is refused, not waited on (:meth:`LayoutFiles.open_blob`).
         """
+        assert self._files is not None
         try:
             hexdigest = parse_digest(desc.digest)[len("sha256:") :]
         except ImageReferenceError as e:
             raise wrap(LayoutError, f"Opening blob {quote(desc.digest)}", e) from e
         try:
-            fd, st = open_file(hexdigest, dir_fd=self._blobs)
-        except OSError as e:
+            blob = self._files.open_blob(hexdigest)
+        except (OSError, ComposefsError) as e:
             raise LayoutError(f"Opening blob {desc.digest}") from e
         try:
-            if not stat.S_ISREG(st.st_mode):
+            if not blob.regular:
                 raise LayoutError(f"Opening blob {desc.digest}") from LayoutError(
                     "not a regular file"
                 )
-            if st.st_size != desc.size:
+            if blob.size != desc.size:
                 raise LayoutDigestMismatch(f"Opening blob {desc.digest}") from LayoutError(
-                    f"Expected size {desc.size} but found {st.st_size}"
+                    f"Expected size {desc.size} but found {blob.size}"
                 )
         except BaseException:
-            os.close(fd)
+            blob.close()
             raise
-        return fd
+        return blob
 
     def read_blob(self, descriptor: Descriptor, limit: int | None = None) -> bytes:
         """The blob's bytes, checked against the descriptor's size and sha256 digest.
@@ -240,20 +342,20 @@ class LayoutSource:
             raise LayoutError(f"Reading blob {descriptor.digest}") from DocumentError(
                 f"blob is too large ({descriptor.size} bytes, the limit is {limit})"
             )
-        fd = self._open(descriptor)
+        blob = self._open(descriptor)
         try:
             chunks = []
             total = 0
             while total <= descriptor.size:
-                chunk = os.read(fd, min(descriptor.size + 1 - total, 1 << 20))
+                chunk = blob.read(min(descriptor.size + 1 - total, 1 << 20))
                 if not chunk:
                     break
                 chunks.append(chunk)
                 total += len(chunk)
-        except OSError as e:
+        except (OSError, ComposefsError) as e:
             raise LayoutError(f"Reading blob {descriptor.digest}") from e
         finally:
-            os.close(fd)
+            blob.close()
         data = b"".join(chunks)
         if len(data) != descriptor.size:
             raise LayoutDigestMismatch(f"Reading blob {descriptor.digest}") from LayoutError(
@@ -272,12 +374,13 @@ class LayoutSource:
     @contextlib.contextmanager
     def open_blob(self, descriptor: Descriptor) -> Iterator[int]:
         """A file descriptor of the blob (a regular file, size checked; the reader verifies
-        the digest)."""
-        fd = self._open(descriptor)
+        the digest): the file itself in a directory, a pipe fed from the archive in a tar."""
+        blob = self._open(descriptor)
         try:
-            yield fd
+            with blob.stream() as fd:
+                yield fd
         finally:
-            os.close(fd)
+            blob.close()
 
     # -- resolution ------------------------------------------------------------------------
 
@@ -305,8 +408,9 @@ class LayoutSource:
 
     def _resolve(self, platform: str | None) -> ResolvedManifest:
         wanted = parse_platform(platform) if platform is not None else host_platform()
+        explicit = platform is not None
         if self.ref.digest is not None:
-            return self._resolve_digest(self.ref.digest, wanted, explicit=platform is not None)
+            return self._resolve_digest(self.ref.digest, wanted, explicit=explicit)
         entries: Sequence[Descriptor] = self._index_entries()
         if self.ref.tag is not None:
             tag = self.ref.tag
@@ -316,24 +420,39 @@ class LayoutSource:
                     f"Tag '{quote(tag)}' not found in image index ({_tags_present(entries)})"
                 )
             entries = tagged
+            what = f"tag '{quote(tag)}'"
+        elif self.ref.index is not None:
+            if self.ref.index >= len(entries):
+                raise LayoutTagNotFound(
+                    f"Invalid source index @{self.ref.index}, only {len(entries)} manifest "
+                    "items available"
+                )
+            entries = [entries[self.ref.index]]
+            what = f"entry @{self.ref.index}"
         elif not entries:
             raise LayoutError("Image index contains no manifests")
-        return self._finish(*self._walker.select(entries, wanted))
+        else:
+            what = ""
+        return self._finish(
+            *self._walker.choose(
+                entries, wanted, explicit=explicit, what=f"{what} of {self.path}" if what else ""
+            )
+        )
 
     def _finish(self, desc: Descriptor, chain: Chain) -> ResolvedManifest:
         return ResolvedManifest(desc.digest, self.read_blob(desc), chain)
 
     def _resolve_digest(self, digest: str, wanted: Platform, *, explicit: bool) -> ResolvedManifest:
-        """A digest names a manifest (taken as it is) or an index (resolved from there)."""
+        """A digest names a manifest (taken as it is, like a tag naming one) or an index
+        (resolved from there)."""
         desc = self._find_descriptor(digest)
-        if desc.media_type == INDEX_MEDIA_TYPE:
+        if desc.media_type in INDEX_MEDIA_TYPES:
             raw = self.read_blob(desc)
             children = self._walker.children(raw, digest)
             return self._finish(*self._walker.select(children, wanted, ((digest, raw),)))
-        if desc.media_type != MANIFEST_MEDIA_TYPE:
+        if desc.media_type not in MANIFEST_MEDIA_TYPES:
             raise LayoutError(f"Unexpected media type {quote(desc.media_type)}")
-        if explicit:
-            self._walker.check(desc, wanted)
+        self._walker.single(desc, wanted, explicit=explicit, what=f"{digest} of {self.path}")
         return ResolvedManifest(digest, self.read_blob(desc))
 
     # -- referrers -------------------------------------------------------------------------
@@ -369,21 +488,22 @@ class LayoutSource:
             desc, depth = pending.popleft()
             if desc.digest == digest:
                 return desc
-            if desc.media_type == INDEX_MEDIA_TYPE and desc.digest not in visited:
+            if desc.media_type in INDEX_MEDIA_TYPES and desc.digest not in visited:
                 visited.add(desc.digest)
                 if depth >= MAX_INDEX_DEPTH:
                     continue
                 with contextlib.suppress(LayoutError, DocumentError):
-                    children = _entries(self.read_blob(desc), f"index {desc.digest}")
+                    children = self._walker.children(self.read_blob(desc), desc.digest)
                     pending.extend((c, depth + 1) for c in children)
         hexdigest = parse_digest(digest)[len("sha256:") :]
+        assert self._files is not None
         try:
-            st = os.stat(hexdigest, dir_fd=self._blobs)
+            size = self._files.blob_size(hexdigest)
         except FileNotFoundError:
             raise LayoutBlobNotFound(f"Blob {digest} not found in {self.path}") from None
-        except OSError as e:
+        except (OSError, ComposefsError) as e:
             raise LayoutError(f"Opening blob {digest}") from e
-        probe = Descriptor(media_type="", digest=digest, size=st.st_size)
+        probe = Descriptor(media_type="", digest=digest, size=size)
         doc = parse_json_object(self.read_blob(probe, SIZE_LIMITS["manifest"]), f"blob {digest}")
         media_type = doc.get("mediaType")
         if not isinstance(media_type, str) or not media_type:

@@ -10,16 +10,18 @@ from typing import Final
 
 __all__ = [
     "CONFIG_MEDIA_TYPE",
+    "CONFIG_MEDIA_TYPES",
     "DOCKER_CONFIG_MEDIA_TYPE",
     "DOCKER_LAYER_MEDIA_TYPE",
     "DOCKER_MANIFEST_LIST_MEDIA_TYPE",
     "DOCKER_MANIFEST_MEDIA_TYPE",
     "EMPTY_MEDIA_TYPE",
-    "IMAGE_CONFIG_MEDIA_TYPES",
     "INDEX_MEDIA_TYPE",
+    "INDEX_MEDIA_TYPES",
     "LAYER_MEDIA_TYPE",
     "LAYER_MEDIA_TYPES",
     "MANIFEST_MEDIA_TYPE",
+    "MANIFEST_MEDIA_TYPES",
     "MAX_INDEX_DEPTH",
     "REF_NAME_ANNOTATION",
 ]
@@ -48,9 +50,17 @@ DOCKER_CONFIG_MEDIA_TYPE: Final = "application/vnd.docker.container.image.v1+jso
 DOCKER_LAYER_MEDIA_TYPE: Final = "application/vnd.docker.image.rootfs.diff.tar"
 _DOCKER_FOREIGN_LAYER: Final = "application/vnd.docker.image.rootfs.foreign.diff.tar"
 
-#: The configs of container images (OCI, and Docker schema 2 as a registry serves it): an
-#: image whose manifest names one of these gets its composefs image.
-IMAGE_CONFIG_MEDIA_TYPES: Final = frozenset({CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE})
+# -- the two families, read alike -----------------------------------------------------------
+# The image spec lists the Docker schema 2 types as compatible with its own; skopeo writes them
+# into OCI layouts (``--format v2s2``), registries serve them, Docker writes them. A pull reads
+# either family the same way and stores the documents as they are (their digests unchanged).
+
+#: An image manifest: OCI, or Docker schema 2.
+MANIFEST_MEDIA_TYPES: Final = frozenset({MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE})
+#: An image index: OCI, or a Docker manifest list.
+INDEX_MEDIA_TYPES: Final = frozenset({INDEX_MEDIA_TYPE, DOCKER_MANIFEST_LIST_MEDIA_TYPE})
+#: An image configuration (a container image, not an artifact): OCI or Docker.
+CONFIG_MEDIA_TYPES: Final = frozenset({CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE})
 
 #: Every layer media type we import -> its compression (``none``, ``gzip`` or ``zstd``).
 LAYER_MEDIA_TYPES: Final[dict[str, str]] = {
@@ -63,6 +73,7 @@ LAYER_MEDIA_TYPES: Final[dict[str, str]] = {
     DOCKER_LAYER_MEDIA_TYPE: "none",
     DOCKER_LAYER_MEDIA_TYPE + ".gzip": "gzip",
     DOCKER_LAYER_MEDIA_TYPE + ".zstd": "zstd",
+    _DOCKER_FOREIGN_LAYER: "none",
     _DOCKER_FOREIGN_LAYER + ".gzip": "gzip",
 }
 

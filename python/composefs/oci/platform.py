@@ -12,6 +12,9 @@ the way container engines do:
   entry without variant is preferred over one with a variant.
 
 Among the entries of an index the best-ranked match wins, the first in file order among equals.
+A reference that names one manifest (a tag on a manifest, a digest, a Docker archive) names the
+image: no platform is selected then, a platform that differs is only logged
+(:func:`warn_other_platform`), as skopeo and containers/image take such a manifest as it is.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ __all__ = [
     "match_rank",
     "normalize",
     "parse_platform",
+    "warn_other_platform",
 ]
 
 
@@ -184,3 +188,25 @@ def format_platforms(platforms: Iterable[Platform | None], limit: int = 10) -> s
     if len(texts) > limit:
         return ", ".join(texts[:limit]) + ", ..."
     return ", ".join(texts)
+
+
+def warn_other_platform(
+    image: Platform | None, wanted: Platform, *, explicit: bool, what: str
+) -> bool:
+    """Logs a warning (logger ``composefs.oci``) when the single image ``what`` is for a
+    platform that does not run as ``wanted``; ``True`` if it did. ``explicit``: ``wanted``
+    was asked for (``--platform``), not this host's."""
+    if image is None or match_rank(image, wanted) is not None:
+        return False
+    # imported here: listing or inspecting images never logs (tests/unit/cli/test_startup.py)
+    from composefs._log import logger
+
+    logger("composefs.oci").warning(
+        "%s is an image for %s, not %s (%s): a single manifest is the image, it is pulled as it "
+        "is (a platform selects among the manifests of an index)",
+        what,
+        quote(image),
+        quote(wanted),
+        "the platform asked for" if explicit else "this host",
+    )
+    return True

@@ -49,6 +49,7 @@ from typing import IO, Any
 
 from composefs.errors import ComposefsError, DigestMismatchError, SourceError, wrap
 from composefs.oci.documents import SIZE_LIMITS
+from composefs.oci.media_types import LAYER_MEDIA_TYPE, LAYER_MEDIA_TYPES
 from composefs.oci.platform import Platform, host_platform, parse_platform
 from composefs.oci.source import Descriptor, ResolvedManifest
 
@@ -69,6 +70,9 @@ _CHUNK = 1 << 20
 _STALL_SECONDS = 5.0
 _SHUTDOWN_TIMEOUT = 10.0
 _STDERR_TAIL = 4096
+# skopeo's sources reading ``docker save`` tars (containers/image ``docker/internal/tarfile``):
+# the manifest they make calls every layer gzip, and every layer is served uncompressed
+_UNCOMPRESSED_LAYER_TRANSPORTS = ("docker-archive:", "docker-daemon:")
 
 
 class ProxyError(SourceError):
@@ -412,6 +416,17 @@ class ProxyImageSource:
         except ProxyError as e:
             raise wrap(ProxyError, context, e) from e
         return data
+
+    def blob_media_type(self, descriptor: Descriptor) -> str:
+        """The media type of what :meth:`open_blob` yields
+        (:func:`composefs.oci.source.served_media_type`): a ``docker-archive:`` or
+        ``docker-daemon:`` layer comes uncompressed from skopeo, whatever the manifest says."""
+        if (
+            self.imgref.startswith(_UNCOMPRESSED_LAYER_TRANSPORTS)
+            and descriptor.media_type in LAYER_MEDIA_TYPES
+        ):
+            return LAYER_MEDIA_TYPE
+        return descriptor.media_type
 
     def _full_config(self) -> bytes:
         reply = self._call("GetFullConfig", self._image_id("GetFullConfig"))

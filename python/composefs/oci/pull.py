@@ -2,7 +2,8 @@
 
 The pipeline (see ``docs/oci.md``)::
 
-    writability check -> reference -> source (oci: layout, or skopeo's image proxy)
+    writability check -> reference -> source (oci: layout, oci-archive:/docker-archive: read
+      natively, or skopeo's image proxy)
       -> manifest for the platform (indexes resolved) -> config (verified)
       -> layers in parallel, largest first (digest and diff_id verified, present ones skipped)
       -> oci-config-<digest> (refs in diff_id order) -> oci-manifest-<digest>
@@ -47,11 +48,11 @@ from composefs.oci.image import OciImage
 from composefs.oci.index import write_index
 from composefs.oci.layout import LayoutSource
 from composefs.oci.media_types import (
-    DOCKER_MANIFEST_MEDIA_TYPE,
-    IMAGE_CONFIG_MEDIA_TYPES,
-    INDEX_MEDIA_TYPE,
+    CONFIG_MEDIA_TYPES,
+    INDEX_MEDIA_TYPES,
     LAYER_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPES,
 )
 from composefs.oci.names import (
     INDEX_REF_PREFIX,
@@ -69,7 +70,7 @@ from composefs.oci.reference import (
     parse_layout_name,
     parse_reference,
 )
-from composefs.oci.source import Descriptor, ImageSource, ResolvedManifest
+from composefs.oci.source import Descriptor, ImageSource, ResolvedManifest, served_media_type
 from composefs.oci.streams import read_external_stream, write_config, write_manifest
 from composefs.repository import Repository
 
@@ -348,6 +349,20 @@ def _open_layout(ref: ImageReference, options: SourceOptions) -> ImageSource:
     return LayoutSource(parse_layout_name(ref.name))
 
 
+def _open_oci_archive(ref: ImageReference, options: SourceOptions) -> ImageSource:
+    """``oci-archive:``: the layout inside the tar, read natively (no unpacking)."""
+    from composefs.oci import archive
+
+    return archive.open_oci_archive(ref)
+
+
+def _open_docker_archive(ref: ImageReference, options: SourceOptions) -> ImageSource:
+    """``docker-archive:``: ``docker save`` output, read natively (no unpacking)."""
+    from composefs.oci import archive
+
+    return archive.open_docker_archive(ref)
+
+
 def _open_registry(ref: ImageReference, options: SourceOptions) -> ImageSource:
     """``docker://``: the registry, over HTTP (skopeo with ``via_skopeo``)."""
     if options.via_skopeo:
@@ -412,8 +427,8 @@ def _auth_file(ref: ImageReference, credentials: Credentials) -> Iterator[str]:
 SOURCES: dict[str, SourceFactory] = {
     "oci": _open_layout,
     "docker": _open_registry,
-    "oci-archive": _open_proxy,
-    "docker-archive": _open_proxy,
+    "oci-archive": _open_oci_archive,
+    "docker-archive": _open_docker_archive,
     "containers-storage": _open_proxy,
     "dir": _open_proxy,
     "docker-daemon": _open_proxy,
@@ -424,7 +439,8 @@ def open_source(
     ref: ImageReference, platform: str | None = None, options: SourceOptions | None = None
 ) -> ImageSource:
     """The :class:`~composefs.oci.source.ImageSource` for ``ref``'s transport (:data:`SOURCES`):
-    a :class:`LayoutSource` for ``oci:``, a
+    a :class:`LayoutSource` for ``oci:`` and ``oci-archive:``, a
+    :class:`~composefs.oci.archive.DockerArchiveSource` for ``docker-archive:``, a
     :class:`~composefs.oci.registry.RegistryImageSource` for ``docker://``, skopeo's image
     proxy for the rest. ``platform`` overrides ``options.platform``."""
     factory = SOURCES.get(ref.transport)
@@ -439,6 +455,10 @@ def open_source(
 def _source_context(ref: ImageReference) -> str:
     if ref.transport == "oci":
         return f"Importing OCI layout from {parse_layout_name(ref.name).path}"
+    if ref.transport == "oci-archive":  # cfsctl's context for its direct oci-archive: path
+        return f"Importing OCI layout from {ref.name.partition(':')[0]}"
+    if ref.transport == "docker-archive":
+        return f"Importing Docker archive {ref.name.partition(':')[0]}"
     return f"Unable to pull container image {ref.text}"
 
 
@@ -647,9 +667,9 @@ def _check_manifest(resolved: ResolvedManifest) -> tuple[Descriptor, list[Descri
     what = f"manifest {resolved.digest}"
     manifest = parse_json_object(resolved.raw, what)
     media_type = manifest.get("mediaType", MANIFEST_MEDIA_TYPE)
-    if media_type == INDEX_MEDIA_TYPE or "manifests" in manifest:
+    if media_type in INDEX_MEDIA_TYPES or "manifests" in manifest:
         raise PullError(f"{resolved.digest} is an image index, not a manifest")
-    if media_type not in (MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE):
+    if media_type not in MANIFEST_MEDIA_TYPES:
         shown = quote(media_type) if isinstance(media_type, str) else repr(media_type)[:80]
         raise PullError(f"Unexpected media type {shown}")
     parsed = parse_manifest(manifest, what)
@@ -658,7 +678,7 @@ def _check_manifest(resolved: ResolvedManifest) -> tuple[Descriptor, list[Descri
 
 def _diff_ids(config: Descriptor, raw: bytes, layers: Sequence[Descriptor]) -> list[str]:
     """``rootfs.diff_ids`` for image configs; the layer digests for anything else."""
-    if config.media_type not in IMAGE_CONFIG_MEDIA_TYPES:
+    if config.media_type not in CONFIG_MEDIA_TYPES:
         return [d.digest for d in layers]
     what = f"config {config.digest}"
     return config_diff_ids(parse_json_object(raw, what), what)
@@ -688,7 +708,7 @@ def _import(
         len(layers),
         human_bytes(sum(d.size for d in layers)),
     )
-    if ref.transport == "oci":
+    if ref.transport in ("oci", "oci-archive"):
         emit(PullEvent("message", message=f"Importing {len(layers)} layers from OCI layout"))
     try:
         config_digest, config_verity, config_raw, layer_refs, stats = _import_config_and_layers(
@@ -709,7 +729,7 @@ def _import(
             repo, resolved.digest, resolved.raw, config_digest, config_verity, layer_refs
         )
     platform = None
-    if config_desc.media_type in IMAGE_CONFIG_MEDIA_TYPES:
+    if config_desc.media_type in CONFIG_MEDIA_TYPES:
         with contextlib.suppress(DocumentError):
             platform = Platform.from_json(parse_json_object(config_raw, "config"))
     return PullResult(
@@ -748,7 +768,7 @@ def _import_config_and_layers(
             diff_ids = _diff_ids(config_desc, raw, layers)
         except DocumentError as e:
             raise wrap(PullError, f"Failed to parse config {config_digest}", e) from e
-        artifact = config_desc.media_type not in IMAGE_CONFIG_MEDIA_TYPES
+        artifact = config_desc.media_type not in CONFIG_MEDIA_TYPES
         if artifact and not all(d in refs for d in diff_ids):
             # An artifact config is shared by unrelated artifacts (OCI 1.1's empty config `{}`
             # above all): its stream holds the refs of the artifact that stored it first. This
@@ -786,7 +806,7 @@ def _import_config_and_layers(
         raise _missing(diff_ids[len(layers)], diff_ids[: len(layers)])
     if len(diff_ids) < len(layers):
         raise PullError(f"expected {len(layers)} layer refs but got {len(diff_ids)}")
-    artifact = config_desc.media_type not in IMAGE_CONFIG_MEDIA_TYPES
+    artifact = config_desc.media_type not in CONFIG_MEDIA_TYPES
     if not artifact:
         for desc in layers:
             if desc.media_type not in LAYER_MEDIA_TYPES:
@@ -927,7 +947,7 @@ def _import_new(
                 repo,
                 fd,
                 diff_id,
-                media_type=desc.media_type,
+                media_type=served_media_type(source, desc),
                 digest=desc.digest,
                 threads=threads,
                 progress=on_progress,

@@ -5,8 +5,9 @@ first colon, ``docker:`` needs ``//``). ``oci:`` references are read directly fr
 directory; their name is ``PATH[:TAG]``, split at the **last** colon unless a ``/`` follows it
 (composefs-rs ``parse_oci_layout_ref``), plus our extension ``PATH@sha256:<hex>`` naming a
 manifest or index blob of the layout by digest. ``docker://`` names are registry references
-(:mod:`composefs.oci.docker_reference` parses them; read natively). Every other transport goes
-to skopeo.
+(:mod:`composefs.oci.docker_reference` parses them; read natively). ``oci-archive:`` and
+``docker-archive:`` are read natively too (their names are parsed in
+:mod:`composefs.oci.archive`); every other transport goes to skopeo.
 
 A *repository reference* (``oci inspect`` and friends) is a tag name, or ``@sha256:<hex>``
 for a manifest digest (cfsctl's ``OciReference``).
@@ -20,6 +21,7 @@ from composefs._record import record
 from composefs.errors import ImageReferenceError
 
 __all__ = [
+    "NATIVE_TRANSPORTS",
     "PROXY_TRANSPORTS",
     "TRANSPORTS",
     "ImageReference",
@@ -59,9 +61,12 @@ TRANSPORTS: dict[str, str] = {
     "docker-daemon": "docker-daemon",
 }
 
-#: the transports skopeo's image proxy can read (``docker`` is read natively unless the pull
-#: asks for skopeo: ``via_skopeo``)
-PROXY_TRANSPORTS = frozenset(t for t in TRANSPORTS.values() if t != "oci")
+#: the transports read without skopeo (``docker`` is read natively unless the pull asks for
+#: skopeo: ``via_skopeo``)
+NATIVE_TRANSPORTS = frozenset({"oci", "oci-archive", "docker-archive", "docker"})
+
+#: the transports handled by skopeo's image proxy
+PROXY_TRANSPORTS = frozenset(t for t in TRANSPORTS.values() if t not in NATIVE_TRANSPORTS)
 
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _DIGEST_SUFFIX = re.compile(r"^(?P<path>.*)@(?P<digest>(?:sha256|sha384|sha512):[0-9A-Za-z]+)$")
@@ -81,8 +86,9 @@ class ImageReference:
 
     @property
     def uses_proxy(self) -> bool:
-        """Whether skopeo *can* read this transport (``docker`` is native by default)."""
-        return self.transport in PROXY_TRANSPORTS
+        """Whether skopeo *can* read this transport (``docker`` is native by default, through
+        skopeo with ``via_skopeo``)."""
+        return self.transport in PROXY_TRANSPORTS or self.transport == "docker"
 
     def for_skopeo(self) -> str:
         """The reference as skopeo expects it (``registry:`` becomes ``docker://``)."""
@@ -152,6 +158,8 @@ class LayoutReference:
     tag: str | None = None
     #: ``sha256:<hex>`` of a manifest or index blob (our extension); excludes ``tag``
     digest: str | None = None
+    #: the ``index.json`` entry at this position (``oci-archive:PATH:@N``, as containers/image)
+    index: int | None = None
 
 
 def parse_layout_name(name: str) -> LayoutReference:

@@ -71,16 +71,12 @@ from composefs.oci.media_types import (
     DOCKER_MANIFEST_LIST_MEDIA_TYPE,
     DOCKER_MANIFEST_MEDIA_TYPE,
     INDEX_MEDIA_TYPE,
+    INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPES,
 )
 from composefs.oci.platform import host_platform, parse_platform
-from composefs.oci.resolve import (
-    ALL_CONFIG_TYPES,
-    ALL_INDEX_TYPES,
-    ALL_MANIFEST_TYPES,
-    IndexWalker,
-    PlatformNotFound,
-)
+from composefs.oci.resolve import IndexWalker, PlatformNotFound
 from composefs.oci.source import ResolvedManifest
 from composefs.oci.tls import ssl_context
 
@@ -236,9 +232,6 @@ class RegistryImageSource:
             self._read_small,
             error=RegistryError,
             no_match=RegistryNoMatchingPlatform,
-            manifest_types=ALL_MANIFEST_TYPES,
-            index_types=ALL_INDEX_TYPES,
-            config_types=ALL_CONFIG_TYPES,
         )
 
     # -- lifetime -----------------------------------------------------------------------------
@@ -461,7 +454,7 @@ class RegistryImageSource:
         media_type = doc.get("mediaType")
         if not isinstance(media_type, str) or not media_type:
             media_type = content_type.split(";", 1)[0].strip()
-            if media_type not in ALL_MANIFEST_TYPES | ALL_INDEX_TYPES:
+            if media_type not in MANIFEST_MEDIA_TYPES | INDEX_MEDIA_TYPES:
                 media_type = INDEX_MEDIA_TYPE if "manifests" in doc else MANIFEST_MEDIA_TYPE
         return raw, media_type, digest
 
@@ -476,7 +469,7 @@ class RegistryImageSource:
         cached = self._cache.get(desc.digest)
         if cached is not None and len(cached) == desc.size:
             return cached
-        if desc.media_type in ALL_MANIFEST_TYPES or desc.media_type in ALL_INDEX_TYPES:
+        if desc.media_type in MANIFEST_MEDIA_TYPES or desc.media_type in INDEX_MEDIA_TYPES:
             limit = SIZE_LIMITS["manifest"]
             if desc.size > limit:
                 raise RegistryError(
@@ -495,8 +488,8 @@ class RegistryImageSource:
         """The manifest for ``platform`` (default: this host): the one the reference names, or
         the best match of the index (manifest list) it names.
 
-        A manifest named directly (by tag or digest) is taken as it is unless ``platform`` is
-        given explicitly, then it must match (as ``oci:PATH@DIGEST`` does).
+        A manifest named directly (by tag or digest) is the image whatever its platform (one
+        that differs is logged as a warning), as ``oci:`` layouts and skopeo take it.
         """
         wanted = parse_platform(platform) if platform is not None else host_platform()
         ref = self.ref
@@ -506,14 +499,18 @@ class RegistryImageSource:
                 ref.manifest_reference, what, tag=ref.digest is None
             )
             self._remember(digest, raw)
-            if media_type in ALL_INDEX_TYPES:
+            if media_type in INDEX_MEDIA_TYPES:
                 children = self._walker.children(raw, digest)
                 desc, chain = self._walker.select(children, wanted, ((digest, raw),))
                 return ResolvedManifest(desc.digest, self._read_small(desc), chain)
-            if media_type not in ALL_MANIFEST_TYPES:
+            if media_type not in MANIFEST_MEDIA_TYPES:
                 raise RegistryError(f"Unexpected media type {quote(media_type)}")
-            if platform is not None:
-                self._walker.check(Descriptor(media_type, digest, len(raw)), wanted)
+            self._walker.single(
+                Descriptor(media_type, digest, len(raw)),
+                wanted,
+                explicit=platform is not None,
+                what=f"{what} of {ref}",
+            )
             return ResolvedManifest(digest, raw)
         except (RegistryError, DocumentError) as e:
             cls = type(e) if isinstance(e, RegistryError) else RegistryError
@@ -545,7 +542,7 @@ class RegistryImageSource:
             raw, media_type, _ = self._fetch_manifest(fallback, f"tag {fallback}", tag=True)
         except (RegistryTagNotFound, RegistryManifestNotFound):
             return []
-        if media_type not in ALL_INDEX_TYPES:
+        if media_type not in INDEX_MEDIA_TYPES:
             raise RegistryError(f"{what}: tag {fallback} is not an image index")
         return self._referrer_entries(raw, subject, what)
 

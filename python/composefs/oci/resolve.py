@@ -10,7 +10,10 @@ resolve image indexes (and Docker manifest lists) with the same rules and the sa
 * indexes are followed to :data:`~composefs.oci.media_types.MAX_INDEX_DEPTH`, each walked once
   per resolution (linear in the distinct entries, whatever the fan-out), a loop is an error;
 * the best rank wins, the first in file order among equals; the walk stops at an exact match;
-* no match: ``No manifest found for platform P; available: ...``.
+* no match: ``No manifest found for platform P; available: ...``;
+* a reference that names one manifest (a tag or an ``@N`` entry naming a manifest, a digest of
+  one) names the image: no platform is selected, one that differs is only a warning
+  (:func:`~composefs.oci.platform.warn_other_platform`), as skopeo and containers/image do.
 
 The source supplies one function, ``read(descriptor) -> bytes``, that returns the verified bytes
 of a small blob (an index, a manifest or a config), and the error classes to raise.
@@ -30,22 +33,14 @@ from composefs.oci.documents import (
     quote,
 )
 from composefs.oci.media_types import (
-    CONFIG_MEDIA_TYPE,
-    DOCKER_CONFIG_MEDIA_TYPE,
-    DOCKER_MANIFEST_LIST_MEDIA_TYPE,
-    DOCKER_MANIFEST_MEDIA_TYPE,
-    INDEX_MEDIA_TYPE,
-    MANIFEST_MEDIA_TYPE,
+    CONFIG_MEDIA_TYPES,
+    INDEX_MEDIA_TYPES,
+    MANIFEST_MEDIA_TYPES,
     MAX_INDEX_DEPTH,
 )
-from composefs.oci.platform import Platform, format_platforms, match_rank
+from composefs.oci.platform import Platform, format_platforms, match_rank, warn_other_platform
 
 __all__ = [
-    "ALL_CONFIG_TYPES",
-    "ALL_INDEX_TYPES",
-    "ALL_MANIFEST_TYPES",
-    "OCI_INDEX_TYPES",
-    "OCI_MANIFEST_TYPES",
     "Chain",
     "IndexWalker",
     "PlatformNotFound",
@@ -53,14 +48,6 @@ __all__ = [
 
 #: the indexes walked to reach a manifest, outermost first, as ``(digest, raw bytes)``
 Chain = tuple[tuple[str, bytes], ...]
-
-OCI_MANIFEST_TYPES: frozenset[str] = frozenset({MANIFEST_MEDIA_TYPE})
-OCI_INDEX_TYPES: frozenset[str] = frozenset({INDEX_MEDIA_TYPE})
-#: OCI and Docker schema 2 (what a registry serves)
-ALL_MANIFEST_TYPES: frozenset[str] = frozenset({MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE})
-ALL_INDEX_TYPES: frozenset[str] = frozenset({INDEX_MEDIA_TYPE, DOCKER_MANIFEST_LIST_MEDIA_TYPE})
-#: config media types that carry a platform (OCI and Docker)
-ALL_CONFIG_TYPES: frozenset[str] = frozenset({CONFIG_MEDIA_TYPE, DOCKER_CONFIG_MEDIA_TYPE})
 
 
 class PlatformNotFound(ImageNotFoundError):
@@ -85,8 +72,8 @@ class IndexWalker:
     ``read`` returns the verified bytes of a small blob named by a descriptor (an index, a
     manifest or a config). ``error`` is the class of structural errors (a loop, an unexpected
     media type) and ``no_match`` the class raised when nothing matches (a
-    :class:`PlatformNotFound`). ``manifest_types``/``index_types`` are the media types the
-    source accepts (a layout: OCI only; a registry: OCI and Docker schema 2).
+    :class:`PlatformNotFound`). ``manifest_types``/``index_types``/``config_types`` are the
+    media types the source accepts (by default OCI and Docker schema 2, read alike).
     """
 
     def __init__(
@@ -95,9 +82,9 @@ class IndexWalker:
         *,
         error: type[ComposefsError],
         no_match: type[ComposefsError],
-        manifest_types: Collection[str] = OCI_MANIFEST_TYPES,
-        index_types: Collection[str] = OCI_INDEX_TYPES,
-        config_types: Collection[str] = (CONFIG_MEDIA_TYPE,),
+        manifest_types: Collection[str] = MANIFEST_MEDIA_TYPES,
+        index_types: Collection[str] = INDEX_MEDIA_TYPES,
+        config_types: Collection[str] = CONFIG_MEDIA_TYPES,
     ) -> None:
         self._read = read
         self._error = error
@@ -123,19 +110,45 @@ class IndexWalker:
         _, _, desc, found = search.best
         return desc, found
 
-    def children(self, raw: bytes, digest: str) -> tuple[Descriptor, ...]:
-        """The checked entries of the index ``raw``."""
-        what = f"index {digest}"
-        return parse_index(parse_json_object(raw, what), what).manifests
+    def choose(
+        self, entries: Sequence[Descriptor], wanted: Platform, *, explicit: bool, what: str
+    ) -> tuple[Descriptor, Chain]:
+        """The manifest for ``wanted`` among ``entries`` (a source's top-level entries). When
+        ``what`` names a selection (a tag, an ``@N`` entry: non-empty) that is a single
+        manifest, that manifest is the image whatever its platform (:meth:`single`)."""
+        if what and len(entries) == 1 and entries[0].media_type in self.manifest_types:
+            # a tag naming one manifest names the image: platforms select among the entries
+            # of an index, and there is none here
+            self.single(entries[0], wanted, explicit=explicit, what=what)
+            return entries[0], ()
+        return self.select(entries, wanted)
 
-    def check(self, desc: Descriptor, wanted: Platform) -> None:
-        """A manifest named directly, with an explicit platform: it must match."""
-        plat = self.platform_of(desc)
-        if plat is None or match_rank(plat, wanted) is None:
-            raise self._no_match(
-                f"No manifest found for platform {quote(wanted)}; available: "
-                f"{format_platforms([plat])}"
+    def children(self, raw: bytes, digest: str) -> tuple[Descriptor, ...]:
+        """The checked entries of the index ``raw``, which must be one: a descriptor that
+        calls a manifest an index is an error, not an index without entries."""
+        what = f"index {digest}"
+        doc = parse_json_object(raw, what)
+        index = parse_index(doc, what)
+        if index.media_type is not None and index.media_type not in self.index_types:
+            raise self._error(
+                f"{what} is not an image index (its mediaType is {quote(index.media_type)})"
             )
+        if "manifests" not in doc:
+            raise self._error(f"{what} is not an image index (it has no manifests)")
+        return index.manifests
+
+    def single(self, desc: Descriptor, wanted: Platform, *, explicit: bool, what: str) -> None:
+        """A manifest named directly (by a tag, a digest, an archive) is the image, whatever
+        its platform: skopeo and containers/image select platforms only in indexes, so
+        ``--platform`` (or the host's) does not refuse it; a platform that differs is logged
+        as a warning (``explicit``: ``wanted`` was asked for). A manifest or config that
+        cannot be read here gives no warning: the import reads them again and reports the
+        error in its own context."""
+        try:
+            plat = self.platform_of(desc)
+        except ComposefsError:
+            return
+        warn_other_platform(plat, wanted, explicit=explicit, what=what)
 
     def _walk(
         self, entries: Sequence[Descriptor], chain: Chain, search: _Search, depth: int

@@ -1,9 +1,11 @@
-"""Where a pull reads an image from: the contract between ``pull`` and its two transports.
+"""Where a pull reads an image from: the contract between ``pull`` and its transports.
 
-``oci:`` references are read directly from the layout directory (:mod:`composefs.oci.layout`);
-every other transport goes through skopeo's image proxy (:mod:`composefs.oci.proxy`). Both
-implement :class:`ImageSource`, so :mod:`composefs.oci.pull` does the same work for both: resolve
-the manifest for a platform, read the config, import the layers in parallel, write the streams.
+``oci:`` references are read directly from the layout directory (:mod:`composefs.oci.layout`),
+``oci-archive:`` and ``docker-archive:`` from the archive (:mod:`composefs.oci.archive`),
+``docker://`` from the registry (:mod:`composefs.oci.registry`); other transports go through
+skopeo's image proxy (:mod:`composefs.oci.proxy`). All implement
+:class:`ImageSource`, so :mod:`composefs.oci.pull` does the same work for each: resolve the
+manifest for a platform, read the config, import the layers in parallel, write the streams.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Protocol
 from composefs._record import record
 from composefs.oci.documents import Descriptor
 
-__all__ = ["Descriptor", "ImageSource", "ReferrerSource", "ResolvedManifest"]
+__all__ = ["Descriptor", "ImageSource", "ReferrerSource", "ResolvedManifest", "served_media_type"]
 
 
 @record
@@ -52,6 +54,21 @@ class ImageSource(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def served_media_type(source: ImageSource, descriptor: Descriptor) -> str:
+    """The media type of the bytes ``source.open_blob(descriptor)`` yields.
+
+    Usually the descriptor's. A source whose manifest does not describe the bytes it serves
+    says so with an optional ``blob_media_type(descriptor)`` method: a Docker archive's
+    manifest (made as containers/image makes it) calls every layer gzip, named by its diff_id,
+    and the layers are served uncompressed.
+    """
+    method = getattr(source, "blob_media_type", None)
+    if method is None:
+        return descriptor.media_type
+    media_type: str = method(descriptor)
+    return media_type
 
 
 class ReferrerSource(ImageSource, Protocol):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from composefs import splitstream
 from composefs.oci.documents import DocumentError, parse_json, parse_manifest
-from composefs.oci.media_types import IMAGE_CONFIG_MEDIA_TYPES
+from composefs.oci.media_types import CONFIG_MEDIA_TYPES
 from composefs.oci.names import (
     ImageDigestMismatch,
     ImageError,
@@ -157,7 +157,7 @@ def open_manifest(repo: Repository, digest: str, verity: bytes | None = None) ->
         splitstream.CONFIG_CONTENT_TYPE,
     )
     config: dict[str, Any] | None = None
-    if config_desc.get("mediaType") in IMAGE_CONFIG_MEDIA_TYPES:
+    if config_desc.get("mediaType") in CONFIG_MEDIA_TYPES:
         config = parse_object(config_raw, "config")
     return StoredManifest(
         raw, manifest, refs, config_digest, config_verity, config_raw, config_refs, config

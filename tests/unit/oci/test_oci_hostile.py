@@ -500,10 +500,18 @@ def test_control_characters_in_errors(tmp_path: Path) -> None:
     _edit_index(layout, info, _set("mediaType", "application/x\x1b[2J\n\x00"))
     err = _pull_fails(tmp_path, layout, "Unexpected media type application/x\\x1b[2J\\n\\x00")
     assert "\x1b" not in err and "\x00" not in err
-    _edit_index(
-        layout, info, _set("platform", {"os": "linux\x07", "architecture": "evil\x1b]0;t\x07"})
-    )
+    evil = {"os": "linux\x07", "architecture": "evil\x1b]0;t\x07"}
+    # a platform selects among the entries of an index: the platforms it lists are escaped
+    w: LayoutWriter = info["writer"]
+    w.write_index([w.tagged(w.index([{**info["manifest"], "platform": evil}]), "t")])
     err = _pull_fails(tmp_path, layout, "available: linux\\x07/evil\\x1b]0;t\\x07")
+    assert "\x1b" not in err and "\x07" not in err
+    # a tag naming the manifest itself names the image: pulled, the warning escaped
+    _edit_index(layout, info, _set("platform", evil))
+    proc = cli("--repo", tmp_path / "repo", "oci", "pull", f"oci:{layout}:t", "x")
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert "is an image for linux\\x07/evil\\x1b]0;t\\x07, not " in err
     assert "\x1b" not in err and "\x07" not in err
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from composefs.oci.layout import LayoutError, LayoutSource, NoMatchingPlatform
+from composefs.oci.media_types import DOCKER_MANIFEST_LIST_MEDIA_TYPE, INDEX_MEDIA_TYPE
 from composefs.oci.platform import host_platform
 from composefs.oci.reference import parse_layout_name
 from composefs.oci.source import Descriptor
@@ -146,7 +148,7 @@ def test_nested_indexes_any_depth(tmp_path: Path) -> None:
     assert r.indexes[0][1] == (tmp_path / "blobs/sha256" / outer["digest"][7:]).read_bytes()
 
 
-def test_digest_references(tmp_path: Path) -> None:
+def test_digest_references(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     w = LayoutWriter(tmp_path)
     la = _layer(w)
     host = w.image([la], architecture=HOST)
@@ -157,12 +159,28 @@ def test_digest_references(tmp_path: Path) -> None:
     # a manifest listed in an index: taken directly (the index was not walked)
     r = _resolve(tmp_path, f"@{other['digest']}")
     assert r.digest == other["digest"] and r.indexes == ()
-    # an explicit manifest digest is taken as it is, unless a platform is asked for
-    r = _resolve(tmp_path, f"@{unlisted['digest']}")
-    assert r.digest == unlisted["digest"] and r.indexes == ()
-    with pytest.raises(NoMatchingPlatform) as e:
-        _resolve(tmp_path, f"@{unlisted['digest']}", f"linux/{HOST}")
-    assert str(e.value.__cause__).endswith(f"available: linux/{OTHER}")
+    caplog.clear()
+    # an explicit manifest digest is taken as it is, whatever the platform (skopeo's rule: a
+    # platform selects among the manifests of an index); a platform that differs is a warning
+    with caplog.at_level(logging.WARNING, "composefs.oci"):
+        r = _resolve(tmp_path, f"@{unlisted['digest']}")
+        assert r.digest == unlisted["digest"] and r.indexes == ()
+        r = _resolve(tmp_path, f"@{unlisted['digest']}", f"linux/{HOST}")
+        assert r.digest == unlisted["digest"] and r.indexes == ()
+        assert (
+            _resolve(tmp_path, f"@{unlisted['digest']}", f"linux/{OTHER}").digest
+            == (unlisted["digest"])
+        )
+    assert [(r.name, r.levelname) for r in caplog.records] == [("composefs.oci", "WARNING")] * 2
+    assert (
+        caplog.records[0]
+        .getMessage()
+        .startswith(
+            f"{unlisted['digest']} of {tmp_path} is an image for linux/{OTHER}, not linux/{HOST} "
+            "(this host): a single manifest is the image"
+        )
+    )
+    assert f"not linux/{HOST} (the platform asked for)" in caplog.records[1].getMessage()
     # an index digest is resolved for the platform
     r = _resolve(tmp_path, f"@{index['digest']}")
     assert r.digest == host["digest"] and _chain(r) == [index["digest"]]
@@ -175,14 +193,19 @@ def test_digest_references(tmp_path: Path) -> None:
 def test_media_types(tmp_path: Path) -> None:
     w = LayoutWriter(tmp_path)
     host = w.image([_layer(w)], architecture=HOST)
-    w.write_index(
-        [{**host, "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json"}]
-    )
+    # a descriptor calling a manifest an index (OCI or Docker) is an error, not an empty index
+    for index_type in (INDEX_MEDIA_TYPE, DOCKER_MANIFEST_LIST_MEDIA_TYPE):
+        w.write_index([{**host, "mediaType": index_type}])
+        with pytest.raises(LayoutError) as e:
+            _resolve(tmp_path)
+        assert str(e.value.__cause__) == (
+            f"index {host['digest']} is not an image index (its mediaType is "
+            "application/vnd.oci.image.manifest.v1+json)"
+        )
+    w.write_index([{**host, "mediaType": "application/vnd.example+json"}])
     with pytest.raises(LayoutError) as e:
         _resolve(tmp_path)
-    assert str(e.value.__cause__) == (
-        "Unexpected media type application/vnd.docker.distribution.manifest.list.v2+json"
-    )
+    assert str(e.value.__cause__) == "Unexpected media type application/vnd.example+json"
     w.write_index([{k: v for k, v in host.items() if k != "mediaType"}])
     with pytest.raises(LayoutError) as e:
         _resolve(tmp_path)

@@ -431,7 +431,7 @@ def test_artifact_with_blob_layers(repo: Repository, tmp_path: Path) -> None:
 def test_proxy_transports_use_the_proxy_source(
     repo: Repository, layout: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Everything but ``oci:`` and ``docker://`` goes to
+    """Everything but ``oci:``, the archives and ``docker://`` goes to
     ``composefs.oci.proxy.ProxyImageSource(ref, platform=)``; ``docker://`` too with
     ``via_skopeo``, with the registry options as skopeo's flags."""
     calls: list[tuple[str, str | None, tuple[str, ...]]] = []
@@ -487,8 +487,8 @@ def test_proxy_transports_use_the_proxy_source(
     }
     assert not Path(calls[0][2][0].removeprefix("--authfile=")).exists()
     calls.clear()
-    oci.pull(repo, "oci-archive:/a.tar", platform=f"linux/{OTHER}", tls_verify=False)
-    assert calls == [("oci-archive:/a.tar", f"linux/{OTHER}", ())]
+    oci.pull(repo, "dir:/a", platform=f"linux/{OTHER}", tls_verify=False)
+    assert calls == [("dir:/a", f"linux/{OTHER}", ())]
     monkeypatch.setitem(sys.modules, "composefs.oci.proxy", None)
     monkeypatch.delattr(oci, "proxy")
     with pytest.raises(PullError) as e:

@@ -33,7 +33,7 @@ D = "sha256:" + "ab" * 32
 def test_transports(text: str, transport: str, name: str, skopeo: str | None) -> None:
     ref = parse_reference(text)
     assert (ref.transport, ref.name, str(ref)) == (transport, name, text)
-    assert ref.uses_proxy == (transport != "oci")
+    assert ref.uses_proxy == (transport not in ("oci", "oci-archive", "docker-archive"))
     assert ref.for_skopeo() == (skopeo or text)
 
 
