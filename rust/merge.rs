@@ -485,21 +485,28 @@ pub(crate) mod py {
         raw_modes: bool,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let mode = xattr_filtering(xattrs).map_err(Error::Invalid)?;
-        let inputs = streams
-            .try_iter()?
-            .map(|item| input(&item?))
-            .collect::<PyResult<Vec<_>>>()?;
-        let slices: Vec<&[u8]> = inputs
+        let inputs = inputs_of(streams)?;
+        let slices = slices_of(&inputs);
+        let out = py
+            .allow_threads(|| super::merge_layers(&slices, mode, raw_modes))
+            .map_err(Error::Invalid)?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// The layer streams given from Python, each borrowed or copied ([`input`]).
+    fn inputs_of(streams: &Bound<'_, PyAny>) -> PyResult<Vec<Input>> {
+        streams.try_iter()?.map(|item| input(&item?)).collect()
+    }
+
+    /// The bytes of each input, for the merge (which runs without the GIL).
+    fn slices_of(inputs: &[Input]) -> Vec<&[u8]> {
+        inputs
             .iter()
             .map(|i| match i {
                 Input::Borrowed(b) => b.as_slice(),
                 Input::Copied(v) => v.as_slice(),
             })
-            .collect();
-        let out = py
-            .allow_threads(|| super::merge_layers(&slices, mode, raw_modes))
-            .map_err(Error::Invalid)?;
-        Ok(PyBytes::new(py, &out))
+            .collect()
     }
 
     /// Merges layer splitstream files (bottom layer first) and writes the dumpfile text to
@@ -515,17 +522,8 @@ pub(crate) mod py {
         raw_modes: bool,
     ) -> PyResult<u64> {
         let mode = xattr_filtering(xattrs).map_err(Error::Invalid)?;
-        let inputs = streams
-            .try_iter()?
-            .map(|item| input(&item?))
-            .collect::<PyResult<Vec<_>>>()?;
-        let slices: Vec<&[u8]> = inputs
-            .iter()
-            .map(|i| match i {
-                Input::Borrowed(b) => b.as_slice(),
-                Input::Copied(v) => v.as_slice(),
-            })
-            .collect();
+        let inputs = inputs_of(streams)?;
+        let slices = slices_of(&inputs);
         Ok(py.allow_threads(|| {
             super::merge_layers_to(&slices, mode, raw_modes, super::FdSink(fd))
         })?)
@@ -548,17 +546,8 @@ pub(crate) mod py {
             .map(crate::erofs::check_version)
             .collect::<Result<Vec<u8>, String>>()
             .map_err(Error::Invalid)?;
-        let inputs = streams
-            .try_iter()?
-            .map(|item| input(&item?))
-            .collect::<PyResult<Vec<_>>>()?;
-        let slices: Vec<&[u8]> = inputs
-            .iter()
-            .map(|i| match i {
-                Input::Borrowed(b) => b.as_slice(),
-                Input::Copied(v) => v.as_slice(),
-            })
-            .collect();
+        let inputs = inputs_of(streams)?;
+        let slices = slices_of(&inputs);
         let images = py
             .allow_threads(|| super::mkfs_layers(&slices, mode, &versions))
             .map_err(Error::Invalid)?;
